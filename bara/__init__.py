@@ -1,0 +1,46 @@
+"""BaRA: Bayesian Adaptive Rank Allocation for LoRA.
+
+LoRA whose rank-1 factors are switched on per layer by a Bayesian global gate and per input
+by a context-dependent local gate, trained variationally. See DESIGN §2 of the project docs.
+
+Example:
+    >>> import bara, torch
+    >>> base = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    >>> model = bara.get_bara_model(base, bara.BaRAConfig(r=4, target_modules=["0"]))
+    >>> with bara.gate_mode(model, "mean"):
+    ...     y = model(torch.randn(2, 3, 8))
+"""
+
+from .config import BaRAConfig
+from .io import export_lora, load_adapter, save_adapter
+from .layer import GATE_MODES, BaRALinear, GateContext
+from .model import BaRAModel, gate_mode, get_bara_model
+from .objective import (
+    KLTerms,
+    deterministic_ranks,
+    effective_ranks,
+    expected_pi,
+    gate_probabilities,
+    kl_divergence,
+    kl_terms,
+    kl_warmup_factor,
+    rank_summary,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaRAConfig", "BaRALinear", "BaRAModel", "GATE_MODES", "GateContext", "KLTerms",
+    "deterministic_ranks", "effective_ranks", "expected_pi", "export_lora", "gate_mode",
+    "gate_probabilities", "get_bara_model", "kl_divergence", "kl_terms", "kl_warmup_factor",
+    "load_adapter", "rank_summary", "save_adapter",
+]
+
+
+def __getattr__(name: str):
+    # The trainer pulls in transformers' Trainer; import it only when asked for.
+    if name == "BaRATrainer":
+        from .trainer import BaRATrainer
+
+        return BaRATrainer
+    raise AttributeError(f"module 'bara' has no attribute {name!r}")

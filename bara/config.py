@@ -1,0 +1,164 @@
+"""`BaRAConfig`: every knob of a BaRA adapter, validated on construction.
+
+Defaults follow DESIGN §2 ("Defaults" table). Every invalid value raises a one-line
+`ValueError` naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GATE_INPUTS = ("x", "Ax")
+VARIANTS = ("product", "additive")
+PRIORS = ("beta", "ibp")
+RELAXATIONS = ("concrete", "straight_through")
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"BaRAConfig.{name}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class BaRAConfig:
+    """Configuration of a BaRA adapter (DESIGN §2).
+
+    Args:
+        r: maximum rank, the number of rank-1 factors ("topics") per adapted layer.
+        lora_alpha: LoRA scale numerator; the update is scaled by ``lora_alpha / r``.
+            ``None`` means ``2 * r``.
+        target_modules: names of the ``nn.Linear`` layers to adapt: a list of name
+            suffixes (``["query", "value"]``) or one regular expression matched against the
+            full module name (``r".*\\.(q|v)_proj$"``), as in peft.
+        alpha0: global prior ``π_k ~ Beta(alpha0, 1)`` (prior mean ``alpha0 / (1 + alpha0)``).
+        rho0: local prior ``l_nk ~ Bernoulli(rho0)``.
+        temperature: τ of the binary-Concrete relaxation used while training.
+        beta_global, beta_local: weights β_g, β_l of the global and local KL terms.
+        kl_warmup: fraction of training steps over which β_t rises linearly 0 → 1.
+        gate_input: ``"x"`` pools the layer input (default); ``"Ax"`` pools ``A x``.
+        variant: ``"product"`` (z = g·l, default) or ``"additive"`` (one gate with
+            probability σ(logit π + ℓ(x)), the focused-topic-model form).
+        prior: ``"beta"`` (independent π_k) or ``"ibp"`` (stick-breaking, ordered factors).
+        relaxation: ``"concrete"`` (relaxed Bernoulli) or ``"straight_through"`` (hard gates
+            forward, relaxed gradients backward) for the training forward.
+        kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
+        local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
+        prune_threshold: factors with E π below this are dropped when saving.
+        modules_to_save: extra modules (e.g. a new classifier head) trained fully and saved.
+
+    Example:
+        >>> cfg = BaRAConfig(r=8, target_modules=["query", "value"])
+        >>> cfg.scaling
+        2.0
+    """
+
+    r: int = 8
+    lora_alpha: float | None = None
+    target_modules: list[str] | str | None = None
+    alpha0: float = 1.0 / 3.0
+    rho0: float = 0.5
+    temperature: float = 1.0
+    beta_global: float = 1.0
+    beta_local: float = 0.1
+    kl_warmup: float = 0.1
+    gate_input: str = "x"
+    variant: str = "product"
+    prior: str = "beta"
+    relaxation: str = "concrete"
+    kuma_a_init: float = 9.0
+    kuma_b_init: float = 1.0
+    local_bias_init: float = 3.0
+    prune_threshold: float = 0.05
+    modules_to_save: list[str] | None = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # per-layer rank after pruning
+
+    def __post_init__(self) -> None:
+        if self.lora_alpha is None:
+            self.lora_alpha = 2.0 * self.r if isinstance(self.r, int) else None
+        self.validate()
+
+    @property
+    def scaling(self) -> float:
+        """LoRA scale ``c = lora_alpha / r`` (fixed by the configured r, even after pruning)."""
+        return float(self.lora_alpha) / self.r
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            _fail("r", self.r, "must be a positive integer")
+        _positive_finite("lora_alpha", self.lora_alpha)
+        if self.target_modules is not None:
+            tm = self.target_modules
+            ok = isinstance(tm, str) and tm != "" or (
+                isinstance(tm, (list, tuple)) and len(tm) > 0 and all(isinstance(t, str) and t for t in tm)
+            )
+            if not ok:
+                _fail("target_modules", tm, "must be a non-empty list of module-name suffixes or a regex string")
+            if isinstance(tm, tuple):
+                self.target_modules = list(tm)
+        _positive_finite("alpha0", self.alpha0)
+        if not (isinstance(self.rho0, (int, float)) and 0.0 < self.rho0 < 1.0):
+            _fail("rho0", self.rho0, "must lie strictly between 0 and 1")
+        _positive_finite("temperature", self.temperature)
+        for name in ("beta_global", "beta_local"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                _fail(name, value, "must be a finite number >= 0")
+        if not (isinstance(self.kl_warmup, (int, float)) and 0.0 <= self.kl_warmup <= 1.0):
+            _fail("kl_warmup", self.kl_warmup, "must be a fraction of training in [0, 1]")
+        for name, allowed in (
+            ("gate_input", GATE_INPUTS),
+            ("variant", VARIANTS),
+            ("prior", PRIORS),
+            ("relaxation", RELAXATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                _fail(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")
+        _positive_finite("kuma_a_init", self.kuma_a_init)
+        _positive_finite("kuma_b_init", self.kuma_b_init)
+        if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):
+            _fail("local_bias_init", self.local_bias_init, "must be a finite number")
+        if not (isinstance(self.prune_threshold, (int, float)) and 0.0 <= self.prune_threshold < 1.0):
+            _fail("prune_threshold", self.prune_threshold, "must lie in [0, 1)")
+        if self.modules_to_save is not None and not (
+            isinstance(self.modules_to_save, (list, tuple)) and all(isinstance(m, str) and m for m in self.modules_to_save)
+        ):
+            _fail("modules_to_save", self.modules_to_save, "must be a list of module names")
+        for layer, rank in self.rank_pattern.items():
+            if not (isinstance(rank, int) and 0 <= rank <= self.r):
+                _fail("rank_pattern", {layer: rank}, f"per-layer ranks must be integers in [0, r={self.r}]")
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BaRAConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"BaRAConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BaRAConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of BaRAConfig fields")
+        return cls.from_dict(data)
+
+
+def _positive_finite(name: str, value: Any) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        _fail(name, value, "must be a finite number > 0")

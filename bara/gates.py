@@ -1,0 +1,149 @@
+"""The gates and their distributions (DESIGN §2).
+
+* Global gate (one per layer): ``π_k ~ Beta(α0, 1)`` a priori, ``q(π_k) = Kumaraswamy(a_k, b_k)``.
+  With the ``ibp`` prior, ``π_k = Π_{j≤k} ν_j`` with ``ν_j`` Beta/Kumaraswamy distributed.
+* Local gate (one per instance): ``q(l_nk | x_n) = Bernoulli(σ(ℓ_k(x_n)))`` with
+  ``ℓ(x) = W_g · LN(x̄) + b_g``, prior ``Bernoulli(ρ0)``.
+* Relaxation: the binary Concrete (relaxed Bernoulli) with temperature τ.
+
+Closed forms used (Kumaraswamy ``Kuma(a, b)``: density ``a b π^{a-1} (1-π^a)^{b-1}``):
+
+* ``E π = b · B(1 + 1/a, b)``
+* ``E log π = (ψ(1) − ψ(1 + b)) / a``   (because ``π^a ~ Beta(1, b)``)
+* ``KL(Kuma(a, b) ‖ Beta(α0, 1)) = (1 − α0/a)(−γ − ψ(b) − 1/b) + log(a b) − log α0 − (b − 1)/b``
+  (exact: the series term of the general Beta(α, β) formula vanishes for β = 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EULER_GAMMA = 0.5772156649015329
+_EPS = 1e-6
+
+
+def inverse_softplus(y: float) -> float:
+    """x with softplus(x) = y (y > 0)."""
+    return y + math.log(-math.expm1(-y))
+
+
+# -- Kumaraswamy -------------------------------------------------------------------------
+def kumaraswamy_log_sample(a: Tensor, b: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Reparameterised draw ``π = (1 − u^{1/b})^{1/a}``; returns ``(log π, log(1 − π))``.
+
+    Works in log space so that π near 0 or 1 keeps a finite logit.
+    """
+    u = u.clamp(_EPS, 1.0 - _EPS)
+    log_pi = torch.log(-torch.expm1(torch.log(u) / b)) / a
+    log_pi = log_pi.clamp(max=-1e-7)
+    log_one_minus_pi = torch.log(-torch.expm1(log_pi))
+    return log_pi, log_one_minus_pi
+
+
+def kumaraswamy_mean(a: Tensor, b: Tensor) -> Tensor:
+    """``E π = b · B(1 + 1/a, b)``."""
+    return torch.exp(torch.log(b) + torch.lgamma(1 + 1 / a) + torch.lgamma(b) - torch.lgamma(1 + 1 / a + b))
+
+
+def kumaraswamy_expected_log(a: Tensor, b: Tensor) -> Tensor:
+    """``E log π = (ψ(1) − ψ(1 + b)) / a``."""
+    return (-EULER_GAMMA - torch.digamma(1 + b)) / a
+
+
+def kl_kumaraswamy_beta(a: Tensor, b: Tensor, alpha0: float) -> Tensor:
+    """Exact ``KL(Kuma(a, b) ‖ Beta(α0, 1))``, elementwise."""
+    return (
+        (1 - alpha0 / a) * (-EULER_GAMMA - torch.digamma(b) - 1 / b)
+        + torch.log(a * b)
+        - math.log(alpha0)
+        - (b - 1) / b
+    )
+
+
+# -- Bernoulli ---------------------------------------------------------------------------
+def kl_bernoulli(p: Tensor, q: Tensor | float) -> Tensor:
+    """``KL(Bern(p) ‖ Bern(q)) = p log(p/q) + (1−p) log((1−p)/(1−q))``, elementwise."""
+    p = p.clamp(_EPS, 1 - _EPS)
+    q = torch.as_tensor(q, dtype=p.dtype, device=p.device).clamp(_EPS, 1 - _EPS)
+    return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))
+
+
+def relaxed_bernoulli(logits: Tensor, temperature: float, straight_through: bool = False) -> Tensor:
+    """Binary Concrete draw ``σ((logits + log u − log(1 − u)) / τ)``.
+
+    With ``straight_through`` the forward value is the hard gate ``1[sample > 0.5]`` and the
+    gradient is the relaxed one.
+    """
+    u = torch.rand_like(logits).clamp(_EPS, 1 - _EPS)
+    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+    if not straight_through:
+        return soft
+    hard = (soft > 0.5).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
+def hard_bernoulli(probs: Tensor) -> Tensor:
+    """Exact Bernoulli draw (no gradient)."""
+    return (torch.rand_like(probs) < probs).to(probs.dtype)
+
+
+# -- modules -----------------------------------------------------------------------------
+class GlobalGate(nn.Module):
+    """Layer-level gate: variational Kumaraswamy posterior over the factor usage π ∈ (0,1)^r.
+
+    ``a = softplus(ã)``, ``b = softplus(b̃)``. With ``prior="ibp"`` the Kumaraswamy variables
+    are the sticks ``ν`` and ``π_k = Π_{j≤k} ν_j``.
+    """
+
+    def __init__(self, r: int, alpha0: float, a_init: float = 9.0, b_init: float = 1.0, prior: str = "beta"):
+        super().__init__()
+        self.alpha0 = alpha0
+        self.prior = prior
+        self.a_raw = nn.Parameter(torch.full((r,), inverse_softplus(a_init)))
+        self.b_raw = nn.Parameter(torch.full((r,), inverse_softplus(b_init)))
+
+    @property
+    def a(self) -> Tensor:
+        return F.softplus(self.a_raw)
+
+    @property
+    def b(self) -> Tensor:
+        return F.softplus(self.b_raw)
+
+    def sample_log_pi(self) -> tuple[Tensor, Tensor]:
+        """One reparameterised draw of ``(log π, log(1 − π))``, each of shape [r]."""
+        u = torch.rand_like(self.a_raw)
+        log_nu, log_one_minus_nu = kumaraswamy_log_sample(self.a, self.b, u)
+        if self.prior == "beta":
+            return log_nu, log_one_minus_nu
+        log_pi = torch.cumsum(log_nu, dim=0).clamp(max=-1e-7)
+        return log_pi, torch.log(-torch.expm1(log_pi))
+
+    def expected_pi(self) -> Tensor:
+        """``E_q[π]`` (for ``ibp``: product of the sticks' means, the sticks being independent)."""
+        mean = kumaraswamy_mean(self.a, self.b)
+        return mean if self.prior == "beta" else torch.cumprod(mean, dim=0)
+
+    def kl(self) -> Tensor:
+        """``Σ_k KL(q(π_k) ‖ p(π_k))`` (for ``ibp``: summed over the sticks)."""
+        return kl_kumaraswamy_beta(self.a, self.b, self.alpha0).sum()
+
+
+class LocalGate(nn.Module):
+    """Instance-level gate logits ``ℓ(x) = W_g · LN(x̄) + b_g`` (LN without affine parameters).
+
+    ``W_g`` starts at 0, so every instance starts with the same keep-probability σ(b_g).
+    """
+
+    def __init__(self, in_features: int, r: int, bias_init: float = 3.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(r, in_features))
+        self.bias = nn.Parameter(torch.full((r,), float(bias_init)))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        normed = F.layer_norm(pooled, pooled.shape[-1:])
+        return F.linear(normed, self.weight, self.bias)

@@ -1,0 +1,188 @@
+"""Adapter files: save / load BaRA adapters and export the global part as a peft LoRA adapter.
+
+A BaRA adapter directory holds ``bara_config.json`` and ``adapter_model.safetensors``; nothing
+is ever pickled, and pickle files handed to the loader are refused, never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import BaRAConfig
+from .layer import BaRALinear
+from .model import BaRAModel
+
+CONFIG_NAME = "bara_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def kept_factors(layer: BaRALinear, threshold: float) -> torch.Tensor:
+    """Indices of the factors whose ``E_q[π_k] ≥ threshold`` (the others are dead)."""
+    with torch.no_grad():
+        return torch.nonzero(layer.global_gate.expected_pi() >= threshold).flatten()
+
+
+def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The layer's adapter tensors restricted to the ``keep`` factors."""
+    w_g = layer.local_gate.weight[keep]
+    if layer.gate_input == "Ax":  # W_g is r×r: its input is A x, which loses the same rows
+        w_g = w_g[:, keep]
+    return {
+        "lora_A.weight": layer.lora_A.weight[keep],
+        "lora_B.weight": layer.lora_B.weight[:, keep],
+        "global_gate.a_raw": layer.global_gate.a_raw[keep],
+        "global_gate.b_raw": layer.global_gate.b_raw[keep],
+        "local_gate.weight": w_g,
+        "local_gate.bias": layer.local_gate.bias[keep],
+    }
+
+
+def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) -> dict[str, int]:
+    """Save config + weights of ``model``; returns how many factors were pruned per layer.
+
+    With ``prune`` the factors with ``E_q[π] < config.prune_threshold`` are left out and the
+    per-layer ranks go to ``rank_pattern``.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    config = BaRAConfig.from_dict(model.bara_config.to_dict())
+    tensors: dict[str, torch.Tensor] = {}
+    pruned: dict[str, int] = {}
+    threshold = config.prune_threshold if prune else 0.0
+    for name, layer in model.bara_layers():
+        keep = kept_factors(layer, threshold) if prune else torch.arange(layer.r)
+        pruned[name] = layer.r - len(keep)
+        config.rank_pattern[name] = len(keep)
+        for key, value in _layer_state(layer, keep).items():
+            tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+    for module_name in config.modules_to_save or []:
+        for key, value in model.base_model.get_submodule(module_name).state_dict().items():
+            tensors[f"{module_name}.{key}"] = value.detach().cpu().contiguous()
+    config.rank_pattern = {k: v for k, v in config.rank_pattern.items() if v != config.r}
+    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "bara"}))
+    _atomic_write(out / CONFIG_NAME, lambda tmp: config.save(tmp))
+    total = sum(pruned.values())
+    if total:
+        print(f"bara: pruned {total} dead factor(s) (E π < {config.prune_threshold}) across {sum(1 for v in pruned.values() if v)} layer(s)")
+    return pruned
+
+
+def _refuse_pickles(path: Path) -> None:
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(f"{path}: refusing to load a pickle file; BaRA adapters are safetensors only")
+    if path.is_file():
+        raise ValueError(f"{path}: expected an adapter directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[BaRAConfig, dict[str, torch.Tensor]]:
+    """Read and check an adapter directory without touching any model."""
+    folder = Path(path)
+    _refuse_pickles(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: adapter directory not found")
+    weights = folder / WEIGHTS_NAME
+    if not weights.exists():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = f"; found pickle file(s) {pickles}, which BaRA refuses to unpickle" if pickles else ""
+        raise ValueError(f"{folder}: no {WEIGHTS_NAME}{hint}")
+    if not (folder / CONFIG_NAME).exists():
+        raise ValueError(f"{folder}: no {CONFIG_NAME}")
+    config = BaRAConfig.load(folder / CONFIG_NAME)
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights}: corrupted or truncated safetensors file ({err})") from None
+    return config, tensors
+
+
+def load_adapter(base_model: nn.Module, path: str | os.PathLike) -> BaRAModel:
+    """Build a `BaRAModel` on ``base_model`` from a saved adapter; shapes are checked per layer."""
+    config, tensors = read_adapter(path)
+    model = BaRAModel(base_model, config)
+    own = {name: param for name, param in _adapter_state(model).items()}
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path}: adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    mismatched = [f"{k}: saved {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+                  if tuple(tensors[k].shape) != tuple(v.shape)]
+    if mismatched:
+        raise ValueError(f"{path}: adapter was saved for a different base model; shape mismatch in {'; '.join(mismatched[:5])}")
+    with torch.no_grad():
+        for key, param in own.items():
+            param.copy_(tensors[key].to(param.dtype))
+    return model
+
+
+def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
+    """Live tensors of everything an adapter file holds, keyed as in the file."""
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in model.bara_layers():
+        for key in ("lora_A.weight", "lora_B.weight", "global_gate.a_raw", "global_gate.b_raw",
+                    "local_gate.weight", "local_gate.bias"):
+            state[f"{name}.{key}"] = layer.get_parameter(key)
+    for module_name in model.bara_config.modules_to_save or []:
+        for key, value in model.base_model.get_submodule(module_name).state_dict(keep_vars=True).items():
+            state[f"{module_name}.{key}"] = value
+    return state
+
+
+def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
+    """Write the ``global_mean`` part of ``model`` as a plain peft LoRA adapter.
+
+    Each layer's update becomes ``c · B diag(E_q[π]) A`` (the mean global gate folded into B).
+    The local gate depends on the input and cannot be folded: the export equals the model in
+    ``global_mean`` mode. Load it with ``peft.PeftModel.from_pretrained(base, path)``.
+    """
+    from peft import LoraConfig
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.bara_config
+    tensors, rank_pattern, alpha_pattern, names = {}, {}, {}, []
+    for name, layer in model.bara_layers():
+        if layer.r == 0:  # every factor pruned: the layer is the base layer
+            continue
+        with torch.no_grad():
+            b_folded = layer.lora_B.weight * layer.global_gate.expected_pi().to(layer.lora_B.weight.dtype)
+        prefix = f"base_model.model.{name}"
+        tensors[f"{prefix}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = b_folded.detach().cpu().contiguous()
+        names.append(name)
+        if layer.r != config.r:  # peft scales by alpha / r_layer: keep c = lora_alpha / r
+            rank_pattern[name] = layer.r
+            alpha_pattern[name] = config.scaling * layer.r
+    for module_name in config.modules_to_save or []:
+        for key, value in model.base_model.get_submodule(module_name).state_dict().items():
+            tensors[f"base_model.model.{module_name}.{key}"] = value.detach().cpu().contiguous()
+    lora_config = LoraConfig(
+        r=config.r, lora_alpha=config.lora_alpha, target_modules=names, lora_dropout=0.0,
+        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, modules_to_save=config.modules_to_save,
+    )
+    lora_config.save_pretrained(str(out))
+    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    meta = json.loads((out / "adapter_config.json").read_text())
+    meta["bara_export"] = "global_mean part of a BaRA adapter; local gates dropped"
+    (out / "adapter_config.json").write_text(json.dumps(meta, indent=2))
+    return out

@@ -1,0 +1,179 @@
+"""`BaRALinear`: one adapted ``nn.Linear`` (DESIGN §2).
+
+``y_t = W0 x_t + b0 + c · B (z_n ⊙ A x_t)`` where ``z_n ∈ [0,1]^r`` is the joint gate of the
+instance n the token t belongs to: ``z_nk = g_nk · l_nk`` (global × local), or one additive-logit
+gate for ``variant="additive"``. In ``ones`` mode the layer is literally
+``base_layer(x) + scaling * lora_B(lora_A(x))`` — plain LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .config import BaRAConfig
+from .gates import GlobalGate, LocalGate, hard_bernoulli, kl_bernoulli, relaxed_bernoulli
+
+# mode -> (how the global gate is set, how the local gate is set); each "sample", "mean" or "one".
+GATE_MODES: dict[str, tuple[str, str]] = {
+    "sample": ("sample", "sample"),
+    "mean": ("mean", "mean"),
+    "ones": ("one", "one"),
+    "global": ("sample", "one"),
+    "global_mean": ("mean", "one"),
+    "local": ("one", "sample"),
+    "local_mean": ("one", "mean"),
+}
+
+
+@dataclass
+class GateContext:
+    """Per-forward information shared by all BaRA layers of one model.
+
+    ``pool_mask`` ([instances, tokens], 1 = pool this token) is set by the model's forward
+    pre-hook from the attention mask (minus label tokens of a causal LM), because linear
+    layers never see the mask themselves.
+    """
+
+    pool_mask: Tensor | None = None
+    reuse_gates: bool = False  # set while decoding: keep the gates of the prompt pass
+    extra: dict = field(default_factory=dict)
+
+
+class BaRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus r gated rank-1 factors ``b_k a_kᵀ``.
+
+    Attributes mirror peft's LoRA layers: ``base_layer``, ``lora_A`` (din→r), ``lora_B``
+    (r→dout), ``scaling``; plus ``global_gate`` and ``local_gate``.
+
+    Example:
+        >>> layer = BaRALinear(nn.Linear(16, 4), BaRAConfig(r=2))
+        >>> layer(torch.randn(3, 5, 16)).shape
+        torch.Size([3, 5, 4])
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: BaRAConfig, r: int | None = None,
+                 context: GateContext | None = None):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"BaRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        r = config.r if r is None else r
+        self.base_layer = base_layer
+        self.r = r
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.scaling = config.scaling
+        self.temperature = config.temperature
+        self.rho0 = config.rho0
+        self.variant = config.variant
+        self.gate_input = config.gate_input
+        self.straight_through = config.relaxation == "straight_through"
+        factory = {"device": base_layer.weight.device}
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+        if r > 0:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as LoRA/peft
+        nn.init.zeros_(self.lora_B.weight)  # ΔW = 0 at start
+        self.global_gate = GlobalGate(r, config.alpha0, config.kuma_a_init, config.kuma_b_init, config.prior).to(**factory)
+        gate_dim = self.in_features if config.gate_input == "x" else r
+        self.local_gate = LocalGate(gate_dim, r, config.local_bias_init).to(**factory)
+        self.mode = "sample"
+        self.context = context if context is not None else GateContext()
+        self._stats: dict[str, Tensor] = {}
+        self.global_used = True  # whether the last forward used the global gate (for its KL)
+        self._cached_gate: Tensor | None = None
+
+    # -- pooling -------------------------------------------------------------------------
+    def _instance_view(self, x: Tensor) -> Tensor:
+        """View x as [instances, tokens, features] (a 2-D input is one token per instance)."""
+        return x.unsqueeze(1) if x.dim() == 2 else x.reshape(-1, x.shape[-2], x.shape[-1])
+
+    def _pool(self, h: Tensor) -> Tensor:
+        """Stop-gradient mask-weighted mean over each instance's tokens: [n, T, d] -> [n, d]."""
+        h = h.detach()
+        mask = self.context.pool_mask
+        if mask is None or mask.numel() != h.shape[0] * h.shape[1]:
+            return h.mean(dim=1)
+        mask = mask.reshape(h.shape[0], h.shape[1], 1).to(h.dtype)
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    # -- gates ---------------------------------------------------------------------------
+    def _gate(self, pooled: Tensor) -> Tensor:
+        """Joint gate z [n, r] for the current mode; records the statistics of this forward."""
+        global_kind, local_kind = GATE_MODES[self.mode]
+        logits = self.local_gate(pooled.to(self.local_gate.weight.dtype))
+        local_p = torch.sigmoid(logits)
+        expected_pi = self.global_gate.expected_pi()
+        stats = {"local_probs": local_p, "expected_pi": expected_pi}
+        stochastic = self.training
+        log_pi = log_1m_pi = None
+        if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
+            log_pi, log_1m_pi = self.global_gate.sample_log_pi()
+
+        if self.variant == "additive" and global_kind != "one" and local_kind != "one":
+            z = self._additive_gate(logits, expected_pi, log_pi, log_1m_pi, global_kind, stats)
+        else:
+            g = self._one_gate(global_kind, lambda: (log_pi - log_1m_pi).expand_as(logits), expected_pi.expand_as(logits),
+                               torch.exp(log_pi).expand_as(logits) if log_pi is not None else None, stochastic)
+            l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic)
+            z = g * l
+            if local_kind != "one":
+                stats["local_kl"] = kl_bernoulli(local_p, self.rho0).sum(-1)
+        self.global_used = global_kind != "one"
+        stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
+        self._stats = stats
+        return z
+
+    def _one_gate(self, kind, logits_fn, mean_p, sample_p, stochastic) -> Tensor | float:
+        if kind == "one":
+            return 1.0
+        if kind == "mean":
+            return mean_p
+        if stochastic:
+            return relaxed_bernoulli(logits_fn(), self.temperature, self.straight_through)
+        return hard_bernoulli(sample_p.detach())
+
+    def _additive_gate(self, logits, expected_pi, log_pi, log_1m_pi, kind, stats) -> Tensor:
+        """Variant B: ``q(z=1 | x, π) = σ(logit π + ℓ(x))`` with prior ``Bernoulli(π)``."""
+        if kind == "mean":  # plug-in approximation E_π σ(logit π + ℓ) ≈ σ(logit E π + ℓ)
+            return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + logits)
+        gate_logits = (log_pi - log_1m_pi) + logits
+        stats["local_kl"] = kl_bernoulli(torch.sigmoid(gate_logits), torch.exp(log_pi)).sum(-1)
+        if self.training:
+            return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through)
+        return hard_bernoulli(torch.sigmoid(gate_logits).detach())
+
+    def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:
+        """``E_q[z]`` per instance and factor, respecting factors forced open by the mode."""
+        g = expected_pi if global_kind != "one" else torch.ones_like(expected_pi)
+        if local_kind == "one":
+            return g.expand_as(local_p)
+        if self.variant == "additive" and global_kind != "one":
+            return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + torch.logit(local_p, eps=1e-6))
+        return g * local_p
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.base_layer(x)
+        x_lora = x if x.dtype == self.lora_A.weight.dtype else x.to(self.lora_A.weight.dtype)
+        if self.mode == "ones":
+            self._stats = {}
+            return result + (self.scaling * self.lora_B(self.lora_A(x_lora))).to(result.dtype)
+        if self.r == 0:
+            self._stats = {}
+            return result
+        h = self.lora_A(x_lora)
+        tokens = self._instance_view(x_lora)
+        if self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]:
+            z = self._cached_gate
+        else:
+            pooled = self._pool(tokens if self.gate_input == "x" else self._instance_view(h))
+            z = self._gate(pooled)
+            self._cached_gate = z.detach()
+        gated = (self._instance_view(h) * z.to(h.dtype).unsqueeze(1)).reshape(h.shape)
+        return result + (self.scaling * self.lora_B(gated)).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, mode={self.mode!r}, gate_input={self.gate_input!r}, variant={self.variant!r}"

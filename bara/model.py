@@ -1,0 +1,248 @@
+"""The model wrapper: inject BaRA layers, route the attention mask to them, switch gate modes.
+
+`get_bara_model` works on any ``nn.Module``. Linear layers never see the attention mask, so a
+model-level forward pre-hook copies it (minus the tokens a causal-LM loss predicts) into a
+`GateContext` shared by all BaRA layers; without a mask the layers pool over all positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import BaRAConfig
+from .layer import GATE_MODES, BaRALinear, GateContext
+
+
+# -- target matching ---------------------------------------------------------------------
+def _matches(name: str, targets: list[str] | str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Full names of every ``nn.Linear`` in ``model``."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def _linear_suffixes(model: nn.Module) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name in linear_layer_names(model)})
+
+
+def infer_target_modules(model: nn.Module) -> list[str]:
+    """Default targets: the attention query/value projections (``q_proj``/``v_proj`` or
+    ``query``/``value``), as in the LoRA papers."""
+    suffixes = set(_linear_suffixes(model))
+    for pair in (["q_proj", "v_proj"], ["query", "value"]):
+        if set(pair) <= suffixes:
+            return pair
+    raise ValueError(
+        "BaRAConfig.target_modules is not set and no query/value projections were found; "
+        f"choose among the Linear layer names: {_linear_suffixes(model)}"
+    )
+
+
+def find_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
+    """Names of the modules ``targets`` selects; every one must be an ``nn.Linear``."""
+    chosen = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, BaRALinear) or ".base_layer" in name or not _matches(name, targets):
+            continue
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"target_modules {targets!r} selects '{name}' of type {type(module).__name__}; "
+                "BaRA adapts nn.Linear layers only"
+            )
+        chosen.append(name)
+    if not chosen:
+        raise ValueError(
+            f"target_modules {targets!r} matches no module; the Linear layers are named: {_linear_suffixes(model)}"
+        )
+    return chosen
+
+
+# -- the wrapper -------------------------------------------------------------------------
+class BaRAModel(nn.Module):
+    """A base model with BaRA layers injected into its targeted Linear layers.
+
+    The base model is frozen; only the factors, the gates and ``modules_to_save`` train.
+    Calls are forwarded to the base model, and unknown attributes are looked up on it.
+
+    Example:
+        >>> base = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> model = get_bara_model(base, BaRAConfig(r=2, target_modules=["0"]))
+        >>> model(torch.randn(4, 8)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, model: nn.Module, config: BaRAConfig):
+        super().__init__()
+        if config.target_modules is None:
+            config.target_modules = infer_target_modules(model)
+        self.base_model = model
+        self.bara_config = config
+        self.context = GateContext()
+        names = find_targets(model, config.target_modules)
+        unknown = sorted(set(config.rank_pattern) - set(names))
+        if unknown:
+            raise ValueError(f"BaRAConfig.rank_pattern names layers that are not targeted: {unknown}")
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for name in names:
+            parent, child = _parent_of(model, name)
+            rank = config.rank_pattern.get(name, config.r)
+            setattr(parent, child, BaRALinear(getattr(parent, child), config, r=rank, context=self.context))
+        for name in config.modules_to_save or []:
+            module = _get_module(model, name, "modules_to_save")
+            for param in module.parameters():
+                param.requires_grad_(True)
+        self._forward_signature = _signature(model)
+        self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # -- mask routing --------------------------------------------------------------------
+    def _capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: set the pooling mask of this forward from the attention mask."""
+        bound = _bind(self._forward_signature, args, kwargs)
+        mask = bound.get("attention_mask")
+        inputs = bound.get("input_ids")
+        if inputs is None:
+            inputs = bound.get("inputs_embeds")
+        ctx = self.context
+        ctx.reuse_gates = False
+        if not isinstance(mask, Tensor):
+            ctx.pool_mask = None
+            return
+        if isinstance(inputs, Tensor) and mask.dim() >= 2:
+            input_len = inputs.shape[-1] if inputs.dim() == mask.dim() else inputs.shape[-2]
+            if input_len < mask.shape[-1]:  # incremental decoding: keep the prompt's gates
+                ctx.reuse_gates = True
+                return
+        mask = mask.reshape(-1, mask.shape[-1]).bool()
+        labels = bound.get("labels")
+        if isinstance(labels, Tensor) and labels.numel() == mask.numel() and labels.dim() >= 2:
+            prompt = mask & (labels.reshape(mask.shape) == -100)
+            has_prompt = prompt.any(dim=-1, keepdim=True)
+            mask = torch.where(has_prompt, prompt, mask)  # causal LM: pool the prompt only
+        ctx.pool_mask = mask
+
+    # -- gate statistics and layers ------------------------------------------------------
+    def bara_layers(self) -> Iterator[tuple[str, BaRALinear]]:
+        """``(name, layer)`` for every BaRA layer, names relative to the base model."""
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, BaRALinear):
+                yield name, module
+
+    def set_gate_mode(self, mode: str) -> None:
+        """Set the gate mode of every layer (see `gate_mode`)."""
+        if mode not in GATE_MODES:
+            raise ValueError(f"gate mode {mode!r} is unknown; allowed: {', '.join(GATE_MODES)}")
+        for _, layer in self.bara_layers():
+            layer.mode = mode
+
+    @property
+    def gate_mode(self) -> str:
+        modes = {layer.mode for _, layer in self.bara_layers()}
+        return modes.pop() if len(modes) == 1 else "mixed"
+
+    def save_pretrained(self, path: str, prune: bool = True) -> dict[str, int]:
+        """Write ``bara_config.json`` and ``adapter_model.safetensors`` (see `bara.io`)."""
+        from .io import save_adapter
+
+        return save_adapter(self, path, prune=prune)
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, path: str) -> "BaRAModel":
+        """Rebuild a saved adapter on ``base_model`` (see `bara.io`)."""
+        from .io import load_adapter
+
+        return load_adapter(base_model, path)
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def get_bara_model(model: nn.Module, config: BaRAConfig) -> BaRAModel:
+    """Freeze ``model`` and inject BaRA layers as ``config`` says.
+
+    Example:
+        >>> base = nn.Sequential(nn.Linear(8, 8))
+        >>> model = get_bara_model(base, BaRAConfig(r=4, target_modules=["0"]))
+        >>> sorted(n for n, _ in model.bara_layers())
+        ['0']
+    """
+    if isinstance(model, BaRAModel):
+        raise ValueError("model already carries BaRA layers")
+    return BaRAModel(model, config)
+
+
+@contextlib.contextmanager
+def gate_mode(model: BaRAModel, mode: str) -> Iterator[BaRAModel]:
+    """Temporarily set how the gates behave.
+
+    Modes: ``sample`` (relaxed gates in training, hard Bernoulli draws in eval), ``mean``
+    (``z = E_q[π] ⊙ σ(ℓ(x))``), ``ones`` (all gates 1: plain LoRA), ``global`` (local gates
+    forced to 1), ``global_mean``, ``local`` (global gates forced to 1), ``local_mean``.
+
+    Example:
+        >>> with gate_mode(model, "ones"):        # doctest: +SKIP
+        ...     lora_logits = model(**batch).logits
+    """
+    if not isinstance(model, BaRAModel):
+        raise TypeError("gate_mode expects a BaRAModel (from get_bara_model)")
+    previous = {name: layer.mode for name, layer in model.bara_layers()}
+    model.set_gate_mode(mode)
+    try:
+        yield model
+    finally:
+        for name, layer in model.bara_layers():
+            layer.mode = previous[name]
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _get_module(model: nn.Module, name: str, field: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        children = [n for n, _ in model.named_children()]
+        raise ValueError(f"BaRAConfig.{field}: module '{name}' not found; top-level modules are {children}") from None
+
+
+def _signature(model: nn.Module) -> inspect.Signature | None:
+    try:
+        return inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bind(signature: inspect.Signature | None, args: tuple, kwargs: dict) -> dict[str, Any]:
+    if signature is None:
+        return dict(kwargs)
+    try:
+        return dict(signature.bind_partial(*args, **kwargs).arguments) | kwargs
+    except TypeError:
+        warnings.warn("BaRA could not bind the model's forward arguments; pooling over all positions", stacklevel=3)
+        return dict(kwargs)

@@ -1,0 +1,115 @@
+"""The variational objective and the effective-rank statistics (DESIGN §2).
+
+Negative ELBO per example (the trainer adds the likelihood term and multiplies the KL by the
+warm-up factor β_t):
+
+``L = mean_n[−log p(y_n | x_n, z_n)] + β_t ( β_l · mean_n Σ_{layers,k} KL_Bern(σ(ℓ_nk) ‖ ρ0)
+      + (β_g / N) Σ_{layers,k} KL(Kuma(a_k, b_k) ‖ Beta(α0, 1)) )``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .model import BaRAModel
+
+
+@dataclass
+class KLTerms:
+    """The KL parts of the last forward: ``total = β_g · global_kl / N + β_l · local_kl``."""
+
+    global_kl: Tensor  # Σ over layers and factors of KL(q(π) ‖ p(π)), not divided by N
+    local_kl: Tensor  # mean over instances of Σ over layers and factors of KL_Bern
+    total: Tensor
+
+
+def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
+    """Both KL parts of the objective, from the gates used in the last forward pass.
+
+    The global KL is counted for layers whose global gate was in use (not forced open); the
+    local KL is averaged over the instances of the last forward.
+    """
+    if num_examples <= 0:
+        raise ValueError(f"num_examples={num_examples} must be the (positive) number of training examples")
+    cfg = model.bara_config
+    zero = next(model.parameters()).new_zeros(())
+    global_kl, local_kl = zero, zero
+    for _, layer in model.bara_layers():
+        if layer.r == 0 or not layer._stats:
+            continue
+        if layer.global_used:
+            global_kl = global_kl + layer.global_gate.kl()
+        if "local_kl" in layer._stats:
+            local_kl = local_kl + layer._stats["local_kl"].mean()
+    total = cfg.beta_global * global_kl / num_examples + cfg.beta_local * local_kl
+    return KLTerms(global_kl=global_kl, local_kl=local_kl, total=total)
+
+
+def kl_divergence(model: BaRAModel, num_examples: int) -> Tensor:
+    """Scalar ``β_g · KL_global / N + β_l · mean local KL`` of the last forward.
+
+    Example:
+        >>> out = model(**batch)                                   # doctest: +SKIP
+        >>> loss = out.loss + beta_t * kl_divergence(model, num_examples=len(train_set))
+    """
+    return kl_terms(model, num_examples).total
+
+
+def kl_warmup_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
+    """β_t: rises linearly from 0 to 1 over the first ``warmup_fraction`` of the steps."""
+    warmup_steps = warmup_fraction * total_steps
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def gate_probabilities(model: BaRAModel) -> dict[str, Tensor]:
+    """``{layer: E_q[z] of shape [instances, r]}`` for the last forward pass."""
+    return {name: layer._stats["gate_probs"].detach() for name, layer in model.bara_layers() if "gate_probs" in layer._stats}
+
+
+def effective_ranks(model: BaRAModel) -> dict[str, Tensor]:
+    """``{layer: s̄(x) of shape [instances]}`` with ``s̄(x) = Σ_k E_q[π_k] σ(ℓ_k(x))``."""
+    return {name: probs.sum(-1) for name, probs in gate_probabilities(model).items()}
+
+
+def deterministic_ranks(model: BaRAModel) -> dict[str, Tensor]:
+    """``{layer: s_det(x)}`` with ``s_det(x) = Σ_k 1[E_q[π_k] σ(ℓ_k(x)) > 0.5]``."""
+    return {name: (probs > 0.5).sum(-1) for name, probs in gate_probabilities(model).items()}
+
+
+def expected_pi(model: BaRAModel) -> dict[str, Tensor]:
+    """``{layer: E_q[π] of shape [r]}``."""
+    with torch.no_grad():
+        return {name: layer.global_gate.expected_pi().detach() for name, layer in model.bara_layers()}
+
+
+def rank_summary(model: BaRAModel, gate_probs: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """Dataset-level rank statistics.
+
+    ``gate_probs`` holds, per layer, ``E_q[z]`` stacked over a dataset ([N, r]; default: the
+    last forward). Returns the joint effective rank ``s̄_{Φ,θ} = E_x s̄(x)`` averaged over
+    layers, the mean global rank ``r_glob = Σ_k 1[E_q[π_k] > 0.5]``, the complexity term
+    ``J = Σ_k sqrt(p̂_k)`` (p̂_k: fraction of instances whose gate k is on, ``E_q[z_k] > 0.5``),
+    the spread of s̄(x) across instances, and the maximum rank r.
+    """
+    probs = gate_probabilities(model) if gate_probs is None else gate_probs
+    pis = expected_pi(model)
+    layers = [name for name in pis if name in probs and probs[name].numel() > 0]
+    if not layers:
+        raise ValueError("no gate statistics yet: run a forward pass in a gated mode first")
+    joint, spread, complexity = [], [], []
+    for name in layers:
+        s_bar = probs[name].float().sum(-1)
+        joint.append(s_bar.mean())
+        spread.append(s_bar.std() if s_bar.numel() > 1 else s_bar.new_zeros(()))
+        complexity.append(torch.sqrt((probs[name].float() > 0.5).float().mean(0)).sum())
+    r_glob = [float((pis[name] > 0.5).sum()) for name in layers]
+    return {
+        "joint_effective_rank": float(torch.stack(joint).mean()),
+        "effective_rank_std": float(torch.stack(spread).mean()),
+        "r_glob": sum(r_glob) / len(r_glob),
+        "complexity_J": float(torch.stack(complexity).mean()),
+        "max_rank": float(model.bara_config.r),
+    }
