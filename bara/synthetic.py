@@ -83,16 +83,17 @@ class SyntheticResult:
 
 def train_synthetic(task: ClusterTask, config: BaRAConfig, *, steps: int = 1500, batch_size: int = 64,
                     lr: float = 1e-2, n_train: int = 4096, seed: int = 0, lora_only: bool = False,
-                    eval_mode: str = "mean") -> SyntheticResult:
+                    eval_mode: str = "mean", model: BaRAModel | None = None) -> SyntheticResult:
     """Train BaRA (or, with ``lora_only``, the same adapter in ``ones`` mode = LoRA) with Adam.
 
     The likelihood term is the per-token squared error summed over output dimensions (a
     Gaussian NLL up to constants); the KL enters with the linear warm-up of ``config``.
+    ``model`` may be a prepared `BaRAModel` (e.g. with some gate parameters frozen).
     """
     torch.manual_seed(seed)
     data_gen = torch.Generator().manual_seed(10_000 + seed)
     x_train, y_train, _, _ = task.sample(n_train, data_gen)
-    model = get_bara_model(LinearStack(task.w0), config)
+    model = model if model is not None else get_bara_model(LinearStack(task.w0), config)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     model.set_gate_mode("ones" if lora_only else "sample")

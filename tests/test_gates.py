@@ -1,0 +1,96 @@
+"""C2: every closed form against a Monte-Carlo estimate (10^6 samples, within 3 standard errors)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bara.gates import (
+    GlobalGate,
+    hard_bernoulli,
+    kl_bernoulli,
+    kl_kumaraswamy_beta,
+    kumaraswamy_expected_log,
+    kumaraswamy_log_sample,
+    kumaraswamy_mean,
+    relaxed_bernoulli,
+)
+
+N = 1_000_000
+
+
+def kuma_samples(a: float, b: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(N, generator=g, dtype=torch.float64)
+    log_pi, _ = kumaraswamy_log_sample(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), u)
+    return log_pi
+
+
+def within_3se(samples: torch.Tensor, value: float) -> None:
+    mean, se = samples.mean().item(), samples.std().item() / math.sqrt(samples.numel())
+    assert abs(mean - value) <= 3 * se, f"MC {mean:.5f} ± {se:.5f} vs closed form {value:.5f}"
+
+
+@pytest.mark.parametrize("a,b", [(1.7, 2.3), (9.0, 1.0), (0.5, 0.8), (3.0, 1.2)])
+def test_kumaraswamy_mean_and_expected_log(a, b):
+    log_pi = kuma_samples(a, b)
+    within_3se(log_pi.exp(), kumaraswamy_mean(torch.tensor(a), torch.tensor(b)).item())
+    within_3se(log_pi, kumaraswamy_expected_log(torch.tensor(a), torch.tensor(b)).item())
+
+
+def test_reference_values_of_design():
+    kl = kl_kumaraswamy_beta(torch.tensor(3.0), torch.tensor(1.2), 0.625).item()
+    assert kl == pytest.approx(0.6964, abs=1e-4)
+    assert kumaraswamy_mean(torch.tensor(1.7), torch.tensor(2.3)).item() == pytest.approx(0.4584, abs=1e-4)
+
+
+@pytest.mark.parametrize("a,b,alpha0", [(3.0, 1.2, 0.625), (9.0, 1.0, 1 / 3), (0.8, 2.5, 1.0), (1.5, 0.7, 0.2)])
+def test_kumaraswamy_beta_kl_matches_monte_carlo(a, b, alpha0):
+    log_pi = kuma_samples(a, b, seed=1)
+    log_1m_pia = torch.log(-torch.expm1(a * log_pi))
+    log_q = math.log(a * b) + (a - 1) * log_pi + (b - 1) * log_1m_pia
+    log_p = math.log(alpha0) + (alpha0 - 1) * log_pi  # Beta(alpha0, 1) density
+    within_3se(log_q - log_p, kl_kumaraswamy_beta(torch.tensor(a), torch.tensor(b), alpha0).item())
+
+
+def test_ibp_expected_pi_is_product_of_sticks():
+    gate = GlobalGate(4, alpha0=1.0, a_init=2.0, b_init=1.5, prior="ibp")
+    with torch.no_grad():
+        gate.a_raw.copy_(torch.tensor([1.0, 2.0, 3.0, 0.5]))
+        draws = torch.stack([gate.sample_log_pi()[0].exp() for _ in range(20000)])
+    expected = gate.expected_pi().detach()
+    se = draws.std(0) / math.sqrt(draws.shape[0])
+    assert torch.all((draws.mean(0) - expected).abs() <= 3 * se + 1e-6)
+    assert torch.all(expected[1:] <= expected[:-1]), "stick-breaking usage must be non-increasing"
+
+
+def test_bernoulli_kl_matches_torch_and_sampling():
+    p = torch.tensor([0.05, 0.3, 0.5, 0.97], dtype=torch.float64)
+    reference = torch.distributions.kl_divergence(torch.distributions.Bernoulli(p), torch.distributions.Bernoulli(torch.full_like(p, 0.2)))
+    assert torch.allclose(kl_bernoulli(p, 0.2), reference, atol=1e-8)
+    assert kl_bernoulli(torch.tensor([0.4]), 0.4).abs().item() < 1e-7
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])
+def test_binary_concrete_keeps_the_bernoulli_probability(temperature):
+    # P(relaxed sample > 1/2) = p for every temperature: the relaxation is centred on Bern(p).
+    torch.manual_seed(0)
+    p = torch.tensor([0.1, 0.5, 0.8])
+    logits = torch.logit(p).expand(N, 3)
+    above = (relaxed_bernoulli(logits, temperature) > 0.5).double()
+    for k in range(3):
+        within_3se(above[:, k], p[k].item())
+    hard = hard_bernoulli(p.expand(N, 3).double())
+    for k in range(3):
+        within_3se(hard[:, k], p[k].item())
+
+
+def test_straight_through_is_hard_forward_with_gradient():
+    logits = torch.zeros(1000, requires_grad=True)
+    gates = relaxed_bernoulli(logits, 1.0, straight_through=True)
+    assert torch.allclose(gates.detach(), gates.detach().round(), atol=1e-6)
+    assert 0.3 < gates.detach().round().mean() < 0.7
+    gates.sum().backward()
+    assert logits.grad.abs().sum() > 0

@@ -1,0 +1,180 @@
+"""The wrapper on real architectures: targeting, freezing, mask routing, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bara
+from conftest import padded_batch, tiny_bert, tiny_gemma3, tiny_llama
+
+
+# -- configuration ---------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,expected", [
+    ("r", 0, "r=0"), ("r", -3, "positive integer"), ("r", 2.5, "positive integer"),
+    ("lora_alpha", 0, "lora_alpha"), ("lora_alpha", float("nan"), "lora_alpha"),
+    ("target_modules", [], "target_modules"), ("target_modules", "", "target_modules"), ("target_modules", [3], "target_modules"),
+    ("alpha0", 0, "alpha0=0"), ("alpha0", -1.0, "> 0"),
+    ("rho0", 0.0, "strictly between 0 and 1"), ("rho0", 1.0, "rho0=1.0"), ("rho0", 1.5, "rho0"),
+    ("temperature", 0, "temperature=0"), ("temperature", -0.5, "temperature"),
+    ("beta_global", -1, "beta_global"), ("beta_local", float("inf"), "beta_local"),
+    ("kl_warmup", 1.5, "kl_warmup"), ("kl_warmup", -0.1, "kl_warmup"),
+    ("gate_input", "h", "'x', 'Ax'"), ("variant", "sum", "'product', 'additive'"),
+    ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"),
+    ("kuma_a_init", 0, "kuma_a_init"), ("kuma_b_init", -1, "kuma_b_init"),
+    ("local_bias_init", float("nan"), "local_bias_init"), ("prune_threshold", 1.0, "prune_threshold"),
+    ("modules_to_save", "classifier", "modules_to_save"), ("rank_pattern", {"q": 99}, "rank_pattern"),
+])
+def test_config_rejects_bad_values_naming_the_field(field, value, expected):
+    with pytest.raises(ValueError) as err:
+        bara.BaRAConfig(**{field: value})
+    message = str(err.value)
+    assert f"BaRAConfig.{field}" in message and expected in message and "\n" not in message
+
+
+def test_config_defaults_and_round_trip(tmp_path):
+    cfg = bara.BaRAConfig()
+    assert (cfg.r, cfg.lora_alpha, cfg.scaling, cfg.rho0, cfg.temperature, cfg.beta_local) == (8, 16, 2.0, 0.5, 1.0, 0.1)
+    assert cfg.alpha0 == pytest.approx(1 / 3)
+    cfg.save(tmp_path / "c.json")
+    assert bara.BaRAConfig.load(tmp_path / "c.json") == cfg
+    with pytest.raises(ValueError, match="unknown field"):
+        bara.BaRAConfig.from_dict({"r": 4, "rank": 4})
+    (tmp_path / "bad.json").write_text("{\n  'r': 4\n}")
+    with pytest.raises(ValueError, match="bad.json: invalid JSON at line 2"):
+        bara.BaRAConfig.load(tmp_path / "bad.json")
+
+
+# -- targeting -------------------------------------------------------------------------
+def test_target_matching_nothing_lists_the_linear_layers():
+    with pytest.raises(ValueError, match=r"matches no module; the Linear layers are named: \[.*'query'.*'value'"):
+        bara.get_bara_model(tiny_bert(), bara.BaRAConfig(target_modules=["q_proj"]))
+
+
+def test_target_that_is_not_linear_is_refused():
+    with pytest.raises(ValueError, match="selects 'bert.embeddings.LayerNorm' of type LayerNorm"):
+        bara.get_bara_model(tiny_bert(), bara.BaRAConfig(target_modules=["LayerNorm"]))
+
+
+def test_regex_targets_and_default_targets():
+    model = bara.get_bara_model(tiny_bert(), bara.BaRAConfig(target_modules=r".*layer\.1\.attention\.self\.(query|key)"))
+    assert sorted(n for n, _ in model.bara_layers()) == [
+        "bert.encoder.layer.1.attention.self.key", "bert.encoder.layer.1.attention.self.query"]
+    assert bara.get_bara_model(tiny_llama(), bara.BaRAConfig()).bara_config.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match="no query/value projections"):
+        bara.get_bara_model(nn.Sequential(nn.Linear(2, 2)), bara.BaRAConfig())
+    with pytest.raises(ValueError, match="modules_to_save: module 'head' not found"):
+        bara.get_bara_model(tiny_bert(), bara.BaRAConfig(target_modules=["query"], modules_to_save=["head"]))
+
+
+def test_only_adapter_gates_and_saved_modules_train():
+    model = bara.get_bara_model(tiny_bert(), bara.BaRAConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(("lora_" in n or "_gate." in n or ".classifier." in n) for n in trainable)
+    assert any("classifier" in n for n in trainable) and any("local_gate.weight" in n for n in trainable)
+    per_layer = 4 * 32 + 32 * 4 + 2 * 4 + 4 * 32 + 4  # A, B, (a, b), W_g, b_g
+    assert model.trainable_parameter_count() == 4 * per_layer + 32 * 3 + 3
+
+
+@pytest.mark.parametrize("build,inputs", [
+    (lambda: tiny_bert(), dict(labels=torch.tensor([0, 2]))),
+    (lambda: tiny_llama(head="causal"), dict(labels=torch.randint(1, 64, (2, 8)))),
+    (lambda: tiny_llama(head="classify"), dict(labels=torch.tensor([1, 0]))),
+    (lambda: tiny_gemma3(), dict(labels=torch.randint(1, 64, (2, 8)))),
+], ids=["bert-classify", "llama-causal", "llama-classify", "gemma3-causal"])
+def test_trains_on_real_architectures(build, inputs):
+    model = bara.get_bara_model(build(), bara.BaRAConfig(r=4))
+    ids, mask = padded_batch([8, 5], total=8, left=True)
+    model.train()
+    out = model(input_ids=ids, attention_mask=mask, **inputs)
+    loss = out.loss + bara.kl_divergence(model, num_examples=100)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    ranks = bara.effective_ranks(model)
+    assert len(ranks) == 4 and all(v.shape == (2,) for v in ranks.values())
+    assert set(bara.gate_probabilities(model)) == set(ranks)
+
+
+# -- the attention mask reaches the gates ----------------------------------------------
+class MaskedToy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x, attention_mask=None):
+        return self.proj(x)
+
+
+def _trained_gate_model():
+    model = bara.get_bara_model(MaskedToy(), bara.BaRAConfig(r=3, target_modules=["proj"]))
+    with torch.no_grad():
+        model.proj.local_gate.weight.normal_()
+    return model.eval()
+
+
+def test_padding_content_does_not_change_the_gates():
+    model = _trained_gate_model()
+    x = torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
+    with bara.gate_mode(model, "mean"):
+        model(x, attention_mask=mask)
+        first = bara.gate_probabilities(model)["proj"]
+        garbage = x.clone()
+        garbage[mask == 0] = 100.0 * torch.randn(int((mask == 0).sum()), 6)
+        model(garbage, attention_mask=mask)
+        assert torch.allclose(bara.gate_probabilities(model)["proj"], first, atol=1e-6)
+        model(x[:1, :3])  # the unpadded first row, no mask: pools over all its positions
+        assert torch.allclose(bara.gate_probabilities(model)["proj"][0], first[0], atol=1e-6)
+        model(garbage)  # without a mask the garbage is pooled: proves the mask was doing the work
+        assert not torch.allclose(bara.gate_probabilities(model)["proj"], first, atol=1e-3)
+
+
+def test_right_padding_in_a_real_encoder_leaves_each_rows_gates_unchanged():
+    model = bara.get_bara_model(tiny_bert(), bara.BaRAConfig(r=4, target_modules=["query"]))
+    for _, layer in model.bara_layers():
+        torch.nn.init.normal_(layer.local_gate.weight)
+    ids, mask = padded_batch([4, 7], total=7, left=False)
+    with bara.gate_mode(model, "mean"):
+        model(input_ids=ids, attention_mask=mask)
+        batched = bara.gate_probabilities(model)
+        model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4])
+        alone = bara.gate_probabilities(model)
+    for name in batched:
+        assert torch.allclose(batched[name][0], alone[name][0], atol=1e-5)
+
+
+def test_causal_lm_pools_over_the_prompt_only():
+    model = bara.get_bara_model(tiny_llama(), bara.BaRAConfig(r=4))
+    ids, mask = padded_batch([6, 4], total=6, left=True, vocab=128)
+    labels = ids.clone()
+    labels[:, :4] = -100  # the last two tokens are the answer
+    model(input_ids=ids, attention_mask=mask, labels=labels)
+    expected = mask.bool() & (labels == -100)
+    assert torch.equal(model.context.pool_mask, expected)
+
+
+def test_generation_reuses_the_prompt_gates():
+    model = bara.get_bara_model(tiny_llama(), bara.BaRAConfig(r=4)).eval()
+    for _, layer in model.bara_layers():
+        torch.nn.init.normal_(layer.local_gate.weight)
+        torch.nn.init.normal_(layer.lora_B.weight)
+    ids, mask = padded_batch([5, 3], total=5, left=True, vocab=128)
+    with bara.gate_mode(model, "mean"):
+        model(input_ids=ids, attention_mask=mask)
+        prompt_gates = {n: l._cached_gate.clone() for n, l in model.bara_layers()}
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 8)
+    for name, layer in model.bara_layers():
+        assert torch.allclose(layer._cached_gate, prompt_gates[name])
+
+
+def test_gate_mode_restores_and_rejects_unknown_modes():
+    model = _trained_gate_model()
+    with bara.gate_mode(model, "ones"):
+        assert model.gate_mode == "ones"
+    assert model.gate_mode == "sample"
+    with pytest.raises(ValueError, match="allowed: sample, mean, ones, global"):
+        model.set_gate_mode("dropout")
