@@ -6,7 +6,6 @@ is ever pickled, and pickle files handed to the loader are refused, never opened
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -76,7 +75,7 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
         config.rank_pattern[name] = len(keep)
         for key, value in _layer_state(layer, keep).items():
             tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
-    for module_name in config.modules_to_save or []:
+    for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict().items():
             tensors[f"{module_name}.{key}"] = value.detach().cpu().contiguous()
     config.rank_pattern = {k: v for k, v in config.rank_pattern.items() if v != config.r}
@@ -142,7 +141,7 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
         for key in ("lora_A.weight", "lora_B.weight", "global_gate.a_raw", "global_gate.b_raw",
                     "local_gate.weight", "local_gate.bias"):
             state[f"{name}.{key}"] = layer.get_parameter(key)
-    for module_name in model.bara_config.modules_to_save or []:
+    for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict(keep_vars=True).items():
             state[f"{module_name}.{key}"] = value
     return state
@@ -173,7 +172,7 @@ def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
         if layer.r != config.r:  # peft scales by alpha / r_layer: keep c = lora_alpha / r
             rank_pattern[name] = layer.r
             alpha_pattern[name] = config.scaling * layer.r
-    for module_name in config.modules_to_save or []:
+    for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict().items():
             tensors[f"base_model.model.{module_name}.{key}"] = value.detach().cpu().contiguous()
     lora_config = LoraConfig(
@@ -182,7 +181,7 @@ def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
     )
     lora_config.save_pretrained(str(out))
     _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    meta = json.loads((out / "adapter_config.json").read_text())
-    meta["bara_export"] = "global_mean part of a BaRA adapter; local gates dropped"
-    (out / "adapter_config.json").write_text(json.dumps(meta, indent=2))
+    (out / "README.md").write_text(
+        "Plain LoRA export of a BaRA adapter: the mean global gate E_q[pi] is folded into lora_B; the\n"
+        "input-dependent local gates cannot be folded and are dropped (equals BaRA's `global_mean` mode).\n")
     return out

@@ -100,9 +100,9 @@ class BaRAModel(nn.Module):
             parent, child = _parent_of(model, name)
             rank = config.rank_pattern.get(name, config.r)
             setattr(parent, child, BaRALinear(getattr(parent, child), config, r=rank, context=self.context))
-        for name in config.modules_to_save or []:
-            module = _get_module(model, name, "modules_to_save")
-            for param in module.parameters():
+        self.saved_modules = [_find_module(model, name) for name in config.modules_to_save or []]
+        for name in self.saved_modules:
+            for param in model.get_submodule(name).parameters():
                 param.requires_grad_(True)
         self._forward_signature = _signature(model)
         self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
@@ -223,12 +223,14 @@ def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _get_module(model: nn.Module, name: str, field: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
+def _find_module(model: nn.Module, name: str) -> str:
+    """Full name of the one module called ``name`` or ending in ``.name`` (as peft matches)."""
+    found = [n for n, _ in model.named_modules() if n == name or n.endswith("." + name)]
+    if len(found) != 1:
+        problem = "not found" if not found else f"is ambiguous ({found[:4]})"
         children = [n for n, _ in model.named_children()]
-        raise ValueError(f"BaRAConfig.{field}: module '{name}' not found; top-level modules are {children}") from None
+        raise ValueError(f"BaRAConfig.modules_to_save: module '{name}' {problem}; top-level modules are {children}")
+    return found[0]
 
 
 def _signature(model: nn.Module) -> inspect.Signature | None:
