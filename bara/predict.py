@@ -1,0 +1,107 @@
+"""Predictive distributions: Monte-Carlo averages of softmax probabilities, or one `mean` pass.
+
+In ``sample`` mode the S samples of a batch go through the model together (the batch is
+repeated S times along its first axis, in chunks of at most ``max_rows`` rows), so S samples
+cost one large forward instead of S small ones. Gate statistics (``E_q[z]`` per instance and
+layer) are collected along the way for the rank report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .data import Collator, EncodedDataset
+from .model import BaRAModel, gate_mode
+from .objective import gate_probabilities
+
+try:  # a progress bar when rich is present
+    from rich.progress import track
+except ImportError:  # pragma: no cover
+    def track(it, **_):
+        return it
+
+
+@dataclass
+class Predictions:
+    """Predictions on one split. ``probs`` is the mean predictive ``[N, K]``."""
+
+    probs: Tensor
+    labels: Tensor
+    sample_probs: Tensor | None = None  # [S, N, K] when sampled
+    gate_probs: dict[str, Tensor] = field(default_factory=dict)  # layer -> [N, r] (choices averaged)
+    domains: list[str | None] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def instance_ranks(self) -> Tensor | None:
+        """Per-example s̄(x), averaged over layers, or None for models without gates."""
+        if not self.gate_probs:
+            return None
+        return torch.stack([p.sum(-1) for p in self.gate_probs.values()]).mean(0)
+
+
+def _repeat(batch: dict[str, Tensor], times: int) -> dict[str, Tensor]:
+    return {k: v.repeat(times, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mode: str = "sample", samples: int = 10,
+            batch_size: int = 32, max_rows: int = 512, device: str | torch.device = "cpu",
+            sample_fn: Callable[[nn.Module], None] | None = None, progress: bool = False) -> Predictions:
+    """Predict every example of ``dataset``.
+
+    Args:
+        model: a `BaRAModel` (gates set by ``mode``) or any model returning ``.logits``.
+        mode: ``sample`` (average over ``samples`` stochastic passes), ``mean`` (one pass with
+            expected gates) or any other gate mode of `bara.gate_mode`; for models without
+            gates, ``sample`` with ``samples > 1`` requires something stochastic in eval
+            (e.g. MC-dropout: pass ``sample_fn`` that switches dropout on).
+        samples: S, the number of Monte-Carlo samples in ``sample`` mode.
+        max_rows: the most rows (examples × samples) sent through the model at once.
+
+    Example:
+        >>> preds = predict(model, eval_set, collator, mode="sample", samples=10)   # doctest: +SKIP
+        >>> preds.probs.sum(-1)                                                      # all ones
+    """
+    model.eval()
+    if sample_fn is not None:
+        sample_fn(model)
+    stochastic = mode == "sample"
+    s_total = samples if stochastic else 1
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    all_samples, all_gates = [], {}
+    start = time.perf_counter()
+    context = gate_mode(model, mode) if isinstance(model, BaRAModel) else contextlib.nullcontext()
+    with context:
+        batches = track(loader, description=f"predict ({mode}, S={s_total})") if progress else loader
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            n = batch["input_ids"].shape[0]
+            per_chunk = max(1, min(s_total, max_rows // max(1, n)))
+            chunks, done = [], 0
+            while done < s_total:
+                reps = min(per_chunk, s_total - done)
+                logits = model(**_repeat(batch, reps)).logits.float()
+                chunks.append(torch.softmax(logits, -1).view(reps, n, -1))
+                if done == 0:
+                    for name, probs in gate_probabilities(model).items() if isinstance(model, BaRAModel) else []:
+                        rows = probs[: probs.shape[0] // reps].view(n, -1, probs.shape[-1]).mean(1)
+                        all_gates.setdefault(name, []).append(rows.cpu())
+                done += reps
+            all_samples.append(torch.cat(chunks).cpu())
+    sample_probs = torch.cat(all_samples, dim=1)
+    return Predictions(
+        probs=sample_probs.mean(0),
+        labels=dataset.labels,
+        sample_probs=sample_probs if stochastic else None,
+        gate_probs={name: torch.cat(rows) for name, rows in all_gates.items()},
+        domains=dataset.domains,
+        seconds=time.perf_counter() - start,
+    )
