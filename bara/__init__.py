@@ -14,7 +14,7 @@ Example:
 from .config import BaRAConfig
 from .io import export_lora, load_adapter, save_adapter
 from .layer import GATE_MODES, BaRALinear, GateContext
-from .model import BaRAModel, gate_mode, get_bara_model
+from .model import BaRAModel, fix_gates, gate_mode, get_bara_model
 from .objective import (
     KLTerms,
     deterministic_ranks,
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaRAConfig", "BaRALinear", "BaRAModel", "GATE_MODES", "GateContext", "KLTerms",
-    "deterministic_ranks", "effective_ranks", "expected_pi", "export_lora", "gate_mode",
+    "deterministic_ranks", "effective_ranks", "expected_pi", "export_lora", "fix_gates", "gate_mode",
     "gate_probabilities", "get_bara_model", "kl_divergence", "kl_terms", "kl_warmup_factor",
     "load_adapter", "rank_summary", "save_adapter",
 ]

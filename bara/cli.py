@@ -206,6 +206,51 @@ def demo(
         _fail(str(err))
 
 
+@app.command()
+def compare(
+    task: str = typer.Option(..., help="Task to train and evaluate every method on."),
+    out: Path = typer.Option(..., help="Comparison folder: runs/, results.json, results.md, plots. Re-running resumes."),
+    model: str = typer.Option("minilm", help="Backbone alias, Hub name or local path."),
+    methods: str = typer.Option("lora,map,mcdropout,ensemble,blob,laplace,bara-global,bara",
+                                help="Comma-separated methods (see [bold]bara methods[/bold])."),
+    seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
+    data: Optional[str] = typer.Option(None, help="Data for generic tasks."),
+    train_size: Optional[int] = typer.Option(512, help="Training examples (0 = all)."),
+    eval_size: Optional[int] = typer.Option(None, help="Evaluation examples (default all)."),
+    epochs: float = typer.Option(10.0),
+    steps: Optional[int] = typer.Option(None, help="Fixed number of steps (overrides --epochs)."),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-3),
+    max_length: int = typer.Option(128),
+    ood: str = typer.Option("", help="Comma-separated tasks to also evaluate every adapter on (out of domain)."),
+    workers: int = typer.Option(2, help="Parallel runs (processes with one torch thread each)."),
+    ece_curve: bool = typer.Option(True, help="Also measure ECE at S = 1, 2, 4, 10 for sampling methods (first pass costs)."),
+) -> None:
+    """Train and evaluate several methods on the same data, steps and seeds; writes a mean ± std table.
+
+    Example: [bold]bara compare --task sst2 --methods lora,bara --seeds 1,2,3 --out runs/cmp-sst2[/bold]
+    """
+    from .compare import CompareSpec, compare as run_compare
+    from .pipeline import RunSpec
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds={seeds!r}: expected comma-separated integers")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        base = RunSpec(model=model, task=task, data=data, train_size=train_size or None, eval_size=eval_size, epochs=epochs,
+                       max_steps=steps, batch_size=batch_size, learning_rate=lr, max_length=max_length)
+        base.validate()
+        spec = CompareSpec(base=base, methods=method_list, seeds=seed_list, ood=[t for t in ood.split(",") if t],
+                           ece_curve=ece_curve, workers=workers)
+        report = run_compare(spec, out, console=console)
+    except _user_errors() as err:
+        _fail(str(err))
+    console.print((out / "results.md").read_text())
+    console.print(f"wall time {report['wall_seconds'] / 60:.1f} min; results in {out}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

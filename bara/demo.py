@@ -111,9 +111,11 @@ def _markdown(summary: dict[str, Any]) -> str:
     ]
     for name, m in summary["table"].items():
         rank = m.get("joint_effective_rank")
+        rank_cell = "—" if rank is None else f"{rank:.2f} / {int(m['max_rank'])}"
+        glob_cell = "—" if rank is None else f"{m['r_glob']:.1f}"
+        cost = summary["eval_cost_vs_one_lora_pass"][name]
         lines.append(f"| {name} | {100 * m['accuracy']:.1f} | {100 * m['ece']:.1f} | {m['nll']:.3f} | {m['brier']:.3f} | "
-                     f"{'—' if rank is None else f'{rank:.2f} / {int(m['max_rank'])}'} | "
-                     f"{'—' if rank is None else f'{m['r_glob']:.1f}'} | {summary['eval_cost_vs_one_lora_pass'][name]:.1f} |")
+                     f"{rank_cell} | {glob_cell} | {cost:.1f} |")
     lines += [
         "",
         "How to read it: ECE (15 bins, top label) and NLL measure calibration — lower is better. "

@@ -26,6 +26,9 @@ GATE_MODES: dict[str, tuple[str, str]] = {
     "global_mean": ("mean", "one"),
     "local": ("one", "sample"),
     "local_mean": ("one", "mean"),
+    # check C7's control: input-independent factor dropout with the keep-probabilities set by
+    # `bara.model.fix_gates` (by default the data-average of E_q[z]); no learned gate is used
+    "constant": ("constant", "one"),
 }
 
 
@@ -83,6 +86,7 @@ class BaRALinear(nn.Module):
         self.context = context if context is not None else GateContext()
         self._stats: dict[str, Tensor] = {}
         self.global_used = True  # whether the last forward used the global gate (for its KL)
+        self.register_buffer("constant_keep", torch.ones(r), persistent=False)  # for mode "constant"
         self._cached_gate: Tensor | None = None
 
     # -- pooling -------------------------------------------------------------------------
@@ -121,7 +125,7 @@ class BaRALinear(nn.Module):
             z = g * l
             if local_kind != "one":
                 stats["local_kl"] = kl_bernoulli(local_p, self.rho0).sum(-1)
-        self.global_used = global_kind != "one"
+        self.global_used = global_kind not in ("one", "constant")
         stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
         self._stats = stats
         return z
@@ -129,6 +133,9 @@ class BaRALinear(nn.Module):
     def _one_gate(self, kind, logits_fn, mean_p, sample_p, stochastic) -> Tensor | float:
         if kind == "one":
             return 1.0
+        if kind == "constant":
+            keep = self.constant_keep.expand_as(mean_p)
+            return hard_bernoulli(keep) if not self.training else relaxed_bernoulli(torch.logit(keep, eps=1e-6), self.temperature)
         if kind == "mean":
             return mean_p
         if stochastic:
@@ -147,6 +154,8 @@ class BaRALinear(nn.Module):
 
     def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:
         """``E_q[z]`` per instance and factor, respecting factors forced open by the mode."""
+        if global_kind == "constant":
+            return self.constant_keep.expand_as(local_p)
         g = expected_pi if global_kind != "one" else torch.ones_like(expected_pi)
         if local_kind == "one":
             return g.expand_as(local_p)

@@ -217,6 +217,22 @@ def gate_mode(model: BaRAModel, mode: str) -> Iterator[BaRAModel]:
             layer.mode = previous[name]
 
 
+def fix_gates(model: BaRAModel, keep: dict[str, Tensor]) -> None:
+    """Set the per-layer keep-probabilities ``[r]`` used by gate mode ``constant`` (check C7).
+
+    Typically ``keep[layer] = E_x E_q[z_k(x)]``: the same average rank as the trained gates, but
+    without any dependence on the input.
+    """
+    layers = dict(model.bara_layers())
+    unknown = sorted(set(keep) - set(layers))
+    if unknown:
+        raise ValueError(f"fix_gates: unknown layers {unknown[:3]}")
+    for name, probs in keep.items():
+        if probs.shape != (layers[name].r,):
+            raise ValueError(f"fix_gates: layer {name} needs {layers[name].r} keep-probabilities, got shape {tuple(probs.shape)}")
+        layers[name].constant_keep.copy_(probs.clamp(0.0, 1.0))
+
+
 # -- helpers -----------------------------------------------------------------------------
 def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")

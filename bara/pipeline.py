@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, backbone_kind, load_backbone
 from .data import Collator, EncodedDataset, encode, label_token_ids
 from .heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
 from .methods import Method, get_method
@@ -125,20 +125,10 @@ def build(spec: RunSpec, *, task: TaskData | None = None, backbone: Backbone | N
 
 
 def _load_backbone_for(spec: RunSpec, task: TaskData) -> Backbone:
-    # The head type depends on the backbone kind, which we only know once it is loaded: try the
-    # encoder heads first; a decoder-only model is reported as such by load_backbone.
-    from .backbones import BackboneError
-
-    wanted = "multiple_choice" if task.kind == "multiple_choice" else "sequence_classification"
-    try:
-        backbone = load_backbone(spec.model, head=wanted, num_labels=len(task.label_names), seed=spec.seed)
-    except (BackboneError, ValueError) as err:
-        if "causal" not in str(err).lower() and "decoder" not in str(err).lower():
-            raise
-        backbone = None
-    if backbone is None or backbone.kind == "causal":
-        backbone = load_backbone(spec.model, head="causal_lm", seed=spec.seed)
-    return backbone
+    if backbone_kind(spec.model) == "causal":
+        return load_backbone(spec.model, head="causal_lm", seed=spec.seed)
+    head = "multiple_choice" if task.kind == "multiple_choice" else "sequence_classification"
+    return load_backbone(spec.model, head=head, num_labels=len(task.label_names), seed=spec.seed)
 
 
 def encode_split(built: Built, split: str) -> EncodedDataset:
@@ -158,6 +148,12 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    spec.validate()
+    custom = get_method(spec.method, spec.method_options).fit(spec, out, resume)
+    if custom is not None:
+        spec.save(out / RUN_FILE)
+        (out / "train_log.json").write_text(json.dumps(custom, indent=2, default=str) + "\n")
+        return custom
     torch.manual_seed(spec.seed)
     built = build(spec)
     method = built.method
@@ -179,6 +175,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
+    method.after_training(model, train_set, built.collator)
     seconds = time.perf_counter() - start
     method.save(model, out / "adapter")
     spec.save(out / RUN_FILE)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..config import BaRAConfig
-from ..model import BaRAModel, get_bara_model
+from ..model import BaRAModel, fix_gates, get_bara_model
 from ..predict import Predictions, predict
 from .base import Method
 
@@ -44,7 +44,11 @@ class BaRA(Method):
         if self.gate_mode != "sample" and mode in ("sample", "mean"):  # an ablation keeps its forced-open gates
             mode = self.gate_mode if mode == "sample" else f"{self.gate_mode}_mean"
         samples = samples if samples is not None else self.eval_samples
-        stochastic = mode in ("sample", "global", "local")
+        if mode == "constant":  # C7 control: factor dropout at the data-average keep-probabilities
+            average = predict(model, dataset, collator, mode=f"{self.gate_mode}_mean" if self.gate_mode != "sample" else "mean",
+                              samples=1)
+            fix_gates(model, {name: probs.mean(0) for name, probs in average.gate_probs.items()})
+        stochastic = mode in ("sample", "global", "local", "constant")
         return predict(model, dataset, collator, mode=mode, samples=samples if stochastic else 1, progress=progress)
 
     def save(self, model: nn.Module, path: Path) -> None:

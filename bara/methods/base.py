@@ -41,6 +41,10 @@ class Method:
         return dataclasses.asdict(self)
 
     # -- the four steps ---------------------------------------------------------------
+    def fit(self, spec: Any, out: Path, resume: bool) -> dict[str, Any] | None:
+        """Train a method that is not one model (e.g. an ensemble); ``None`` = the standard loop."""
+        return None
+
     def wrap(self, head: nn.Module, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:
         """Freeze the backbone and add this method's trainable adapter."""
         raise NotImplementedError
@@ -57,6 +61,9 @@ class Method:
 
     def before_training(self, model: nn.Module) -> None:
         """Hook run once before training (e.g. set BaRA's gate mode)."""
+
+    def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator) -> None:
+        """Hook run once after training, before saving (e.g. fit a post-hoc Laplace posterior)."""
 
     def predict(self, model: nn.Module, dataset: EncodedDataset, collator: Collator, *, samples: int | None = None,
                 mode: str | None = None, progress: bool = False) -> Predictions:

@@ -1,0 +1,213 @@
+"""``bara compare``: every method on the same data, model, steps and seeds, with one report.
+
+Each (method, seed) is a run folder ``OUT/runs/<method>/seed<k>`` holding the adapter and its
+evaluations; a run whose ``done.json`` exists is skipped, so an interrupted comparison resumes
+where it stopped. Runs go to a pool of worker processes (one torch thread each). For BaRA the
+report also scores the C7 controls: the same adapter with constant gates (input-independent
+factor dropout at the data-average keep-probabilities) and the one-pass ``mean`` mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from .pipeline import RunSpec
+
+METRICS = ("accuracy", "ece", "nll", "brier")
+LOWER_IS_BETTER = {"ece": True, "nll": True, "brier": True, "accuracy": False}
+ECE_CURVE_SAMPLES = (1, 2, 4, 10)
+
+
+@dataclasses.dataclass
+class CompareSpec:
+    """What `compare` runs; ``base`` holds the settings shared by every run."""
+
+    base: RunSpec
+    methods: list[str]
+    seeds: list[int]
+    ood: list[str] = dataclasses.field(default_factory=list)
+    ece_curve: bool = True
+    workers: int = 2
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / "runs" / method / f"seed{seed}"
+
+
+def _extra_modes(method: str) -> dict[str, dict[str, Any]]:
+    """Extra evaluations of the same adapter (rows of the report)."""
+    if method == "bara":
+        return {"bara [constant gates, C7]": {"mode": "constant"}, "bara [mean mode]": {"mode": "mean"}}
+    return {}
+
+
+def run_one(spec: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> dict[str, Any]:
+    """Train, evaluate (in domain, extra modes, OOD, ECE-vs-S) one (method, seed); resumable."""
+    import torch
+
+    torch.set_num_threads(1)
+    from .methods import get_method
+    from .pipeline import evaluate, train
+
+    spec_obj = RunSpec(**spec)
+    folder = run_dir(Path(out), spec_obj.method, spec_obj.seed)
+    done = folder / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    log = train(spec_obj, folder, resume=True, progress=False)
+    result: dict[str, Any] = {"method": spec_obj.method, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
+                              "trainable_parameters": log["trainable_parameters"], "steps": log["steps"]}
+    result["eval"] = evaluate(folder, out=folder / "eval", progress=False)
+    result["extra"] = {name: evaluate(folder, progress=False, plots=False, **kw) for name, kw in _extra_modes(spec_obj.method).items()}
+    result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False) for task in ood}
+    method = get_method(spec_obj.method, spec_obj.method_options)
+    if ece_curve and method.stochastic and spec_obj.method != "ensemble":
+        result["ece_curve"] = [(s, evaluate(folder, samples=s, progress=False, plots=False)["ece"]) for s in ECE_CURVE_SAMPLES]
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
+    """Run every (method, seed) of ``spec`` and write results.json, results.md and the plots."""
+    from .methods import get_method
+
+    for method in spec.methods:
+        get_method(method)  # unknown names fail before anything runs
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [dataclasses.asdict(dataclasses.replace(spec.base, method=m, seed=s)) for m in spec.methods for s in spec.seeds]
+    start = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    def finished(job: dict[str, Any], result: dict[str, Any]) -> None:
+        results.append(result)
+        if console:
+            console.print(f"done: {job['method']} seed {job['seed']} ({len(results)}/{len(jobs)})")
+
+    if spec.workers <= 1:  # in this process: simplest to debug, and what tests use
+        for job in jobs:
+            finished(job, run_one(job, str(out), spec.ood, spec.ece_curve))
+    else:
+        with ProcessPoolExecutor(max_workers=spec.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, job, str(out), spec.ood, spec.ece_curve): job for job in jobs}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    wall = time.perf_counter() - start
+    table = summarise(results, spec)
+    report = {"spec": {"base": dataclasses.asdict(spec.base), "methods": spec.methods, "seeds": spec.seeds, "ood": spec.ood},
+              "wall_seconds": wall, "summary": table, "runs": sorted(results, key=lambda r: (r["method"], r["seed"]))}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(report))
+    plot_comparison(results, spec, out)
+    return report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]], spec: CompareSpec) -> dict[str, dict[str, Any]]:
+    """Per row (method or extra evaluation, and OOD task): mean and std of each metric over seeds."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for run in results:
+        rows.setdefault(run["method"], []).append(run["eval"] | {"train_seconds": run["train_seconds"],
+                                                                 "trainable_parameters": run["trainable_parameters"]})
+        for name, metrics in run.get("extra", {}).items():
+            rows.setdefault(name, []).append(metrics)
+        for task, metrics in run.get("ood", {}).items():
+            rows.setdefault(f"{run['method']} → {task}", []).append(metrics)
+    summary = {}
+    for name, runs in rows.items():
+        entry = {m: _mean_std([r[m] for r in runs]) for m in METRICS + ("eval_seconds",)}
+        entry["joint_effective_rank"] = _mean_std([r.get("joint_effective_rank") for r in runs])
+        entry["effective_rank_std"] = _mean_std([r.get("effective_rank_std") for r in runs])
+        entry["r_glob"] = _mean_std([r.get("r_glob") for r in runs])
+        entry["train_seconds"] = _mean_std([r.get("train_seconds") for r in runs])
+        entry["trainable_parameters"] = runs[0].get("trainable_parameters")
+        entry["seeds"] = len(runs)
+        summary[name] = entry
+    return summary
+
+
+def _fmt(mean_std: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
+    mean, std = mean_std
+    if mean is None or math.isnan(mean):
+        return "—"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    base = report["spec"]["base"]
+    summary = report["summary"]
+    in_domain = [n for n in summary if "→" not in n]
+    best = {m: _best(summary, in_domain, m) for m in METRICS}
+    lines = [f"# Comparison: {base['model']} on {base['task']}", "",
+             f"{base['train_size'] or 'all'} training examples, {base['max_steps'] or str(base['epochs']) + ' epochs'}, batch "
+             f"{base['batch_size']}, lr {base['learning_rate']}, seeds {report['spec']['seeds']}; wall time "
+             f"{report['wall_seconds'] / 60:.1f} min. Mean ± std over seeds; best per column in bold. ECE ×100.", "",
+             "| method | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | r_glob | trainable params | train s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in in_domain:
+        lines.append(_row(name, summary[name], best))
+    ood = [n for n in summary if "→" in n]
+    if ood:
+        lines += ["", "Out of domain (adapters trained on the task above):", "",
+                  "| method → task | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | r_glob | trainable params | train s | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [_row(name, summary[name], {}) for name in sorted(ood)]
+    lines += ["", "Rows in brackets re-evaluate the BaRA adapter: `constant gates` replaces every learned gate by "
+              "input-independent factor dropout at the data-average keep-probability (check C7: BaRA should beat it), "
+              "`mean mode` is one pass with the expected gates.", ""]
+    return "\n".join(lines)
+
+
+def _best(summary: dict[str, Any], names: list[str], metric: str) -> str | None:
+    scored = [(summary[n][metric][0], n) for n in names if not math.isnan(summary[n][metric][0])]
+    if not scored:
+        return None
+    return (min if LOWER_IS_BETTER[metric] else max)(scored)[1]
+
+
+def _row(name: str, entry: dict[str, Any], best: dict[str, str | None]) -> str:
+    cells = []
+    for metric, scale, digits in (("accuracy", 100, 1), ("ece", 100, 1), ("nll", 1, 3), ("brier", 1, 3)):
+        text = _fmt(entry[metric], scale, digits)
+        cells.append(f"**{text}**" if best.get(metric) == name else text)
+    params = entry.get("trainable_parameters")
+    cells += [_fmt(entry["joint_effective_rank"], 1, 2), _fmt(entry["effective_rank_std"], 1, 2), _fmt(entry["r_glob"], 1, 1),
+              f"{params:,}" if params else "—", _fmt(entry["train_seconds"], 1, 0), _fmt(entry["eval_seconds"], 1, 0)]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def plot_comparison(results: list[dict[str, Any]], spec: CompareSpec, out: Path) -> None:
+    """Combined reliability diagram (first seed of each method) and ECE vs number of samples."""
+    from safetensors.torch import load_file
+
+    from . import plots
+
+    first = min(spec.seeds)
+    curves = {}
+    for method in spec.methods:
+        path = run_dir(out, method, first) / "eval" / "predictions.safetensors"
+        if path.exists():
+            data = load_file(str(path))
+            curves[method] = (data["probs"], data["labels"])
+    if curves:
+        plots.reliability_diagram(curves, out / "reliability.png", title=f"{spec.base.task}: seed {first}")
+    ece = {}
+    for run in results:
+        if run.get("ece_curve"):
+            ece.setdefault(run["method"], []).append(run["ece_curve"])
+    if ece:
+        averaged = {m: [(s, statistics.fmean(c[i][1] for c in runs)) for i, (s, _) in enumerate(runs[0])] for m, runs in ece.items()}
+        plots.ece_vs_samples(averaged, out / "ece_vs_samples.png")

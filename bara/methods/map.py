@@ -1,0 +1,20 @@
+"""``map``: LoRA with weight decay on the adapter — the MAP row of the Bayesian-LoRA tables
+(BLoB, Wang et al. NeurIPS 2024, use weight decay 1e-5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from .lora import LoRA
+
+
+@dataclasses.dataclass
+class MAP(LoRA):
+    """LoRA trained with decoupled weight decay (a Gaussian prior on the adapter weights)."""
+
+    name: ClassVar[str] = "map"
+    weight_decay: float = 1e-5  # BLoB's MAP baseline
+
+    def training_overrides(self) -> dict[str, Any]:
+        return {"weight_decay": self.weight_decay}

@@ -1,0 +1,291 @@
+"""Classification and uncertainty metrics for (Bayesian) predictive distributions.
+
+Every function takes plain torch tensors:
+
+* ``probs``: ``[N, K]`` floating tensor, the (mean) predictive distribution; each row must
+  sum to 1 (tolerance ``1e-3``) and be non-negative.
+* ``labels``: ``[N]`` integer tensor with values in ``[0, K)``.
+* ``sample_probs``: ``[S, N, K]`` floating tensor of per-sample predictive distributions
+  (e.g. ``S`` Monte-Carlo draws of the adapter weights), each row summing to 1.
+
+Multiple-choice tasks with a varying number of choices are supported by zero padding:
+padded choices must have probability exactly 0. They then never win the argmax, add
+nothing to the entropies (``0 log 0 = 0``) and contribute ``(0 - 0)^2 = 0`` to the Brier
+score, so every metric below equals the metric computed on the unpadded rows.
+
+Scalar metrics are returned as Python ``float``; per-example quantities as tensors.
+All computations run without autograd on detached copies of the inputs.
+
+Invalid inputs raise :class:`ValueError` with a one-line message naming the problem.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+__all__ = [
+    "ROW_SUM_TOLERANCE",
+    "accuracy",
+    "brier_score",
+    "classification_report",
+    "expected_calibration_error",
+    "mutual_information",
+    "negative_log_likelihood",
+    "predictive_entropy",
+    "reliability_bins",
+]
+
+#: Maximum allowed ``|sum_k p_k - 1|`` for a row of a probability tensor.
+ROW_SUM_TOLERANCE = 1e-3
+
+# Small negative entries (e.g. from float round-off in ``1 - p``) are tolerated and
+# clamped to 0; anything below ``-_NEG_TOLERANCE`` is rejected.
+_NEG_TOLERANCE = 1e-6
+
+# Largest float32 strictly below 1. Confidences are capped at this value before binning so
+# that a confidence of exactly 1.0 falls into the last bin ``[1 - 1/n_bins, 1]``
+# (``torch.bucketize(..., right=True)``, which torchmetrics uses, would otherwise put it
+# into an extra bin of its own). The change in ECE is below 6e-8.
+_MAX_CONF = 1.0 - 2.0**-24
+
+
+# --------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------
+
+
+def _check_probs(probs: Tensor, name: str = "probs") -> Tensor:
+    """Validate a ``[..., K]`` probability tensor and return a float64 detached CPU copy."""
+    if not isinstance(probs, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(probs).__name__}")
+    if not probs.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {probs.dtype}")
+    if probs.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(probs.shape)})")
+    k = probs.shape[-1]
+    if k < 2:
+        raise ValueError(f"{name} must have at least 2 classes in its last dimension, got {k}")
+    p = probs.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    min_val = float(p.min())
+    if min_val < -_NEG_TOLERANCE:
+        raise ValueError(f"{name} contains negative probabilities (min {min_val:.3g})")
+    row_err = (p.sum(dim=-1) - 1.0).abs()
+    worst = float(row_err.max())
+    if worst > ROW_SUM_TOLERANCE:
+        raise ValueError(
+            f"{name} rows must sum to 1 (tolerance {ROW_SUM_TOLERANCE:g}); "
+            f"worst row is off by {worst:.3g}"
+        )
+    return p.clamp_min(0.0)
+
+
+def _check_probs_2d(probs: Tensor, name: str = "probs") -> Tensor:
+    if isinstance(probs, Tensor) and probs.dim() != 2:
+        raise ValueError(f"{name} must have shape [N, K], got {tuple(probs.shape)}")
+    return _check_probs(probs, name)
+
+
+def _check_labels(labels: Tensor, n: int, k: int) -> Tensor:
+    """Validate ``[N]`` integer labels in ``[0, K)`` and return a detached CPU int64 copy."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape [N], got {tuple(labels.shape)}")
+    if labels.shape[0] != n:
+        raise ValueError(f"shape mismatch: probs has N={n} rows but labels has {labels.shape[0]}")
+    y = labels.detach().to(device="cpu", dtype=torch.int64)
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"labels out of range: expected values in [0, {k - 1}], got min {lo} and max {hi}")
+    return y
+
+
+def _check_pair(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    p = _check_probs_2d(probs)
+    y = _check_labels(labels, p.shape[0], p.shape[1])
+    return p, y
+
+
+def _check_n_bins(n_bins: int) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    return n_bins
+
+
+def _check_sample_probs(sample_probs: Tensor) -> Tensor:
+    if isinstance(sample_probs, Tensor) and sample_probs.dim() != 3:
+        raise ValueError(f"sample_probs must have shape [S, N, K], got {tuple(sample_probs.shape)}")
+    return _check_probs(sample_probs, "sample_probs")
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Shannon entropy (nats) over the last dimension, with ``0 log 0 = 0``."""
+    return -torch.special.xlogy(p, p).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------------------
+# scalar metrics
+# --------------------------------------------------------------------------------------
+
+
+def accuracy(probs: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of the predictive ``probs`` ``[N, K]`` against ``labels`` ``[N]``.
+
+    Ties are broken towards the lowest class index (``torch.argmax``).
+    """
+    p, y = _check_pair(probs, labels)
+    return float((p.argmax(dim=1) == y).double().mean())
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """Top-label expected calibration error (L1), as a fraction in ``[0, 1]``.
+
+    ``ECE = sum_b (|B_b| / N) * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width bins of
+    the top-label confidence ``max_k p_k``; computed with torchmetrics'
+    ``multiclass_calibration_error`` (``norm="l1"``), which also covers ``K = 2``.
+    Bins are ``[lo, hi)`` except the last one, which is closed (a confidence of exactly 1
+    belongs to it). The per-bin statistics are available from :func:`reliability_bins`.
+    """
+    p, y = _check_pair(probs, labels)
+    n_bins = _check_n_bins(n_bins)
+    # Capping keeps every entry in [0, 1) so torchmetrics never mistakes the input for
+    # logits, and puts confidence 1.0 in the last regular bin (see ``_MAX_CONF``).
+    p = p.clamp(0.0, _MAX_CONF)
+    ece = multiclass_calibration_error(
+        p, y, num_classes=p.shape[1], n_bins=n_bins, norm="l1", validate_args=False
+    )
+    return float(ece)
+
+
+def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood ``-mean_i log p_i[y_i]`` (nats).
+
+    The probability of the true class is clamped below at ``eps`` so that a zero
+    probability gives a large finite value (``-log eps``) instead of ``inf``.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps!r}")
+    p, y = _check_pair(probs, labels)
+    p_true = p.gather(1, y.unsqueeze(1)).squeeze(1)
+    return float(-torch.log(p_true.clamp_min(eps)).mean())
+
+
+def brier_score(probs: Tensor, labels: Tensor) -> float:
+    """Multiclass Brier score: ``mean_i sum_k (p_ik - 1[k = y_i])^2`` (range ``[0, 2]``).
+
+    Zero-padded classes have probability 0 and target 0, so they contribute nothing.
+    """
+    p, y = _check_pair(probs, labels)
+    onehot = torch.nn.functional.one_hot(y, num_classes=p.shape[1]).to(p.dtype)
+    return float(((p - onehot) ** 2).sum(dim=1).mean())
+
+
+# --------------------------------------------------------------------------------------
+# uncertainty decomposition
+# --------------------------------------------------------------------------------------
+
+
+def predictive_entropy(probs: Tensor) -> Tensor:
+    """Entropy ``H[p] = -sum_k p_k log p_k`` (nats) of each row of ``probs`` ``[N, K]``.
+
+    Returns a float32 tensor of shape ``[N]``; the uniform distribution over K classes
+    gives ``log K`` and zero-padded classes contribute 0.
+    """
+    p = _check_probs_2d(probs)
+    return _entropy(p).clamp_min(0.0).float()
+
+
+def mutual_information(sample_probs: Tensor) -> Tensor:
+    """Epistemic uncertainty ``I = H[mean_s p_s] - mean_s H[p_s]`` per example.
+
+    ``sample_probs`` has shape ``[S, N, K]``. The result (float32, shape ``[N]``, nats) is
+    the BALD mutual information between the prediction and the weights; it is
+    non-negative by Jensen's inequality and is clamped at 0 to remove round-off.
+    It is 0 when all samples agree and grows as they disagree.
+    """
+    sp = _check_sample_probs(sample_probs)
+    total = _entropy(sp.mean(dim=0))
+    aleatoric = _entropy(sp).mean(dim=0)
+    return (total - aleatoric).clamp_min(0.0).float()
+
+
+# --------------------------------------------------------------------------------------
+# reports and reliability
+# --------------------------------------------------------------------------------------
+
+
+def classification_report(
+    probs: Tensor, labels: Tensor, sample_probs: Tensor | None = None, n_bins: int = 15
+) -> dict[str, float]:
+    """All scalar metrics at once.
+
+    Returns a dict with keys ``accuracy``, ``ece`` (fraction, ``n_bins`` bins), ``nll``,
+    ``brier``, ``n_examples`` and ``mean_entropy`` (mean predictive entropy of ``probs``,
+    nats). When ``sample_probs`` ``[S, N, K]`` is given, ``mean_mutual_information`` is
+    added; its ``N`` and ``K`` must match ``probs``. All values are Python floats.
+    """
+    p, y = _check_pair(probs, labels)
+    report: dict[str, float] = {
+        "accuracy": accuracy(p, y),
+        "ece": expected_calibration_error(p, y, n_bins=n_bins),
+        "nll": negative_log_likelihood(p, y),
+        "brier": brier_score(p, y),
+        "n_examples": float(p.shape[0]),
+        "mean_entropy": float(predictive_entropy(p).double().mean()),
+    }
+    if sample_probs is not None:
+        if isinstance(sample_probs, Tensor) and sample_probs.dim() == 3 and sample_probs.shape[1:] != p.shape:
+            raise ValueError(
+                f"shape mismatch: sample_probs {tuple(sample_probs.shape)} does not match "
+                f"probs [N, K] = {tuple(p.shape)}"
+            )
+        report["mean_mutual_information"] = float(mutual_information(sample_probs).double().mean())
+    return report
+
+
+def reliability_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, Tensor]:
+    """Per-bin statistics of the top-label confidence, for reliability diagrams.
+
+    Uses the same ``n_bins`` equal-width bins as :func:`expected_calibration_error`
+    (``[lo, hi)``, the last bin closed). Returns a dict of ``[n_bins]`` float64 tensors:
+
+    * ``lower`` / ``upper``: bin edges;
+    * ``confidence``: mean top-label confidence of the examples in the bin;
+    * ``accuracy``: fraction of those examples whose argmax equals the label;
+    * ``count``: number of examples in the bin.
+
+    ``confidence`` and ``accuracy`` are NaN for empty bins. Up to float round-off,
+    ``sum(count * |accuracy - confidence|) / N`` (over non-empty bins) equals the ECE.
+    """
+    p, y = _check_pair(probs, labels)
+    n_bins = _check_n_bins(n_bins)
+    conf, pred = p.max(dim=1)
+    correct = (pred == y).double()
+    # Assign bins exactly as torchmetrics does (float32 confidences and edges), so that
+    # these bins reproduce ``expected_calibration_error``.
+    edges32 = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
+    conf32 = conf.clamp(0.0, _MAX_CONF).float()
+    idx = (torch.bucketize(conf32, edges32, right=True) - 1).clamp(0, n_bins - 1)
+
+    count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(conf))
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
+    nonempty = count > 0
+    nan = torch.full((n_bins,), math.nan, dtype=torch.float64)
+    safe = count.clamp_min(1.0)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    return {
+        "lower": edges[:-1].clone(),
+        "upper": edges[1:].clone(),
+        "confidence": torch.where(nonempty, conf_sum / safe, nan),
+        "accuracy": torch.where(nonempty, acc_sum / safe, nan),
+        "count": count,
+    }

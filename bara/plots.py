@@ -1,0 +1,462 @@
+"""Diagnostic figures for BaRA experiments.
+
+Every function renders one figure with matplotlib's Agg canvas, writes it as a PNG to
+``path`` (parent directories are created), and returns ``path`` as a :class:`pathlib.Path`.
+The pyplot state machine is never touched: figures are built from
+:class:`matplotlib.figure.Figure` directly, so nothing is shown, no global backend is
+switched and nothing leaks between calls.
+
+Empty or malformed inputs raise :class:`ValueError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from torch import Tensor
+
+from bara.metrics import expected_calibration_error, reliability_bins
+
+__all__ = ["ece_vs_samples", "global_gate_bars", "rank_histogram", "reliability_diagram"]
+
+PathLike = str | os.PathLike[str]
+
+_DPI = 150
+_COLORS = [
+    "#1f77b4",  # blue
+    "#d62728",  # red
+    "#2ca02c",  # green
+    "#ff7f0e",  # orange
+    "#9467bd",  # purple
+    "#8c564b",  # brown
+    "#e377c2",  # pink
+    "#17becf",  # cyan
+    "#7f7f7f",  # grey
+    "#bcbd22",  # olive
+]
+
+
+def _color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=_DPI, bbox_inches="tight")
+    return out
+
+
+def _to_numpy(x: Tensor | np.ndarray | Sequence[float], name: str) -> np.ndarray:
+    try:
+        if isinstance(x, Tensor):
+            return x.detach().to("cpu", torch.float64).numpy()
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be numeric, got {type(x).__name__}") from err
+
+
+# --------------------------------------------------------------------------------------
+# reliability diagram
+# --------------------------------------------------------------------------------------
+
+
+def reliability_diagram(
+    curves: Mapping[str, tuple[Tensor, Tensor]],
+    path: PathLike,
+    n_bins: int = 15,
+    title: str | None = None,
+) -> Path:
+    """Reliability diagram of one or several methods on a single figure.
+
+    ``curves`` maps a method name to ``(probs [N, K], labels [N])``. The top panel shows,
+    for each method, the accuracy per equal-width confidence bin as a translucent bar with a
+    solid outline, a marker at the bin's mean confidence, and the diagonal of perfect
+    calibration; the legend gives each method's ECE (in %). The bottom panel shows the
+    fraction of examples per bin, so sparsely populated bins can be discounted.
+    """
+    if not curves:
+        raise ValueError("reliability_diagram: curves is empty")
+    stats = {}
+    for name, pair in curves.items():
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"reliability_diagram: curves[{name!r}] must be a (probs, labels) pair")
+        probs, labels = pair
+        bins = reliability_bins(probs, labels, n_bins=n_bins)
+        ece = expected_calibration_error(probs, labels, n_bins=n_bins)
+        stats[name] = (bins, ece)
+
+    fig = _new_figure(6.0, 7.0)
+    grid = fig.add_gridspec(2, 1, height_ratios=[3.2, 1.0], hspace=0.08)
+    ax = fig.add_subplot(grid[0])
+    ax_hist = fig.add_subplot(grid[1], sharex=ax)
+
+    ax.plot([0, 1], [0, 1], ls="--", color="0.35", lw=1.2, label="perfect calibration", zorder=1)
+    n_methods = len(stats)
+    for i, (name, (bins, ece)) in enumerate(stats.items()):
+        color = _color(i)
+        lower = bins["lower"].numpy()
+        width = (bins["upper"] - bins["lower"]).numpy()
+        acc = bins["accuracy"].numpy()
+        conf = bins["confidence"].numpy()
+        count = bins["count"].numpy()
+        keep = count > 0
+        frac = count / count.sum()
+        fill_alpha = 0.35 if n_methods == 1 else 0.18
+        ax.bar(
+            lower[keep], acc[keep], width=width[keep], align="edge", color=color,
+            alpha=fill_alpha, edgecolor="none", zorder=2,
+        )
+        ax.bar(
+            lower[keep], acc[keep], width=width[keep], align="edge", fill=False,
+            edgecolor=color, linewidth=1.6, zorder=3,
+        )
+        ax.plot(
+            conf[keep], acc[keep], ls="none", marker="o", ms=4.5, color=color,
+            markeredgecolor="white", markeredgewidth=0.6, zorder=4,
+        )
+        ax.plot([], [], color=color, lw=6, alpha=0.6, label=f"{name}  (ECE {100 * ece:.2f}%)")
+        ax_hist.stairs(frac, np.append(lower, 1.0), color=color, lw=1.5, fill=n_methods == 1, alpha=0.8)
+    if n_methods > 1:
+        ax.plot([], [], ls="none", marker="o", color="0.3", ms=4.5, label="bin mean confidence")
+
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("auto")
+    ax.set_ylabel("accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9, framealpha=0.9)
+    ax.set_title(title or f"Reliability diagram ({n_bins} bins)")
+    ax.tick_params(labelbottom=False)
+
+    ax_hist.set_xlabel("confidence (top-label probability)")
+    ax_hist.set_ylabel("fraction of\nexamples")
+    ax_hist.set_ylim(bottom=0)
+    ax_hist.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# global gates
+# --------------------------------------------------------------------------------------
+
+
+def _short_layer_names(names: list[str]) -> list[str]:
+    """Drop the dotted prefix shared by all names (keeping at least one component)."""
+    if len(names) < 2:
+        return names
+    parts = [n.split(".") for n in names]
+    common = 0
+    for tokens in zip(*parts, strict=False):
+        if all(t == tokens[0] for t in tokens):
+            common += 1
+        else:
+            break
+    common = min(common, min(len(p) for p in parts) - 1)
+    short = [".".join(p[common:]) for p in parts]
+    return short if len(set(short)) == len(short) else names
+
+
+def global_gate_bars(
+    expected_pi: Mapping[str, Tensor],
+    path: PathLike,
+    threshold: float = 0.5,
+    dead: float = 0.05,
+    title: str | None = None,
+) -> Path:
+    """Heatmap of the global gate means ``E_q[pi_k]`` (layers x rank-1 factors).
+
+    ``expected_pi`` maps a layer name to a ``[r]`` tensor of values in ``[0, 1]``; layers
+    may have different ``r`` (missing cells are drawn blank). Each cell is annotated with
+    its value (for up to 600 cells); cells at or above ``threshold`` are framed in black,
+    cells below ``dead`` are hatched. The colour bar marks both thresholds and the right
+    margin lists the number of active factors (``>= threshold``) per layer.
+    """
+    if not expected_pi:
+        raise ValueError("global_gate_bars: expected_pi is empty")
+    if not 0.0 <= dead < threshold <= 1.0:
+        raise ValueError(f"global_gate_bars: need 0 <= dead < threshold <= 1, got dead={dead}, threshold={threshold}")
+    names = list(expected_pi)
+    rows = []
+    for name in names:
+        v = _to_numpy(expected_pi[name], f"expected_pi[{name!r}]").reshape(-1)
+        if v.size == 0:
+            raise ValueError(f"global_gate_bars: expected_pi[{name!r}] is empty")
+        if not np.all(np.isfinite(v)) or v.min() < -1e-6 or v.max() > 1 + 1e-6:
+            raise ValueError(f"global_gate_bars: expected_pi[{name!r}] must contain finite values in [0, 1]")
+        rows.append(np.clip(v, 0.0, 1.0))
+    n_layers, r = len(rows), max(len(v) for v in rows)
+    mat = np.full((n_layers, r), np.nan)
+    for i, v in enumerate(rows):
+        mat[i, : len(v)] = v
+    labels = _short_layer_names(names)
+
+    cell_w, cell_h = 0.55, 0.4
+    label_w = min(0.075 * max(len(s) for s in labels), 4.0)
+    width = max(5.0, 1.6 + label_w + cell_w * r + 1.6)
+    height = max(3.0, 1.5 + cell_h * n_layers)
+    fig = _new_figure(width, height)
+    ax = fig.add_subplot()
+
+    cmap = LinearSegmentedColormap.from_list(
+        "gate", ["#f7f7f7", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]
+    )
+    cmap.set_bad("white")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+                   interpolation="nearest")
+
+    annotate = mat.size <= 600
+    fontsize = 8 if r <= 10 else 6.5
+    for i in range(n_layers):
+        for k in range(r):
+            val = mat[i, k]
+            if np.isnan(val):
+                continue
+            if val < dead:
+                ax.add_patch(_rect(k, i, hatch="////", edgecolor="#b2182b", lw=0.0))
+            if val >= threshold:
+                ax.add_patch(_rect(k, i, hatch=None, edgecolor="black", lw=1.4, inset=0.06))
+            if annotate:
+                ax.text(k, i, f"{val:.2f}", ha="center", va="center", fontsize=fontsize,
+                        color="white" if val > 0.6 else "black")
+
+    ax.set_xticks(range(r))
+    ax.set_xticklabels([str(k) for k in range(r)])
+    ax.set_yticks(range(n_layers))
+    ax.set_yticklabels(labels, fontsize=8 if n_layers <= 30 else 6)
+    ax.set_xlabel("rank-1 factor k")
+    ax.set_ylabel("layer")
+    ax.set_xticks(np.arange(-0.5, r, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_layers, 1), minor=True)
+    ax.grid(which="minor", color="white", lw=1.0)
+    ax.tick_params(which="minor", length=0)
+
+    active = np.nansum(mat >= threshold, axis=1).astype(int)
+    sizes = [len(v) for v in rows]
+    ax2 = ax.secondary_yaxis("right")
+    ax2.set_yticks(range(n_layers))
+    ax2.set_yticklabels([f"{a}/{s}" for a, s in zip(active, sizes, strict=True)],
+                        fontsize=8 if n_layers <= 30 else 6)
+    ax2.set_ylabel(f"active (E[π] ≥ {threshold:g})")
+
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046 if r >= 6 else 0.08, pad=0.11)
+    cbar.set_label("E_q[π_k]")
+    cbar.ax.axhline(threshold, color="black", lw=1.5)
+    cbar.ax.axhline(dead, color="#b2182b", lw=1.5)
+
+    total_active = int(active.sum())
+    total = int(sum(sizes))
+    n_dead = int(np.nansum(mat < dead))
+    ax.set_title(title or f"Global gates E_q[π_k] — {total_active}/{total} active, {n_dead} dead")
+    handles = [
+        Patch(facecolor="none", edgecolor="black", lw=1.4, label=f"active (≥ {threshold:g})"),
+        Patch(facecolor="none", edgecolor="#b2182b", hatch="////", label=f"dead (< {dead:g})"),
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09 - 0.25 / max(height, 1)),
+              ncol=2, fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def _rect(k: int, i: int, hatch: str | None, edgecolor: str, lw: float, inset: float = 0.0) -> Rectangle:
+    """Unfilled square around heatmap cell (row ``i``, column ``k``), shrunk by ``inset``."""
+    return Rectangle(
+        (k - 0.5 + inset, i - 0.5 + inset), 1 - 2 * inset, 1 - 2 * inset, fill=False,
+        hatch=hatch, edgecolor=edgecolor, lw=lw,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# effective-rank histogram
+# --------------------------------------------------------------------------------------
+
+_MAX_OVERLAID_GROUPS = 5
+
+
+def rank_histogram(
+    ranks: Tensor,
+    groups: Sequence[str] | None,
+    path: PathLike,
+    r_max: int,
+    title: str | None = None,
+) -> Path:
+    """Histogram of per-instance effective rank ``s̄(x)`` (continuous, in ``[0, r_max]``).
+
+    With ``groups`` (one label per instance, e.g. class or domain) each group gets its own
+    histogram, normalised to the fraction of that group, with its mean as a dashed line and
+    in the legend. Up to five groups are overlaid on one axis; more groups are split into
+    small multiples, each drawn over the pooled distribution in grey.
+    """
+    x = _to_numpy(ranks, "ranks").reshape(-1) if isinstance(ranks, Tensor | np.ndarray | list | tuple) else None
+    if x is None:
+        raise ValueError(f"rank_histogram: ranks must be a tensor, got {type(ranks).__name__}")
+    if x.size == 0:
+        raise ValueError("rank_histogram: ranks is empty")
+    if isinstance(r_max, bool) or not isinstance(r_max, int | np.integer) or r_max < 1:
+        raise ValueError(f"rank_histogram: r_max must be a positive integer, got {r_max!r}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("rank_histogram: ranks contains NaN or infinite values")
+    if x.min() < -1e-6 or x.max() > r_max + 1e-6:
+        raise ValueError(f"rank_histogram: ranks must lie in [0, r_max={r_max}], got [{x.min():.3g}, {x.max():.3g}]")
+    if groups is not None:
+        groups = [str(g) for g in groups]
+        if len(groups) != x.size:
+            raise ValueError(f"rank_histogram: got {len(groups)} group labels for {x.size} ranks")
+        if not groups:
+            raise ValueError("rank_histogram: groups is empty")
+
+    per_unit = max(1, min(8, 40 // r_max))
+    edges = np.linspace(0.0, float(r_max), r_max * per_unit + 1)
+    x = np.clip(x, 0.0, float(r_max))
+
+    def _finish(ax, show_x: bool = True, show_y: bool = True, ylabel: str = "") -> None:
+        ax.set_xlim(0, r_max)
+        ax.set_xticks(range(0, r_max + 1, max(1, r_max // 8)))
+        ax.grid(True, alpha=0.3)
+        if show_x:
+            ax.set_xlabel("effective rank s̄(x) (mean over layers)")
+        if show_y:
+            ax.set_ylabel(ylabel)
+
+    default_title = f"Per-instance effective rank (r_max = {r_max}, N = {x.size})"
+    if groups is None:
+        fig = _new_figure(6.5, 4.2)
+        ax = fig.add_subplot()
+        ax.hist(x, bins=edges, color=_color(0), alpha=0.75, edgecolor="white", linewidth=0.5)
+        mean = float(x.mean())
+        ax.axvline(mean, color="black", ls="--", lw=1.3, label=f"mean {mean:.2f}")
+        ax.legend(fontsize=9)
+        _finish(ax, ylabel="number of instances")
+        ax.set_title(title or default_title)
+        return _save(fig, path)
+
+    order = list(dict.fromkeys(groups))
+    garr = np.asarray(groups, dtype=object)
+    members = {g: x[garr == g] for g in order}
+
+    if len(order) <= _MAX_OVERLAID_GROUPS:
+        fig = _new_figure(6.5, 4.2)
+        ax = fig.add_subplot()
+        for i, g in enumerate(order):
+            v = members[g]
+            w = np.full(v.shape, 1.0 / v.size)
+            c = _color(i)
+            ax.hist(v, bins=edges, weights=w, color=c, alpha=0.25, edgecolor="none")
+            ax.hist(v, bins=edges, weights=w, histtype="step", color=c, lw=1.6,
+                    label=f"{g}  (n={v.size}, mean {v.mean():.2f})")
+            ax.axvline(float(v.mean()), color=c, ls="--", lw=1.3)
+        ax.legend(fontsize=9, title="group", title_fontsize=9, loc="best")
+        _finish(ax, ylabel="fraction of group")
+        ax.set_title(title or default_title)
+        return _save(fig, path)
+
+    ncols = 4
+    nrows = math.ceil(len(order) / ncols)
+    fig = _new_figure(3.2 * ncols, 2.4 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    pooled_w = np.full(x.shape, 1.0 / x.size)
+    for j, ax in enumerate(axes.flat):
+        if j >= len(order):
+            ax.set_visible(False)
+            continue
+        g = order[j]
+        v = members[g]
+        c = _color(j)
+        ax.hist(x, bins=edges, weights=pooled_w, color="0.8", edgecolor="none")
+        ax.hist(v, bins=edges, weights=np.full(v.shape, 1.0 / v.size), histtype="step", color=c, lw=1.6)
+        ax.axvline(float(v.mean()), color=c, ls="--", lw=1.2)
+        ax.set_title(f"{g}  (n={v.size}, mean {v.mean():.2f})", fontsize=9)
+        row, col = divmod(j, ncols)
+        last_in_col = j + ncols >= len(order)
+        _finish(ax, show_x=last_in_col, show_y=col == 0, ylabel="fraction of group")
+    handles = [Patch(color="0.8", label="all instances"),
+               Line2D([], [], color="0.2", lw=1.6, label="group"),
+               Line2D([], [], color="0.2", ls="--", lw=1.2, label="group mean")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title or default_title)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# ECE vs number of MC samples
+# --------------------------------------------------------------------------------------
+
+
+def ece_vs_samples(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    path: PathLike,
+    title: str | None = None,
+) -> Path:
+    """ECE as a function of the number of Monte-Carlo samples (log-scaled x axis).
+
+    ``curves`` maps a method name to ``[(n_samples, ece), ...]`` with ECE as a fraction
+    (plotted in %). Points are sorted by sample count. A method with a single point
+    (e.g. a deterministic LoRA baseline) is drawn as a marker plus a dotted horizontal
+    reference line across the plot.
+    """
+    if not curves:
+        raise ValueError("ece_vs_samples: curves is empty")
+    parsed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, pts in curves.items():
+        pts = list(pts)
+        if not pts:
+            raise ValueError(f"ece_vs_samples: curves[{name!r}] has no points")
+        try:
+            s = np.asarray([p[0] for p in pts], dtype=np.float64)
+            e = np.asarray([p[1] for p in pts], dtype=np.float64)
+        except (TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"ece_vs_samples: curves[{name!r}] must be a list of (n_samples, ece) pairs") from err
+        if np.any(s < 1) or np.any(s != np.round(s)):
+            raise ValueError(f"ece_vs_samples: curves[{name!r}] sample counts must be positive integers")
+        if not np.all(np.isfinite(e)) or np.any(e < 0) or np.any(e > 1):
+            raise ValueError(f"ece_vs_samples: curves[{name!r}] ECE values must be fractions in [0, 1]")
+        order = np.argsort(s, kind="stable")
+        parsed[name] = (s[order], e[order])
+
+    all_s = np.unique(np.concatenate([s for s, _ in parsed.values()]))
+    fig = _new_figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    for i, (name, (s, e)) in enumerate(parsed.items()):
+        c = _color(i)
+        if s.size == 1:
+            ax.axhline(100 * e[0], color=c, ls=":", lw=1.4)
+            ax.plot(s, 100 * e, marker="s", ms=6, color=c, ls=":", lw=1.4,
+                    label=f"{name}  ({100 * e[0]:.2f}%)")
+        else:
+            ax.plot(s, 100 * e, marker="o", ms=5, color=c, lw=1.8,
+                    label=f"{name}  ({100 * e[-1]:.2f}% at S={int(s[-1])})")
+    ax.set_xscale("log")
+    lo, hi = all_s.min(), all_s.max()
+    if lo == hi:
+        ax.set_xlim(lo / 2, hi * 2)
+    else:
+        ax.set_xlim(lo / 1.3, hi * 1.3)
+    ticks = all_s if all_s.size <= 12 else np.unique(np.round(np.geomspace(lo, hi, 10)))
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(round(v))}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("number of MC samples S (log scale)")
+    ax.set_ylabel("ECE (%)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=9)
+    ax.set_title(title or "Calibration vs number of MC samples")
+    return _save(fig, path)
