@@ -41,7 +41,7 @@ class RunSpec:
     data: str | None = None
     method: str = "bara"
     method_options: dict[str, Any] = field(default_factory=dict)
-    train_size: int | None = 512
+    train_size: int | None = None
     eval_size: int | None = None
     seed: int = 1
     epochs: float = 5.0
@@ -163,8 +163,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     steps = spec.max_steps or max(1, math.ceil(spec.epochs * len(train_set) / spec.batch_size))
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=spec.batch_size,
-        learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=spec.logging_steps,
-        save_steps=spec.save_steps, save_total_limit=1, seed=spec.seed, data_seed=spec.seed, report_to=[],
+        learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=min(spec.logging_steps, steps),
+        save_steps=min(spec.save_steps, steps), save_total_limit=1, seed=spec.seed, data_seed=spec.seed, report_to=[],
         remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
         dataloader_num_workers=0, **method.training_overrides(),
     )

@@ -1,0 +1,128 @@
+"""The command line end to end on a tiny local model and a 32-row data file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bara.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved with the real MiniLM tokenizer (all offline)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from bara.backbones import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    words = {0: ["dull", "bad", "awful", "boring"], 1: ["great", "lovely", "fun", "superb"]}
+    rows = [{"text": f"a {words[i % 2][i % 4]} film number {i}", "label": i % 2} for i in range(32)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
+    return folder
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_then_evaluate_end_to_end(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
+                     "--method", "bara", "--steps", "6", "--batch-size", "8", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_model.safetensors", "bara_config.json"]
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["steps"] == 6 and any("kl_local" in h for h in log["history"])
+
+    result = _invoke("evaluate", "--adapter", out, "--samples", "3", "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("accuracy", "ece", "nll", "brier", "joint_effective_rank", "n_examples", "mean_mutual_information"):
+        assert key in metrics
+    assert metrics["n_examples"] == 8 and 0 <= metrics["joint_effective_rank"] <= 8
+    for plot in ("reliability.png", "global_gates.png", "rank_histogram.png"):
+        assert (tmp_path / "eval" / plot).read_bytes()[:4] == b"\x89PNG"
+    assert "bara on classification" in result.output
+
+    # resuming a finished run restarts from its last checkpoint and ends at the same step
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
+                     "--method", "bara", "--steps", "6", "--batch-size", "8", "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_log.json").read_text())["resumed_from"].endswith("checkpoint-6")
+
+
+def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 3\nbatch_size: 4\nmethod_options:\n  r: 4\n")
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
+                     "--method", "lora", "--config", config, "--out", tmp_path / "lora")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "lora" / "run.json").read_text())["method_options"] == {"r": 4}
+    assert json.loads((tmp_path / "lora" / "train_log.json").read_text())["steps"] == 3
+    result = _invoke("evaluate", "--adapter", tmp_path / "lora")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "lora" / "eval-train-task" / "metrics.json").read_text())["joint_effective_rank"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--task", "no_such_task", "--out", "x"], "unknown task"),
+    (["train", "--task", "sst2", "--method", "magic", "--out", "x"], "unknown method 'magic'; known methods: lora"),
+    (["evaluate", "--adapter", "nowhere"], "not a bara run folder"),
+    (["evaluate", "--adapter", "nowhere", "--samples", "0"], "--samples=0 must be positive"),
+    (["compare", "--task", "sst2", "--out", "x", "--seeds", "1,two"], "expected comma-separated integers"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert message in text and "Traceback" not in result.output
+
+
+def test_malformed_data_line_is_reported(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": 0}\n{"text": "broken", \n')
+    result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--task", "classification", "--data", str(bad),
+                                 "--steps", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in " ".join(result.output.split())
+
+
+def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
+    args = ["compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--methods", "lora,bara",
+            "--seeds", "1,2", "--steps", "3", "--batch-size", "8", "--workers", "1", "--out", tmp_path / "cmp"]
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert {(r["method"], r["seed"]) for r in report["runs"]} == {("lora", 1), ("lora", 2), ("bara", 1), ("bara", 2)}
+    assert report["summary"]["bara"]["seeds"] == 2
+    assert "bara [constant gates, C7]" in report["summary"]
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| lora |" in table and "| bara |" in table and "**" in table
+    for plot in ("reliability.png", "ece_vs_samples.png"):
+        assert (tmp_path / "cmp" / plot).exists()
+    done = tmp_path / "cmp" / "runs" / "bara" / "seed1" / "done.json"
+    stamp = done.stat().st_mtime_ns
+    (tmp_path / "cmp" / "runs" / "lora" / "seed2" / "done.json").unlink()  # as if interrupted there
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert done.stat().st_mtime_ns == stamp, "a finished run must not be redone"
+    assert (tmp_path / "cmp" / "runs" / "lora" / "seed2" / "done.json").exists()
