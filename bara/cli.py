@@ -224,7 +224,7 @@ def compare(
     max_length: int = typer.Option(128),
     ood: str = typer.Option("", help="Comma-separated tasks to also evaluate every adapter on (out of domain)."),
     workers: int = typer.Option(2, help="Parallel runs (processes with one torch thread each)."),
-    ece_curve: bool = typer.Option(True, help="Also measure ECE at S = 1, 2, 4, 10 for sampling methods (first pass costs)."),
+    ece_curve: bool = typer.Option(True, help="Report ECE with the first 1, 2, 4, 10 Monte-Carlo samples (no extra passes)."),
 ) -> None:
     """Train and evaluate several methods on the same data, steps and seeds; writes a mean ± std table.
 

@@ -54,7 +54,6 @@ def run_one(spec: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> 
     import torch
 
     torch.set_num_threads(1)
-    from .methods import get_method
     from .pipeline import evaluate, train
 
     spec_obj = RunSpec(**spec)
@@ -65,12 +64,11 @@ def run_one(spec: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> 
     log = train(spec_obj, folder, resume=True, progress=False)
     result: dict[str, Any] = {"method": spec_obj.method, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
                               "trainable_parameters": log["trainable_parameters"], "steps": log["steps"]}
-    result["eval"] = evaluate(folder, out=folder / "eval", progress=False)
+    result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
     result["extra"] = {name: evaluate(folder, progress=False, plots=False, **kw) for name, kw in _extra_modes(spec_obj.method).items()}
     result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False) for task in ood}
-    method = get_method(spec_obj.method, spec_obj.method_options)
-    if ece_curve and method.stochastic and spec_obj.method != "ensemble":
-        result["ece_curve"] = [(s, evaluate(folder, samples=s, progress=False, plots=False)["ece"]) for s in ECE_CURVE_SAMPLES]
+    if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
+        result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

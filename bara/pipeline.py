@@ -213,12 +213,19 @@ def load_trained(adapter: str | Path, *, task: str | None = None, data: str | No
 
 def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None = None, samples: int | None = None,
              mode: str | None = None, eval_size: int | None = None, out: str | Path | None = None,
-             plots: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a trained run; writes ``metrics.json`` (and plots) into ``out``."""
+             plots: bool = True, progress: bool = True, sample_counts: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Evaluate a trained run; writes ``metrics.json`` (and plots) into ``out``.
+
+    ``sample_counts`` adds ``metrics["by_samples"][k]``: the metrics of the first k of the S
+    Monte-Carlo samples (an ECE-vs-S curve at no extra cost).
+    """
     built, model = load_trained(adapter, task=task, data=data, eval_size=eval_size)
     eval_set = encode_split(built, "eval")
     preds = built.method.predict(model, eval_set, built.collator, samples=samples, mode=mode, progress=progress)
     metrics = report_metrics(model, preds)
+    if preds.sample_probs is not None and sample_counts:
+        metrics["by_samples"] = {k: report_metrics(model, preds.first_samples(k))
+                                 for k in sample_counts if k <= preds.sample_probs.shape[0]}
     metrics |= {"task": built.task.name, "method": built.method.name, "mode": mode or "default",
                 "samples": samples if samples is not None else built.method.eval_samples}
     if out is not None:

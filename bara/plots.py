@@ -51,8 +51,8 @@ def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
+def _new_figure(width: float, height: float, layout: str | None = None) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -212,13 +212,12 @@ def global_gate_bars(
     label_w = min(0.075 * max(len(s) for s in labels), 4.0)
     width = max(5.0, 1.6 + label_w + cell_w * r + 1.6)
     height = max(3.0, 1.5 + cell_h * n_layers)
-    fig = _new_figure(width, height)
+    fig = _new_figure(width, height, layout="constrained")
     ax = fig.add_subplot()
 
     cmap = LinearSegmentedColormap.from_list(
         "gate", ["#f7f7f7", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]
-    )
-    cmap.set_bad("white")
+    ).with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
                    interpolation="nearest")
 
@@ -256,7 +255,7 @@ def global_gate_bars(
                         fontsize=8 if n_layers <= 30 else 6)
     ax2.set_ylabel(f"active (E[π] ≥ {threshold:g})")
 
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046 if r >= 6 else 0.08, pad=0.11)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02, aspect=30)
     cbar.set_label("E_q[π_k]")
     cbar.ax.axhline(threshold, color="black", lw=1.5)
     cbar.ax.axhline(dead, color="#b2182b", lw=1.5)
@@ -382,7 +381,7 @@ def rank_histogram(
         ax.hist(v, bins=edges, weights=np.full(v.shape, 1.0 / v.size), histtype="step", color=c, lw=1.6)
         ax.axvline(float(v.mean()), color=c, ls="--", lw=1.2)
         ax.set_title(f"{g}  (n={v.size}, mean {v.mean():.2f})", fontsize=9)
-        row, col = divmod(j, ncols)
+        col = j % ncols
         last_in_col = j + ncols >= len(order)
         _finish(ax, show_x=last_in_col, show_y=col == 0, ylabel="fraction of group")
     handles = [Patch(color="0.8", label="all instances"),

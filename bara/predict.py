@@ -39,6 +39,13 @@ class Predictions:
     domains: list[str | None] = field(default_factory=list)
     seconds: float = 0.0
 
+    def first_samples(self, k: int) -> "Predictions":
+        """The predictive of the first ``k`` Monte-Carlo samples (ECE-vs-S without new passes)."""
+        if self.sample_probs is None or not 1 <= k <= self.sample_probs.shape[0]:
+            raise ValueError(f"cannot take {k} samples from predictions with {0 if self.sample_probs is None else self.sample_probs.shape[0]}")
+        subset = self.sample_probs[:k]
+        return Predictions(subset.mean(0), self.labels, subset, self.gate_probs, self.domains, self.seconds * k / self.sample_probs.shape[0])
+
     @property
     def instance_ranks(self) -> Tensor | None:
         """Per-example s̄(x), averaged over layers, or None for models without gates."""
