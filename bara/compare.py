@@ -38,34 +38,71 @@ class CompareSpec:
     workers: int = 2
 
 
+def parse_method(text: str) -> tuple[str, dict[str, Any]]:
+    """``"bara[rho0=0.2,gate_lr_multiplier=10]"`` → ``("bara", {"gate_lr_multiplier": 10, "config": {"rho0": 0.2}})``.
+
+    Keys that are not options of the method go to its ``config`` mapping (BaRA's `BaRAConfig`).
+    """
+    import yaml
+
+    from .methods import METHODS
+
+    name, _, rest = text.partition("[")
+    name = name.strip()
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    if not rest:
+        return name, {}
+    if not rest.endswith("]"):
+        raise ValueError(f"method {text!r}: expected name[key=value,...]")
+    fields = {f.name for f in dataclasses.fields(METHODS[name])}
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest[:-1].split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"method {text!r}: option {item!r} is not key=value")
+        parsed = yaml.safe_load(value)
+        if key in fields:
+            options[key] = parsed
+        elif "config" in fields:
+            options.setdefault("config", {})[key] = parsed
+        else:
+            raise ValueError(f"method {name!r} has no option {key!r}; options: {sorted(fields)}")
+    return name, options
+
+
 def run_dir(out: Path, method: str, seed: int) -> Path:
-    return out / "runs" / method / f"seed{seed}"
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in method)
+    return out / "runs" / safe / f"seed{seed}"
 
 
 def _extra_modes(method: str) -> dict[str, dict[str, Any]]:
     """Extra evaluations of the same adapter (rows of the report)."""
     if method == "bara":
-        return {"bara [constant gates, C7]": {"mode": "constant"}, "bara [mean mode]": {"mode": "mean"}}
+        return {"[constant gates, C7]": {"mode": "constant"}, "[mean mode]": {"mode": "mean"}}
     return {}
 
 
-def run_one(spec: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> dict[str, Any]:
+def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> dict[str, Any]:
     """Train, evaluate (in domain, extra modes, OOD, ECE-vs-S) one (method, seed); resumable."""
     import torch
 
     torch.set_num_threads(1)
     from .pipeline import evaluate, train
 
-    spec_obj = RunSpec(**spec)
-    folder = run_dir(Path(out), spec_obj.method, spec_obj.seed)
+    job = dict(job)
+    label = job.pop("label")
+    spec_obj = RunSpec(**job)
+    folder = run_dir(Path(out), label, spec_obj.seed)
     done = folder / "done.json"
     if done.exists():
         return json.loads(done.read_text())
     log = train(spec_obj, folder, resume=True, progress=False)
-    result: dict[str, Any] = {"method": spec_obj.method, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
+    result: dict[str, Any] = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
                               "trainable_parameters": log["trainable_parameters"], "steps": log["steps"]}
     result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
-    result["extra"] = {name: evaluate(folder, progress=False, plots=False, **kw) for name, kw in _extra_modes(spec_obj.method).items()}
+    result["extra"] = {f"{label} {name}": evaluate(folder, progress=False, plots=False, **kw)
+                       for name, kw in _extra_modes(spec_obj.method).items()}
     result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False) for task in ood}
     if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
         result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
@@ -77,17 +114,19 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     """Run every (method, seed) of ``spec`` and write results.json, results.md and the plots."""
     from .methods import get_method
 
-    for method in spec.methods:
-        get_method(method)  # unknown names fail before anything runs
+    parsed = {label: parse_method(label) for label in spec.methods}  # unknown names fail before anything runs
+    for name, options in parsed.values():
+        get_method(name, options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [dataclasses.asdict(dataclasses.replace(spec.base, method=m, seed=s)) for m in spec.methods for s in spec.seeds]
+    jobs = [dict(dataclasses.asdict(dataclasses.replace(spec.base, method=parsed[m][0], method_options=parsed[m][1], seed=s)), label=m)
+            for m in spec.methods for s in spec.seeds]
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     def finished(job: dict[str, Any], result: dict[str, Any]) -> None:
         results.append(result)
         if console:
-            console.print(f"done: {job['method']} seed {job['seed']} ({len(results)}/{len(jobs)})")
+            console.print(f"done: {job['label']} seed {job['seed']} ({len(results)}/{len(jobs)})")
 
     if spec.workers <= 1:  # in this process: simplest to debug, and what tests use
         for job in jobs:

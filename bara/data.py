@@ -83,8 +83,11 @@ def encode(examples: list[Example], task: TaskData, tokenizer: Any, head: str, m
             prompt, answers = causal_prompt(ex, task)
             ids = tokenizer(prompt).input_ids
             truncated += len(ids) > max_length
-            # keep the end of the prompt: the choices and "Answer:" are what the label token follows
-            items.append(EncodedExample(ids[-max_length:], ex.label, len(answers), ex.domain))
+            # keep the end of the prompt (the choices and "Answer:" precede the label token) and a BOS token
+            if len(ids) > max_length:
+                bos = getattr(tokenizer, "bos_token_id", None)
+                ids = ids[:1] + ids[len(ids) - max_length + 1:] if bos is not None and ids[0] == bos else ids[-max_length:]
+            items.append(EncodedExample(ids, ex.label, len(answers), ex.domain))
     if truncated:
         warnings.warn(f"{truncated} of {len(examples)} inputs of task {task.name!r} exceed max_length={max_length} tokens and were truncated",
                       stacklevel=2)

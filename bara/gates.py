@@ -114,13 +114,15 @@ class GlobalGate(nn.Module):
     def b(self) -> Tensor:
         return F.softplus(self.b_raw)
 
-    def sample_log_pi(self) -> tuple[Tensor, Tensor]:
-        """One reparameterised draw of ``(log π, log(1 − π))``, each of shape [r]."""
-        u = torch.rand_like(self.a_raw)
+    def sample_log_pi(self, rows: int | None = None) -> tuple[Tensor, Tensor]:
+        """Reparameterised draws of ``(log π, log(1 − π))``: shape [r], or [rows, r] with
+        one independent draw per row."""
+        shape = self.a_raw.shape if rows is None else (rows, *self.a_raw.shape)
+        u = torch.rand(shape, device=self.a_raw.device, dtype=self.a_raw.dtype)
         log_nu, log_one_minus_nu = kumaraswamy_log_sample(self.a, self.b, u)
         if self.prior == "beta":
             return log_nu, log_one_minus_nu
-        log_pi = torch.cumsum(log_nu, dim=0).clamp(max=-1e-7)
+        log_pi = torch.cumsum(log_nu, dim=-1).clamp(max=-1e-7)
         return log_pi, torch.log(-torch.expm1(log_pi))
 
     def expected_pi(self) -> Tensor:

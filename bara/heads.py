@@ -49,6 +49,8 @@ class LabelTokenClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 choice_mask: Tensor | None = None) -> SequenceClassifierOutput:
+        if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+            raise ValueError("LabelTokenClassifier needs left-padded inputs (the last position must be a real token)")
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = hidden[:, -1]  # left padding: the final position is the last prompt token
         head = self.lm.get_output_embeddings()

@@ -114,7 +114,9 @@ class BaRALinear(nn.Module):
         stochastic = self.training
         log_pi = log_1m_pi = None
         if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
-            log_pi, log_1m_pi = self.global_gate.sample_log_pi()
+            # training: one draw of π per forward (DESIGN §2); prediction: one per instance, so that
+            # the S Monte-Carlo copies of an input average over q(π) too
+            log_pi, log_1m_pi = self.global_gate.sample_log_pi(None if stochastic else logits.shape[0])
 
         if self.variant == "additive" and global_kind != "one" and local_kind != "one":
             z = self._additive_gate(logits, expected_pi, log_pi, log_1m_pi, global_kind, stats)

