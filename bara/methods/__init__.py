@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from .bara import BaRA, BaRAGlobal, BaRALocal
 from .base import Method
+from .blob import BLoB
 from .ensemble import Ensemble
 from .lora import LoRA
 from .map import MAP
 from .mcdropout import MCDropout
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BaRAGlobal, BaRALocal, BaRA)
+    cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BLoB, BaRAGlobal, BaRALocal, BaRA)
 }
 
 

