@@ -156,7 +156,8 @@ def print_metrics(rows: dict[str, dict[str, Any]], title: str) -> None:
         rank = m.get("joint_effective_rank")
         table.add_row(name, f"{100 * m['accuracy']:.1f}", f"{100 * m['ece']:.1f}", f"{m['nll']:.3f}", f"{m['brier']:.3f}",
                       "—" if rank is None else f"{rank:.2f} / {int(m['max_rank'])}",
-                      "—" if rank is None else f"{m['r_glob']:.1f}", f"{m['eval_seconds']:.0f}")
+                      "—" if rank is None else f"{m['r_glob']:.1f}",
+                      "—" if m.get("eval_seconds") is None else f"{m['eval_seconds']:.0f}")
     console.print(table)
 
 
