@@ -6,6 +6,7 @@ is ever pickled, and pickle files handed to the loader are refused, never opened
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: no half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -79,35 +80,39 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
         for key, value in model.base_model.get_submodule(module_name).state_dict().items():
             tensors[f"{module_name}.{key}"] = value.detach().cpu().contiguous()
     config.rank_pattern = {k: v for k, v in config.rank_pattern.items() if v != config.r}
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "bara"}))
-    _atomic_write(out / CONFIG_NAME, lambda tmp: config.save(tmp))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "bara"}))
+    atomic_write(out / CONFIG_NAME, lambda tmp: config.save(tmp))
     total = sum(pruned.values())
     if total:
         print(f"bara: pruned {total} dead factor(s) (E π < {config.prune_threshold}) across {sum(1 for v in pruned.values() if v)} layer(s)")
     return pruned
 
 
-def _refuse_pickles(path: Path) -> None:
-    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(f"{path}: refusing to load a pickle file; BaRA adapters are safetensors only")
-    if path.is_file():
-        raise ValueError(f"{path}: expected an adapter directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+def read_adapter_files(path: str | os.PathLike, config_name: str = CONFIG_NAME) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON config and the tensors of an adapter directory, with one-line errors.
 
-
-def read_adapter(path: str | os.PathLike) -> tuple[BaRAConfig, dict[str, torch.Tensor]]:
-    """Read and check an adapter directory without touching any model."""
+    Pickle files are refused, never opened: a ``.bin``/``.pt``/``.pkl`` path, or a folder
+    holding only such files, is an error.
+    """
     folder = Path(path)
-    _refuse_pickles(folder)
+    if folder.is_file():
+        kind = "a pickle file, which is never unpickled" if folder.suffix in PICKLE_SUFFIXES else "a file"
+        raise ValueError(f"{folder}: refusing to load {kind}; an adapter is a directory with {config_name} and {WEIGHTS_NAME}")
     if not folder.is_dir():
         raise ValueError(f"{folder}: adapter directory not found")
     weights = folder / WEIGHTS_NAME
     if not weights.exists():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        hint = f"; found pickle file(s) {pickles}, which BaRA refuses to unpickle" if pickles else ""
+        hint = f"; found pickle file(s) {pickles}, which are never unpickled" if pickles else ""
         raise ValueError(f"{folder}: no {WEIGHTS_NAME}{hint}")
-    if not (folder / CONFIG_NAME).exists():
-        raise ValueError(f"{folder}: no {CONFIG_NAME}")
-    config = BaRAConfig.load(folder / CONFIG_NAME)
+    if not (folder / config_name).exists():
+        raise ValueError(f"{folder}: no {config_name}")
+    try:
+        config = json.loads((folder / config_name).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / config_name}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / config_name}: expected a JSON object of configuration fields")
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as err:
@@ -115,22 +120,32 @@ def read_adapter(path: str | os.PathLike) -> tuple[BaRAConfig, dict[str, torch.T
     return config, tensors
 
 
+def read_adapter(path: str | os.PathLike) -> tuple[BaRAConfig, dict[str, torch.Tensor]]:
+    """Read and check a BaRA adapter directory without touching any model."""
+    config, tensors = read_adapter_files(path)
+    return BaRAConfig.from_dict(config), tensors
+
+
+def copy_adapter_state(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: object) -> None:
+    """Copy saved ``tensors`` into the live ``own`` tensors; names and shapes must match exactly."""
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{source}: adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    mismatched = [f"{k}: saved {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+                  if tuple(tensors[k].shape) != tuple(v.shape)]
+    if mismatched:
+        raise ValueError(f"{source}: adapter was saved for a different base model; shape mismatch in {'; '.join(mismatched[:5])}")
+    with torch.no_grad():
+        for key, param in own.items():
+            param.copy_(tensors[key].to(device=param.device, dtype=param.dtype))
+
+
 def load_adapter(base_model: nn.Module, path: str | os.PathLike) -> BaRAModel:
     """Build a `BaRAModel` on ``base_model`` from a saved adapter; shapes are checked per layer."""
     config, tensors = read_adapter(path)
     model = BaRAModel(base_model, config)
-    own = {name: param for name, param in _adapter_state(model).items()}
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{path}: adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    mismatched = [f"{k}: saved {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-                  if tuple(tensors[k].shape) != tuple(v.shape)]
-    if mismatched:
-        raise ValueError(f"{path}: adapter was saved for a different base model; shape mismatch in {'; '.join(mismatched[:5])}")
-    with torch.no_grad():
-        for key, param in own.items():
-            param.copy_(tensors[key].to(param.dtype))
+    copy_adapter_state(_adapter_state(model), tensors, path)
     return model
 
 
@@ -180,7 +195,7 @@ def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
         rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, modules_to_save=config.modules_to_save,
     )
     lora_config.save_pretrained(str(out))
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     (out / "README.md").write_text(
         "Plain LoRA export of a BaRA adapter: the mean global gate E_q[pi] is folded into lora_B; the\n"
         "input-dependent local gates cannot be folded and are dropped (equals BaRA's `global_mean` mode).\n")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from .io import CONFIG_NAME, WEIGHTS_NAME, _adapter_state, read_adapter, save_adapter
+from .io import CONFIG_NAME, _adapter_state, copy_adapter_state, read_adapter, save_adapter
 from .model import BaRAModel
 from .objective import kl_terms, kl_warmup_factor, rank_summary
 
@@ -112,8 +112,4 @@ class BaRATrainer(Trainer):
         if bara_model is None or not os.path.exists(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         _, tensors = read_adapter(resume_from_checkpoint)
-        with torch.no_grad():
-            for key, param in _adapter_state(bara_model).items():
-                if key not in tensors or tensors[key].shape != param.shape:
-                    raise ValueError(f"{resume_from_checkpoint}/{WEIGHTS_NAME}: checkpoint does not match the model at {key}")
-                param.copy_(tensors[key])
+        copy_adapter_state(_adapter_state(bara_model), tensors, resume_from_checkpoint)

@@ -54,7 +54,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..io import WEIGHTS_NAME, atomic_write, copy_adapter_state, read_adapter_files
 from ..model import _find_module, _parent_of, find_targets
 from ..objective import kl_warmup_factor
 from ..predict import Predictions, predict
@@ -70,8 +70,6 @@ from ..trainer import BaRATrainer
 from .base import Method
 
 CONFIG_NAME = "blob_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 NOISES = ("flipout", "flipout_token", "independent")
 KL_WEIGHTS = ("elbo", "blob")
 LAYER_TENSORS = ("lora_A_mean", "lora_A_g", "lora_B")
@@ -341,17 +339,6 @@ def sampling(model: nn.Module, sample: bool) -> Iterator[nn.Module]:
 
 
 # -- files (safetensors + JSON only) -------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_blob(model: BLoBModel, path: str | os.PathLike) -> None:
     """Write ``blob_config.json`` and ``adapter_model.safetensors`` into ``path``."""
     from safetensors.torch import save_file
@@ -360,62 +347,21 @@ def save_blob(model: BLoBModel, path: str | os.PathLike) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.adapter_state().items()}
     config = json.dumps(model.blob_config.to_dict(), indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "blob"}))
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "blob"}))
+    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config))
 
 
 def read_blob(path: str | os.PathLike) -> tuple[BLoBConfig, dict[str, Tensor]]:
     """Config and tensors of a saved adapter; pickle files are refused, never opened."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(path)
-    if folder.is_file():
-        kind = "a pickle file" if folder.suffix in PICKLE_SUFFIXES else "a file"
-        raise ValueError(f"{folder}: is {kind}; a BLoB adapter is a directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: adapter directory not found")
-    weights = folder / WEIGHTS_NAME
-    if not weights.exists():
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        hint = f"; found pickle file(s) {pickles}, which are never unpickled" if pickles else ""
-        raise ValueError(f"{folder}: no {WEIGHTS_NAME}{hint}")
-    if not (folder / CONFIG_NAME).exists():
-        raise ValueError(f"{folder}: no {CONFIG_NAME}")
-    try:
-        data = json.loads((folder / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{folder / CONFIG_NAME}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{folder / CONFIG_NAME}: expected a JSON object of BLoBConfig fields")
-    config = BLoBConfig.from_dict(data)
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{weights}: corrupted or truncated safetensors file ({err})") from None
-    return config, tensors
-
-
-def _copy_into(model: BLoBModel, tensors: dict[str, Tensor], source: Any) -> None:
-    own = model.adapter_state()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{source}: adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    mismatched = [f"{k}: saved {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-                  if tuple(tensors[k].shape) != tuple(v.shape)]
-    if mismatched:
-        raise ValueError(f"{source}: adapter was saved for a different base model; shape mismatch in {'; '.join(mismatched[:5])}")
-    with torch.no_grad():
-        for key, param in own.items():
-            param.copy_(tensors[key].to(device=param.device, dtype=param.dtype))
+    config, tensors = read_adapter_files(path, CONFIG_NAME)
+    return BLoBConfig.from_dict(config), tensors
 
 
 def load_blob(base_model: nn.Module, path: str | os.PathLike) -> BLoBModel:
     """Rebuild a saved BLoB adapter on ``base_model`` (shapes checked per tensor)."""
     config, tensors = read_blob(path)
     model = BLoBModel(base_model, config)
-    _copy_into(model, tensors, path)
+    copy_adapter_state(model.adapter_state(), tensors, path)
     return model
 
 
@@ -486,7 +432,7 @@ class BLoBTrainer(BaRATrainer):
         if blob is None or not os.path.exists(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         _, tensors = read_blob(resume_from_checkpoint)
-        _copy_into(blob, tensors, resume_from_checkpoint)
+        copy_adapter_state(blob.adapter_state(), tensors, resume_from_checkpoint)
 
 
 def _check_kl_weight(value: str | float) -> str | float:
