@@ -17,6 +17,7 @@ GATE_INPUTS = ("x", "Ax")
 VARIANTS = ("product", "additive")
 PRIORS = ("beta", "ibp")
 RELAXATIONS = ("concrete", "straight_through")
+LOCAL_KLS = ("instance", "marginal")
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -45,6 +46,11 @@ class BaRAConfig:
         prior: ``"beta"`` (independent π_k) or ``"ibp"`` (stick-breaking, ordered factors).
         relaxation: ``"concrete"`` (relaxed Bernoulli) or ``"straight_through"`` (hard gates
             forward, relaxed gradients backward) for the training forward.
+        local_kl: ``"instance"`` (the ELBO's ``mean_n KL(q(l|x_n) ‖ Bern(ρ0))``, default) or
+            ``"marginal"``: ``KL(mean_n q(l|x_n) ‖ Bern(ρ0))`` over the batch. The instance KL
+            equals the marginal KL plus the mutual information between input and gates, so it
+            taxes exactly the context dependence BaRA is after; the marginal form keeps the
+            sparsity pressure and drops that tax (no longer an ELBO; a research option).
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving.
@@ -69,6 +75,7 @@ class BaRAConfig:
     variant: str = "product"
     prior: str = "beta"
     relaxation: str = "concrete"
+    local_kl: str = "instance"
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
@@ -115,6 +122,7 @@ class BaRAConfig:
             ("variant", VARIANTS),
             ("prior", PRIORS),
             ("relaxation", RELAXATIONS),
+            ("local_kl", LOCAL_KLS),
         ):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")

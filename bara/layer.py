@@ -73,6 +73,7 @@ class BaRALinear(nn.Module):
         self.variant = config.variant
         self.gate_input = config.gate_input
         self.straight_through = config.relaxation == "straight_through"
+        self.marginal_kl = config.local_kl == "marginal"
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -126,7 +127,7 @@ class BaRALinear(nn.Module):
             l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic)
             z = g * l
             if local_kind != "one":
-                stats["local_kl"] = kl_bernoulli(local_p, self.rho0).sum(-1)
+                stats["local_kl"] = self._local_kl(local_p, self.rho0)
         self.global_used = global_kind not in ("one", "constant")
         stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
         self._stats = stats
@@ -149,10 +150,17 @@ class BaRALinear(nn.Module):
         if kind == "mean":  # plug-in approximation E_π σ(logit π + ℓ) ≈ σ(logit E π + ℓ)
             return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + logits)
         gate_logits = (log_pi - log_1m_pi) + logits
-        stats["local_kl"] = kl_bernoulli(torch.sigmoid(gate_logits), torch.exp(log_pi)).sum(-1)
+        stats["local_kl"] = self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))
         if self.training:
             return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through)
         return hard_bernoulli(torch.sigmoid(gate_logits).detach())
+
+    def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor:
+        """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance)."""
+        if not self.marginal_kl:
+            return kl_bernoulli(q, prior).sum(-1)
+        prior_mean = prior.mean(0) if isinstance(prior, Tensor) and prior.dim() == 2 else prior
+        return kl_bernoulli(q.mean(0), prior_mean).sum(-1).expand(q.shape[0])
 
     def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:
         """``E_q[z]`` per instance and factor, respecting factors forced open by the mode."""

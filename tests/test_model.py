@@ -21,7 +21,7 @@ from conftest import padded_batch, tiny_bert, tiny_gemma3, tiny_llama
     ("beta_global", -1, "beta_global"), ("beta_local", float("inf"), "beta_local"),
     ("kl_warmup", 1.5, "kl_warmup"), ("kl_warmup", -0.1, "kl_warmup"),
     ("gate_input", "h", "'x', 'Ax'"), ("variant", "sum", "'product', 'additive'"),
-    ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"),
+    ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"), ("local_kl", "total", "'instance', 'marginal'"),
     ("kuma_a_init", 0, "kuma_a_init"), ("kuma_b_init", -1, "kuma_b_init"),
     ("local_bias_init", float("nan"), "local_bias_init"), ("prune_threshold", 1.0, "prune_threshold"),
     ("modules_to_save", "classifier", "modules_to_save"), ("rank_pattern", {"q": 99}, "rank_pattern"),
@@ -178,3 +178,17 @@ def test_gate_mode_restores_and_rejects_unknown_modes():
     assert model.gate_mode == "sample"
     with pytest.raises(ValueError, match="allowed: sample, mean, ones, global"):
         model.set_gate_mode("dropout")
+
+
+def test_marginal_local_kl_is_the_kl_of_the_batch_average_gate():
+    from bara.gates import kl_bernoulli
+
+    model = bara.get_bara_model(MaskedToy(), bara.BaRAConfig(r=3, target_modules=["proj"], local_kl="marginal")).train()
+    with torch.no_grad():
+        model.proj.local_gate.weight.normal_()
+    model(torch.randn(5, 4, 6))
+    probs = model.proj._stats["local_probs"]
+    expected = kl_bernoulli(probs.mean(0), 0.5).sum()
+    assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected)
+    instance = kl_bernoulli(probs, 0.5).sum(-1).mean()
+    assert instance > expected  # the instance KL adds the input-gate mutual information
