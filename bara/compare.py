@@ -168,6 +168,7 @@ def summarise(results: list[dict[str, Any]], spec: CompareSpec) -> dict[str, dic
         entry = {m: _mean_std([r[m] for r in runs]) for m in METRICS + ("eval_seconds",)}
         entry["joint_effective_rank"] = _mean_std([r.get("joint_effective_rank") for r in runs])
         entry["effective_rank_std"] = _mean_std([r.get("effective_rank_std") for r in runs])
+        entry["gate_std"] = _mean_std([r.get("gate_std") for r in runs])
         entry["r_glob"] = _mean_std([r.get("r_glob") for r in runs])
         entry["train_seconds"] = _mean_std([r.get("train_seconds") for r in runs])
         entry["trainable_parameters"] = runs[0].get("trainable_parameters")
@@ -192,19 +193,21 @@ def markdown(report: dict[str, Any]) -> str:
              f"{base['train_size'] or 'all'} training examples, {base['max_steps'] or str(base['epochs']) + ' epochs'}, batch "
              f"{base['batch_size']}, lr {base['learning_rate']}, seeds {report['spec']['seeds']}; wall time "
              f"{report['wall_seconds'] / 60:.1f} min. Mean ± std over seeds; best per column in bold. ECE ×100.", "",
-             "| method | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | r_glob | trainable params | train s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in in_domain:
         lines.append(_row(name, summary[name], best))
     ood = [n for n in summary if "→" in n]
     if ood:
         lines += ["", "Out of domain (adapters trained on the task above):", "",
-                  "| method → task | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | r_glob | trainable params | train s | eval s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method → task | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_row(name, summary[name], {}) for name in sorted(ood)]
     lines += ["", "Rows in brackets re-evaluate the BaRA adapter: `constant gates` replaces every learned gate by "
               "input-independent factor dropout at the data-average keep-probability (check C7: BaRA should beat it), "
-              "`mean mode` is one pass with the expected gates.", ""]
+              "`mean mode` is one pass with the expected gates. `s̄ spread`: std across inputs of the effective rank; "
+              "`gate spread`: std across inputs of each factor's gate probability E_q[z_k(x)], averaged over factors "
+              "and layers (the choice of factors can depend on the input while their number does not).", ""]
     return "\n".join(lines)
 
 
@@ -221,7 +224,8 @@ def _row(name: str, entry: dict[str, Any], best: dict[str, str | None]) -> str:
         text = _fmt(entry[metric], scale, digits)
         cells.append(f"**{text}**" if best.get(metric) == name else text)
     params = entry.get("trainable_parameters")
-    cells += [_fmt(entry["joint_effective_rank"], 1, 2), _fmt(entry["effective_rank_std"], 1, 2), _fmt(entry["r_glob"], 1, 1),
+    cells += [_fmt(entry["joint_effective_rank"], 1, 2), _fmt(entry["effective_rank_std"], 1, 2),
+              _fmt(entry.get("gate_std", (math.nan, math.nan)), 1, 3), _fmt(entry["r_glob"], 1, 1),
               f"{params:,}" if params else "—", _fmt(entry["train_seconds"], 1, 0), _fmt(entry["eval_seconds"], 1, 0)]
     return f"| {name} | " + " | ".join(cells) + " |"
 

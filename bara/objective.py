@@ -92,23 +92,29 @@ def rank_summary(model: BaRAModel, gate_probs: dict[str, Tensor] | None = None) 
     last forward). Returns the joint effective rank ``s̄_{Φ,θ} = E_x s̄(x)`` averaged over
     layers, the mean global rank ``r_glob = Σ_k 1[E_q[π_k] > 0.5]``, the complexity term
     ``J = Σ_k sqrt(p̂_k)`` (p̂_k: fraction of instances whose gate k is on, ``E_q[z_k] > 0.5``),
-    the spread of s̄(x) across instances, and the maximum rank r.
+    the spread of s̄(x) across instances (``effective_rank_std``: does the *number* of factors
+    depend on the input?), the mean over layers and factors of the spread of ``E_q[z_k(x)]``
+    across instances (``gate_std``: does the *choice* of factors depend on it? it can be large
+    while the rank stays constant), and the maximum rank r.
     """
     probs = gate_probabilities(model) if gate_probs is None else gate_probs
     pis = expected_pi(model)
     layers = [name for name in pis if name in probs and probs[name].numel() > 0]
     if not layers:
         raise ValueError("no gate statistics yet: run a forward pass in a gated mode first")
-    joint, spread, complexity = [], [], []
+    joint, spread, factor_spread, complexity = [], [], [], []
     for name in layers:
         s_bar = probs[name].float().sum(-1)
         joint.append(s_bar.mean())
-        spread.append(s_bar.std() if s_bar.numel() > 1 else s_bar.new_zeros(()))
+        several = s_bar.numel() > 1
+        spread.append(s_bar.std() if several else s_bar.new_zeros(()))
+        factor_spread.append(probs[name].float().std(0).mean() if several else s_bar.new_zeros(()))
         complexity.append(torch.sqrt((probs[name].float() > 0.5).float().mean(0)).sum())
     r_glob = [float((pis[name] > 0.5).sum()) for name in layers]
     return {
         "joint_effective_rank": float(torch.stack(joint).mean()),
         "effective_rank_std": float(torch.stack(spread).mean()),
+        "gate_std": float(torch.stack(factor_spread).mean()),
         "r_glob": sum(r_glob) / len(r_glob),
         "complexity_J": float(torch.stack(complexity).mean()),
         "max_rank": float(model.bara_config.r),
