@@ -6,12 +6,13 @@ from .bara import BaRA, BaRAGlobal, BaRALocal
 from .base import Method
 from .blob import BLoB
 from .ensemble import Ensemble
+from .laplace import Laplace
 from .lora import LoRA
 from .map import MAP
 from .mcdropout import MCDropout
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BLoB, BaRAGlobal, BaRALocal, BaRA)
+    cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BLoB, Laplace, BaRAGlobal, BaRALocal, BaRA)
 }
 
 
