@@ -226,6 +226,7 @@ def compare(
     ood: str = typer.Option("", help="Comma-separated tasks to also evaluate every adapter on (out of domain)."),
     workers: int = typer.Option(2, help="Parallel runs (processes with one torch thread each)."),
     ece_curve: bool = typer.Option(True, help="Report ECE with the first 1, 2, 4, 10 Monte-Carlo samples (no extra passes)."),
+    report_only: bool = typer.Option(False, help="Only summarise the runs that already finished (train nothing)."),
 ) -> None:
     """Train and evaluate several methods on the same data, steps and seeds; writes a mean ± std table.
 
@@ -244,7 +245,7 @@ def compare(
                        max_steps=steps, batch_size=batch_size, learning_rate=lr, max_length=max_length)
         base.validate()
         spec = CompareSpec(base=base, methods=method_list, seeds=seed_list, ood=[t for t in ood.split(",") if t],
-                           ece_curve=ece_curve, workers=workers)
+                           ece_curve=ece_curve, workers=workers, report_only=report_only)
         report = run_compare(spec, out, console=console)
     except _user_errors() as err:
         _fail(str(err))

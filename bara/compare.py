@@ -36,6 +36,7 @@ class CompareSpec:
     ood: list[str] = dataclasses.field(default_factory=list)
     ece_curve: bool = True
     workers: int = 2
+    report_only: bool = False  # summarise the finished runs, train nothing
 
 
 def parse_method(text: str) -> tuple[str, dict[str, Any]]:
@@ -119,8 +120,13 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
         get_method(name, options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # seed-major: every method gets seed 1 before any gets seed 2, so a partial run is comparable
     jobs = [dict(dataclasses.asdict(dataclasses.replace(spec.base, method=parsed[m][0], method_options=parsed[m][1], seed=s)), label=m)
-            for m in spec.methods for s in spec.seeds]
+            for s in spec.seeds for m in spec.methods]
+    if spec.report_only:
+        jobs = [job for job in jobs if (run_dir(out, job["label"], job["seed"]) / "done.json").exists()]
+        if not jobs:
+            raise ValueError(f"{out}: no finished runs to report")
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     def finished(job: dict[str, Any], result: dict[str, Any]) -> None:
