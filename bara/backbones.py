@@ -445,6 +445,9 @@ def load_backbone(
         if head == "sequence_classification":
             auto_cls = AutoModelForSequenceClassification
             model_kw["num_labels"] = int(num_labels)
+            # a local checkpoint may carry a classifier for another number of classes: re-initialise it
+            # (reported by _report_loading_info) instead of failing with a traceback
+            model_kw["ignore_mismatched_sizes"] = True
         elif head == "multiple_choice":
             auto_cls = AutoModelForMultipleChoice
         else:

@@ -41,10 +41,18 @@ def _fail(message: str) -> None:
 
 
 def _user_errors():
-    """Turn the library's user-facing exceptions into one-line errors."""
+    """Turn the library's user-facing exceptions into one-line errors (OSError: disk full, read-only
+    output folder, missing file, ...)."""
     from .backbones import BackboneError
 
-    return (ValueError, BackboneError, FileNotFoundError, PermissionError)
+    return (ValueError, BackboneError, OSError)
+
+
+def _is_main_process() -> bool:
+    """False in the non-main processes of ``accelerate launch`` / ``torchrun`` (they print nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _threads(threads: int) -> None:
@@ -116,7 +124,8 @@ def train(
         log = run_train(spec, out, resume=resume)
     except _user_errors() as err:
         _fail(str(err))
-    console.print(f"trained {spec.method} on {spec.task} in {log['train_seconds']:.0f} s ({log['steps']} steps); adapter in {out / 'adapter'}")
+    if _is_main_process():
+        console.print(f"trained {spec.method} on {spec.task} in {log['train_seconds']:.0f} s ({log['steps']} steps); adapter in {out / 'adapter'}")
 
 
 @app.command()

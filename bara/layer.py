@@ -126,8 +126,8 @@ class BaRALinear(nn.Module):
                                torch.exp(log_pi).expand_as(logits) if log_pi is not None else None, stochastic)
             l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic)
             z = g * l
-            if local_kind != "one":
-                stats["local_kl"] = self._local_kl(local_p, self.rho0)
+            if local_kind != "one" and (kl := self._local_kl(local_p, self.rho0)) is not None:
+                stats["local_kl"] = kl
         self.global_used = global_kind not in ("one", "constant")
         stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
         self._stats = stats
@@ -150,13 +150,18 @@ class BaRALinear(nn.Module):
         if kind == "mean":  # plug-in approximation E_π σ(logit π + ℓ) ≈ σ(logit E π + ℓ)
             return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + logits)
         gate_logits = (log_pi - log_1m_pi) + logits
-        stats["local_kl"] = self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))
+        if (kl := self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))) is not None:
+            stats["local_kl"] = kl
         if self.training:
             return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through)
         return hard_bernoulli(torch.sigmoid(gate_logits).detach())
 
-    def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor:
-        """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance)."""
+    def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor | None:
+        """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance).
+
+        Skipped (None) when no gradient is being recorded: prediction never needs it."""
+        if not torch.is_grad_enabled():
+            return None
         if not self.marginal_kl:
             return kl_bernoulli(q, prior).sum(-1)
         prior_mean = prior.mean(0) if isinstance(prior, Tensor) and prior.dim() == 2 else prior

@@ -140,14 +140,18 @@ def encode_split(built: Built, split: str) -> EncodedDataset:
 def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``spec`` into ``out`` (``out/adapter``, ``out/run.json``, ``out/train_log.json``).
 
-    Checkpoints go to ``out/checkpoints`` every ``save_steps``; ``resume`` continues from the
-    newest one (optimizer, scheduler, RNG and data position included).
+    Checkpoints go to ``out/checkpoints`` every ``save_steps`` (written atomically); ``resume``
+    continues from the newest complete one (optimizer, scheduler, RNG and data position included).
+    Under ``accelerate launch`` / ``torchrun`` every process trains and only the main process
+    writes files. ``out`` is created only once the data and the model have loaded, and the
+    adapter is written to a staging folder and renamed, so a failed run leaves no partial output.
     """
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+
+    from .io import atomic_write
+    from .trainer import CheckpointSaveError, last_checkpoint
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     spec.validate()
     custom = get_method(spec.method, spec.method_options).fit(spec, out, resume)
     if custom is not None:
@@ -160,7 +164,10 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     model = method.wrap(built.head, built.target_modules, built.modules_to_save)
     method.before_training(model)
     train_set = encode_split(built, "train")
-    steps = spec.max_steps or max(1, math.ceil(spec.epochs * len(train_set) / spec.batch_size))
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))  # processes under accelerate launch / torchrun
+    # --batch-size is per process: one optimizer step consumes batch_size × world examples
+    steps = spec.max_steps or max(1, math.ceil(spec.epochs * len(train_set) / (spec.batch_size * world)))
+    out.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=spec.batch_size,
         learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=min(spec.logging_steps, steps),
@@ -170,26 +177,62 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     )
     trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
                                      **method.trainer_kwargs())
-    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
-    if resume and checkpoint is None:
+    main = trainer.is_world_process_zero()
+    checkpoint = last_checkpoint(args.output_dir) if resume else None
+    if resume and checkpoint is None and main:
         print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     method.after_training(model, train_set, built.collator)
     seconds = time.perf_counter() - start
-    method.save(model, out / "adapter")
-    spec.save(out / RUN_FILE)
     log = {"train_seconds": seconds, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-           "num_labels": len(built.task.label_names), "task_notes": built.task.notes}
-    (out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n")
+           "num_labels": len(built.task.label_names), "task_notes": built.task.notes,
+           "world_size": trainer.args.world_size}
+    if main:  # only the main process writes; the others wait for it below
+        try:
+            _save_adapter_atomically(method, model, out / "adapter")
+            atomic_write(out / RUN_FILE, lambda tmp: spec.save(Path(tmp)))
+            atomic_write(out / "train_log.json",
+                          lambda tmp: Path(tmp).write_text(json.dumps(log, indent=2, default=str) + "\n"))
+        except OSError as err:
+            if isinstance(err, CheckpointSaveError):
+                raise
+            kept = last_checkpoint(args.output_dir)
+            hint = f"the checkpoint {kept} is intact (rerun with --resume)" if kept else "no checkpoint was written"
+            raise CheckpointSaveError(err.errno or 5, f"could not write the trained adapter to {out / 'adapter'} "
+                                      f"({err.strerror or err}); {hint}") from err
+    trainer.accelerator.wait_for_everyone()
     return log
+
+
+def _save_adapter_atomically(method: Method, model: nn.Module, path: Path) -> None:
+    """``method.save`` into ``.adapter.partial/``, then rename to ``path`` (replacing an old adapter)."""
+    import shutil
+
+    staging, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        method.save(model, staging)
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- evaluation ----------------------------------------------------------------------------
 def find_run(adapter: str | Path) -> tuple[RunSpec, Path]:
     """The run spec and adapter folder for ``adapter`` (a run folder or its ``adapter/``)."""
+    from .io import PICKLE_SUFFIXES
+
     adapter = Path(adapter)
+    if adapter.is_file() and adapter.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(f"{adapter}: refusing to load a pickle file; BaRA adapters are safetensors only "
+                         "(pass the run folder written by `bara train`)")
     for run_dir, adapter_dir in ((adapter, adapter / "adapter"), (adapter.parent, adapter)):
         if (run_dir / RUN_FILE).exists() and adapter_dir.is_dir():
             return RunSpec.load(run_dir / RUN_FILE), adapter_dir

@@ -4,20 +4,131 @@
 Everything else — accelerate, gradient accumulation, checkpoints, ``resume_from_checkpoint``,
 logging — is Trainer's own. Checkpoints hold the adapter (safetensors) instead of the whole
 model. For models without BaRA layers (e.g. a peft LoRA baseline) it is a plain Trainer.
+
+Three additions make long runs safe to interrupt:
+
+* **Atomic checkpoints.** Trainer writes ``checkpoint-N`` file by file, and
+  ``transformers.trainer_utils.get_last_checkpoint`` picks the highest-numbered folder whether or
+  not it is complete, so a run killed while saving would resume from a half-written checkpoint.
+  Here every checkpoint is written into
+  ``.partial-checkpoint-N/`` and renamed to ``checkpoint-N`` only once every process has written
+  its part (adapter, optimizer, scheduler, RNG states, trainer state); older checkpoints are
+  rotated away only after that. `last_checkpoint` skips anything incomplete.
+* **Non-finite losses stop training** with `NonFiniteLossError` naming the step, before the
+  step's backward pass and before anything is saved (Trainer's default would silently replace a
+  NaN loss by the running mean and keep training with NaN gradients).
+* **Distributed runs** (DDP through ``accelerate launch`` or ``torchrun``): every rank adds
+  ``β_g · KL_global / N`` and the mean local KL of its own micro-batch to its loss. Gradients are
+  averaged over the ranks, so the global KL (identical on every rank) is counted once and the
+  local KL is averaged over the global batch. With gradient accumulation the KL is added once
+  per optimizer step, not once per micro-batch. FSDP is refused with a clear error for BaRA
+  models (see docs/distributed.md); plain LoRA models are a plain Trainer.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
+import re
+import shutil
 from collections import defaultdict
 
 import torch
 from torch import nn
 from transformers import Trainer
 
-from .io import CONFIG_NAME, _adapter_state, copy_adapter_state, read_adapter, save_adapter
+from .io import CONFIG_NAME, WEIGHTS_NAME, _adapter_state, copy_adapter_state, read_adapter, save_adapter
 from .model import BaRAModel
 from .objective import kl_terms, kl_warmup_factor, rank_summary
+
+
+PREFIX_CHECKPOINT = "checkpoint"
+PARTIAL_PREFIX = ".partial-"  # staging folders: invisible to get_last_checkpoint and rotation
+TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT}-(\d+)$")
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the message names the step (one line)."""
+
+
+class CheckpointSaveError(OSError, ValueError):
+    """A checkpoint could not be written (disk full, read-only folder, ...); the previous one is intact.
+
+    An ``OSError`` (with the original ``errno``) and a ``ValueError``, so callers that report
+    user errors as one line (the ``bara`` CLI) do so here too.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a finished checkpoint: it holds the trainer state (written last) and,
+    for BaRA checkpoints, both adapter files."""
+    folder = str(folder)
+    if not os.path.isfile(os.path.join(folder, TRAINER_STATE)):
+        return False
+    if os.path.exists(os.path.join(folder, CONFIG_NAME)) and not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+        return False
+    try:
+        with open(os.path.join(folder, TRAINER_STATE)) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest complete ``checkpoint-N`` under ``folder`` (``None`` if there is none).
+
+    Unlike ``transformers.trainer_utils.get_last_checkpoint`` it skips incomplete folders (e.g.
+    written by an older version, or by a plain Trainer killed while saving) and never returns a
+    ``.partial-checkpoint-N`` staging folder.
+
+    Example:
+        >>> last_checkpoint("runs/sst2/checkpoints")          # doctest: +SKIP
+        'runs/sst2/checkpoints/checkpoint-200'
+    """
+    folder = str(folder)
+    if not os.path.isdir(folder):
+        return None
+    steps = []
+    for name in os.listdir(folder):
+        match = _CHECKPOINT_RE.match(name)
+        if match and os.path.isdir(os.path.join(folder, name)):
+            steps.append((int(match.group(1)), name))
+    for _, name in sorted(steps, reverse=True):
+        if is_complete_checkpoint(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def _fsync_tree(folder: str) -> None:
+    """Flush every file of ``folder`` (and the folder itself) to disk before it is published."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 class BaRATrainer(Trainer):
@@ -48,6 +159,15 @@ class BaRATrainer(Trainer):
         self.num_train_examples = num_train_examples or (len(self.train_dataset) if self.train_dataset is not None else None)
         self.gate_lr_multiplier = gate_lr_multiplier
         self._bara_logs: dict[str, list[float]] = defaultdict(list)
+        self._staging_dir: str | None = None  # set while a checkpoint is being written
+        if getattr(self, "is_fsdp_enabled", False) and self._bara_model() is not None:
+            # Under FSDP the gate parameters are sharded DTensors outside the forward pass: the global
+            # KL (computed from them after the forward) turns the loss into a DTensor and backward
+            # fails; adapter checkpoints would also need the gathered state dict. Not supported yet.
+            raise ValueError(
+                "BaRA does not support FSDP yet (its global KL is computed from the gate parameters outside the "
+                "forward pass, which FSDP shards); train with DDP instead: accelerate launch --multi_gpu "
+                "--num_processes N -m bara.cli train ... (see docs/distributed.md)")
 
     def _bara_model(self) -> BaRAModel | None:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -69,18 +189,24 @@ class BaRATrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         bara_model = self._bara_model()
+        kl_value = None
         if bara_model is not None and model.training:
             if not self.num_train_examples:
                 raise ValueError("BaRATrainer needs num_train_examples (or a sized train_dataset) for the global KL")
             terms = kl_terms(bara_model, self.num_train_examples)
             beta_t = kl_warmup_factor(self.state.global_step, max(1, self.state.max_steps), bara_model.bara_config.kl_warmup)
             nll = float(loss.detach())
-            loss = loss + beta_t * terms.total
+            kl = beta_t * terms.total
+            if self._loss_is_scaled_for_ga(num_items_in_batch):
+                # Trainer will not divide this loss by the accumulation steps: add the KL once per optimizer step
+                kl = kl / max(1, getattr(self, "current_gradient_accumulation_steps", 1) or 1)
+            loss = loss + kl
+            kl_value = float(terms.total.detach())
             logs = self._bara_logs
             logs["nll"].append(nll)
             logs["kl_global"].append(float(terms.global_kl.detach()))
             logs["kl_local"].append(float(terms.local_kl.detach()))
-            logs["kl_nll_ratio"].append(float(terms.total.detach()) / max(nll, 1e-8))
+            logs["kl_nll_ratio"].append(kl_value / max(nll, 1e-8))
             logs["beta_t"].append(beta_t)
             try:
                 summary = rank_summary(bara_model)
@@ -88,7 +214,32 @@ class BaRATrainer(Trainer):
                 logs["r_glob"].append(summary["r_glob"])
             except ValueError:  # a mode without gate statistics (e.g. "ones")
                 pass
+        if model.training:
+            self._check_finite(loss, kl_value)
         return (loss, outputs) if return_outputs else loss
+
+    def _loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
+        """Mirror of Trainer.training_step: is the loss already normalised over the accumulated batch?"""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is not None:
+            return bool(scaled)
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or getattr(self, "compute_loss_func", None) is not None)
+
+    def _check_finite(self, loss: torch.Tensor, kl: float | None) -> None:
+        """Stop with `NonFiniteLossError` when the loss is NaN/inf on any process (before backward)."""
+        if not self._any_process(not bool(torch.isfinite(loss.detach()).all())):  # every rank stops together
+            return
+        values = loss.detach().float().reshape(-1)
+        value = next((float(v) for v in values if not math.isfinite(float(v))), float("nan"))
+        step = self.state.global_step + 1
+        where = last_checkpoint(self.args.output_dir)
+        saved = f"the last checkpoint is {where}" if where else "no checkpoint was written"
+        kl_part = f" (KL term {kl:.4g})" if kl is not None and math.isfinite(kl) else ""
+        raise NonFiniteLossError(
+            f"training diverged: the loss is {value}{kl_part} at step "
+            f"{step} of {self.state.max_steps}; stopped before updating or saving anything for this step, {saved}; "
+            "try a lower learning rate")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._bara_logs and "loss" in logs:
@@ -96,6 +247,116 @@ class BaRATrainer(Trainer):
                 logs[key] = round(sum(values) / len(values), 5)
             self._bara_logs.clear()
         super().log(logs, start_time)
+
+    # -- atomic checkpoints ----------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_dir is not None:  # Trainer writes checkpoint-N under the staging folder
+            return self._staging_dir
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs) -> None:
+        """Write ``checkpoint-N`` atomically: into ``.partial-checkpoint-N/``, then one rename.
+
+        Every process writes its part (adapter and trainer state on the main one, RNG state on
+        each) into the staging folder; after a barrier the main process flushes it to disk,
+        renames it into place and only then rotates older checkpoints. A process killed at any
+        point leaves either the previous checkpoints or the new one, never a partial
+        ``checkpoint-N``. Disk errors raise `CheckpointSaveError` with the previous checkpoint intact.
+        """
+        self._check_parameters_finite()
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT}-{self.state.global_step}"
+        staging = os.path.join(run_dir, f"{PARTIAL_PREFIX}{name}")
+        final = os.path.join(run_dir, name)
+        main = self.args.should_save
+        error: BaseException | None = None
+        try:
+            if main:
+                self._remove_partial_checkpoints(run_dir)
+        except OSError as err:
+            error = err
+        self.accelerator.wait_for_everyone()
+        if error is None:
+            self._staging_dir = staging
+            try:
+                super()._save_checkpoint(model, trial, *args, **kwargs)
+            except OSError as err:
+                error = err
+            finally:
+                self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if error is None and main:
+            try:
+                self._publish_checkpoint(os.path.join(staging, name), final, staging)
+            except OSError as err:
+                error = err
+        if self._any_process(error is not None):
+            error = error or OSError(errno.EIO, "another process failed to write its part")
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._raise_save_error(error, final, run_dir)
+        self.accelerator.wait_for_everyone()
+        if main:
+            self._rotate(run_dir)
+
+    def _check_parameters_finite(self) -> None:
+        """Refuse to checkpoint NaN/inf trainable parameters (e.g. after an overflowing backward)."""
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        if self._any_process(bool(bad)):
+            where = last_checkpoint(self.args.output_dir)
+            saved = f"the last checkpoint is {where}" if where else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"training diverged: trainable parameters {bad[:3] or '(on another process)'} are not finite after step "
+                f"{self.state.global_step}; checkpoint-{self.state.global_step} was not written, {saved}; "
+                "try a lower learning rate")
+
+    def _any_process(self, flag: bool) -> bool:
+        """``flag`` OR-ed over all processes (so that every rank stops together)."""
+        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            tensor = torch.tensor([float(flag)], device=self.args.device)
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+            return bool(tensor.item() > 0)
+        return flag
+
+    def _remove_partial_checkpoints(self, run_dir: str) -> None:
+        if os.path.isdir(run_dir):
+            for entry in os.listdir(run_dir):
+                if entry.startswith(PARTIAL_PREFIX):
+                    shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
+
+    def _publish_checkpoint(self, written: str, final: str, staging: str) -> None:
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.normpath(best) == os.path.normpath(written):
+            self.state.best_model_checkpoint = final  # Trainer recorded the staging path
+            self.state.save_to_json(os.path.join(written, TRAINER_STATE))
+        _fsync_tree(written)
+        if os.path.exists(final):  # re-saving a step (e.g. a resumed finished run): swap, then drop the old one
+            old = os.path.join(staging, "replaced")
+            os.rename(final, old)
+        os.rename(written, final)
+        _fsync_dir(os.path.dirname(final) or ".")
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _rotate(self, run_dir: str) -> None:
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        try:
+            from transformers.trainer_utils import rotate_checkpoints
+        except ImportError:  # transformers < 5: the method form
+            self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
+            return
+        rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _raise_save_error(self, error: BaseException, final: str, run_dir: str) -> None:
+        previous = last_checkpoint(run_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        code = getattr(error, "errno", None) or errno.EIO
+        what = os.strerror(code) if getattr(error, "errno", None) else str(error)
+        filename = getattr(error, "filename", None)
+        detail = f"{what}: {filename}" if filename else what
+        raise CheckpointSaveError(code, f"could not write checkpoint {final} ({detail}); {kept}") from error
 
     # -- checkpoints hold the adapter only ---------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
