@@ -208,12 +208,15 @@ class BaRATrainer(Trainer):
             logs["kl_local"].append(float(terms.local_kl.detach()))
             logs["kl_nll_ratio"].append(kl_value / max(nll, 1e-8))
             logs["beta_t"].append(beta_t)
-            try:
-                summary = rank_summary(bara_model)
-                logs["joint_effective_rank"].append(summary["joint_effective_rank"])
-                logs["r_glob"].append(summary["r_glob"])
-            except ValueError:  # a mode without gate statistics (e.g. "ones")
-                pass
+            logging_step = self.args.logging_steps > 0 and (self.state.global_step + 1) % self.args.logging_steps == 0
+            if logging_step:  # the rank statistics cost hundreds of small ops: only on steps that get logged
+                try:
+                    summary = rank_summary(bara_model)
+                except ValueError:  # a mode without gate statistics (e.g. "ones")
+                    summary = {}
+                for key in ("joint_effective_rank", "r_glob"):
+                    if key in summary:
+                        logs[key].append(summary[key])
         if model.training:
             self._check_finite(loss, kl_value)
         return (loss, outputs) if return_outputs else loss
