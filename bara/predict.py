@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .data import Collator, EncodedDataset
+from .layer import GATE_MODES
 from .model import BaRAModel, gate_mode
 from .objective import gate_probabilities
 
@@ -59,6 +60,17 @@ def _repeat(batch: dict[str, Tensor], times: int) -> dict[str, Tensor]:
     return {k: v.repeat(times, *([1] * (v.dim() - 1))) for k, v in batch.items()}
 
 
+def is_stochastic(model: nn.Module, mode: str) -> bool:
+    """Whether predictions in ``mode`` are random (and so averaged over samples): for a
+    `BaRAModel`, any mode in which a gate is sampled (``sample``, ``global``, ``local``,
+    ``constant``); for other models, ``sample``."""
+    if isinstance(model, BaRAModel):
+        if mode not in GATE_MODES:
+            raise ValueError(f"gate mode {mode!r} is unknown; allowed: {', '.join(GATE_MODES)}")
+        return any(kind in ("sample", "constant") for kind in GATE_MODES[mode])
+    return mode == "sample"
+
+
 def _collect_gates(model: nn.Module, batch: dict[str, Tensor], reps: int, n: int, out: dict[str, list[Tensor]]) -> None:
     """Append E_q[z] of the first copy of the batch, one row per example (real choices averaged)."""
     if not isinstance(model, BaRAModel):
@@ -97,7 +109,7 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
     model.eval()
     if sample_fn is not None:
         sample_fn(model)
-    stochastic = mode == "sample"
+    stochastic = is_stochastic(model, mode)
     s_total = samples if stochastic else 1
     # one batch of examples never exceeds max_rows, so S copies of it fit in chunks of max_rows rows
     loader = DataLoader(dataset, batch_size=max(1, min(batch_size, max_rows)), shuffle=False, collate_fn=collator)

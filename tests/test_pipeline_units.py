@@ -666,3 +666,15 @@ def test_trainer_on_plain_peft_lora_is_a_plain_trainer(tmp_path):
     assert not any(key in entry for entry in trainer.state.log_history for key in KL_KEYS)
     moved = [n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, b_before[n])]
     assert moved
+
+
+@pytest.mark.parametrize("mode,stochastic", [("sample", True), ("global", True), ("local", True), ("constant", True),
+                                             ("mean", False), ("global_mean", False), ("ones", False)])
+def test_every_sampled_gate_mode_is_averaged_over_samples(bara_heads, mode, stochastic):
+    """Regression: the ablation and C7-control modes used to get a single sample."""
+    model, ds, collator = bara_heads["sequence_classification"]
+    bara.fix_gates(model, {name: torch.full((layer.r,), 0.5) for name, layer in model.bara_layers()})
+    preds = predict(model, ds, collator, mode=mode, samples=3)
+    assert (preds.sample_probs is not None) == stochastic
+    if stochastic:
+        assert preds.sample_probs.shape[0] == 3
