@@ -129,6 +129,9 @@ class BaRALinear(nn.Module):
             if local_kind != "one" and (kl := self._local_kl(local_p, self.rho0)) is not None:
                 stats["local_kl"] = kl
         self.global_used = global_kind not in ("one", "constant")
+        if self.global_used and torch.is_grad_enabled():
+            # computed here, inside the forward, where sharded (FSDP) parameters are gathered
+            stats["global_kl"] = self.global_gate.kl()
         stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
         self._stats = stats
         return z

@@ -30,7 +30,8 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
     """Both KL parts of the objective, from the gates used in the last forward pass.
 
     The global KL is counted for layers whose global gate was in use (not forced open); the
-    local KL is averaged over the instances of the last forward.
+    local KL is averaged over the instances of the last forward. Both were computed inside that
+    forward (where FSDP has the parameters gathered) and are absent from no-grad forwards.
     """
     if num_examples <= 0:
         raise ValueError(f"num_examples={num_examples} must be the (positive) number of training examples")
@@ -40,8 +41,8 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
     for _, layer in model.bara_layers():
         if layer.r == 0 or not layer._stats:
             continue
-        if layer.global_used:
-            global_kl = global_kl + layer.global_gate.kl()
+        if "global_kl" in layer._stats:
+            global_kl = global_kl + layer._stats["global_kl"]
         if "local_kl" in layer._stats:
             local_kl = local_kl + layer._stats["local_kl"].mean()
     total = cfg.beta_global * global_kl / num_examples + cfg.beta_local * local_kl
@@ -98,7 +99,9 @@ def rank_summary(model: BaRAModel, gate_probs: dict[str, Tensor] | None = None) 
     while the rank stays constant), and the maximum rank r.
     """
     probs = gate_probabilities(model) if gate_probs is None else gate_probs
-    pis = expected_pi(model)
+    # E π as seen by the last forward when there was one (no parameter access: FSDP-safe)
+    pis = {name: layer._stats["expected_pi"].detach() for name, layer in model.bara_layers() if "expected_pi" in layer._stats}
+    pis = pis or expected_pi(model)
     layers = [name for name in pis if name in probs and probs[name].numel() > 0]
     if not layers:
         raise ValueError("no gate statistics yet: run a forward pass in a gated mode first")
