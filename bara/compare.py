@@ -155,7 +155,7 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     def finished(job: dict[str, Any], result: dict[str, Any]) -> None:
         results.append(result)
         if console:
-            console.print(f"done: {job['label']} seed {job['seed']} ({len(results)}/{len(jobs)})")
+            console.print(f"done: {job['label']} seed {job['seed']} ({len(results)}/{len(jobs)})", markup=False)
 
     if spec.workers <= 1:  # in this process: simplest to debug, and what tests use
         for job in jobs:
