@@ -26,7 +26,7 @@ from bara.pipeline import RunSpec
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ["bara", "bara[kl_warmup=0.5]", "bara[rho0=0.2]", "bara[beta_local=0.01]", "bara[variant=additive]",
             "bara[gate_lr_multiplier=10]", "bara[local_kl=marginal]"]
-BASELINES = ["lora", "mcdropout"]
+BASELINES = ["lora", "map", "mcdropout", "ensemble", "blob", "laplace", "bara-global"]
 
 
 def verdicts(summary: dict) -> list[str]:
@@ -51,19 +51,23 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "c7")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="default BaRA and the two baselines only")
+    parser.add_argument("--quick", action="store_true", help="default BaRA, LoRA and MC-dropout only")
+    parser.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
     args = parser.parse_args()
-    methods = BASELINES + (VARIANTS[:1] if args.quick else VARIANTS)
+    methods = ["lora", "mcdropout", "bara"] if args.quick else BASELINES + VARIANTS
     base = RunSpec(model="minilm", task=args.task, train_size=512, eval_size=500, epochs=10, max_length=64,
                    batch_size=16, learning_rate=1e-3)
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers), args.out / args.task)
+    report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only),
+                     args.out / args.task)
+    seeds_done = sorted({run["seed"] for run in report["runs"]})
     wall = time.perf_counter() - start
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     table = (args.out / args.task / "results.md").read_text().split("\n", 2)[2]
     lines = ["## Check C7: do the gates earn their keep? (`benchmarks/c7.py`)", "",
              f"`python benchmarks/c7.py --task {args.task} --seeds {args.seeds}` · commit `{commit}` · "
+             f"seeds finished: {seeds_done} · "
              f"{platform.machine()}, 2 processes × 1 torch thread · wall {wall / 60:.1f} min (finished runs are reused). "
              f"MiniLM-L6, {args.task}, 512 training examples, 10 epochs, 500 evaluation examples.", "",
              table.strip(), "",
