@@ -70,7 +70,36 @@ def find_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
 
 
 # -- the wrapper -------------------------------------------------------------------------
-class BaRAModel(nn.Module):
+class AdapterModel(nn.Module):
+    """What every adapter wrapper shares: the frozen ``base_model`` with new layers on its
+    targeted Linear layers, calls and unknown attributes forwarded to it, and
+    ``modules_to_save`` (e.g. a new classifier head) left trainable."""
+
+    def _inject(self, model: nn.Module, names: list[str], make_layer, modules_to_save: list[str] | None) -> None:
+        """Freeze ``model``, replace each named Linear by ``make_layer(name, linear)``."""
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for name in names:
+            parent, child = _parent_of(model, name)
+            setattr(parent, child, make_layer(name, getattr(parent, child)))
+        self.saved_modules = [_find_module(model, name) for name in modules_to_save or []]
+        for name in self.saved_modules:
+            for param in model.get_submodule(name).parameters():
+                param.requires_grad_(True)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+
+class BaRAModel(AdapterModel):
     """A base model with BaRA layers injected into its targeted Linear layers.
 
     The base model is frozen; only the factors, the gates and ``modules_to_save`` train.
@@ -94,29 +123,10 @@ class BaRAModel(nn.Module):
         unknown = sorted(set(config.rank_pattern) - set(names))
         if unknown:
             raise ValueError(f"BaRAConfig.rank_pattern names layers that are not targeted: {unknown}")
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for name in names:
-            parent, child = _parent_of(model, name)
-            rank = config.rank_pattern.get(name, config.r)
-            setattr(parent, child, BaRALinear(getattr(parent, child), config, r=rank, context=self.context))
-        self.saved_modules = [_find_module(model, name) for name in config.modules_to_save or []]
-        for name in self.saved_modules:
-            for param in model.get_submodule(name).parameters():
-                param.requires_grad_(True)
+        self._inject(model, names, lambda name, linear: BaRALinear(
+            linear, config, r=config.rank_pattern.get(name, config.r), context=self.context), config.modules_to_save)
         self._forward_signature = _signature(model)
         self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_model":
-                raise
-            return getattr(self.base_model, name)
 
     # -- mask routing --------------------------------------------------------------------
     def _capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

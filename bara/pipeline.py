@@ -27,7 +27,7 @@ from .metrics import classification_report
 from .model import BaRAModel
 from .objective import expected_pi, rank_summary
 from .predict import Predictions
-from .tasks import TaskData, causal_prompt, load_task
+from .tasks import TaskData, load_task
 
 RUN_FILE = "run.json"
 

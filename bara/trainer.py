@@ -21,8 +21,12 @@ Three additions make long runs safe to interrupt:
   ``β_g · KL_global / N`` and the mean local KL of its own micro-batch to its loss. Gradients are
   averaged over the ranks, so the global KL (identical on every rank) is counted once and the
   local KL is averaged over the global batch. With gradient accumulation the KL is added once
-  per optimizer step, not once per micro-batch. FSDP is refused with a clear error for BaRA
-  models (see docs/distributed.md); plain LoRA models are a plain Trainer.
+  per optimizer step, not once per micro-batch.
+* **FSDP2** (``fsdp_version: 2``): the KL terms and the rank statistics are computed inside each
+  BaRA layer's forward, where FSDP has the parameters gathered, so the loss is a plain tensor.
+  Adapters are saved from the gathered adapter parameters (only those: not the frozen base model)
+  and loaded back into the shards; the objective is the same as under DDP. FSDP1 is refused for
+  BaRA models (untested). Plain LoRA models are a plain Trainer.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -161,13 +166,11 @@ class BaRATrainer(Trainer):
         self._bara_logs: dict[str, list[float]] = defaultdict(list)
         self._staging_dir: str | None = None  # set while a checkpoint is being written
         if getattr(self, "is_fsdp_enabled", False) and self._bara_model() is not None:
-            # Under FSDP the gate parameters are sharded DTensors outside the forward pass: the global
-            # KL (computed from them after the forward) turns the loss into a DTensor and backward
-            # fails; adapter checkpoints would also need the gathered state dict. Not supported yet.
-            raise ValueError(
-                "BaRA does not support FSDP yet (its global KL is computed from the gate parameters outside the "
-                "forward pass, which FSDP shards); train with DDP instead: accelerate launch --multi_gpu "
-                "--num_processes N -m bara.cli train ... (see docs/distributed.md)")
+            version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+            if version != 2:
+                raise ValueError(
+                    f"BaRA supports FSDP2 only (fsdp_version: 2), got fsdp_version {version}; set fsdp_version: 2 in "
+                    "the accelerate config (see examples/accelerate_fsdp.yaml) or train with DDP (docs/distributed.md)")
 
     def _bara_model(self) -> BaRAModel | None:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -304,7 +307,7 @@ class BaRATrainer(Trainer):
 
     def _check_parameters_finite(self) -> None:
         """Refuse to checkpoint NaN/inf trainable parameters (e.g. after an overflowing backward)."""
-        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(_local(p)).all())]
         if self._any_process(bool(bad)):
             where = last_checkpoint(self.args.output_dir)
             saved = f"the last checkpoint is {where}" if where else "no checkpoint was written"
@@ -362,18 +365,86 @@ class BaRATrainer(Trainer):
         raise CheckpointSaveError(code, f"could not write checkpoint {final} ({detail}); {kept}") from error
 
     # -- checkpoints hold the adapter only ---------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        bara_model = self._bara_model()
+        if bara_model is None or not getattr(self, "is_fsdp_enabled", False):
+            return super().save_model(output_dir, _internal_call)
+        # FSDP: Trainer would gather the whole model's state dict (or skip `_save` for sharded state
+        # dicts); the adapter needs only its own parameters, gathered on every process (collective).
+        self._save(output_dir)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         bara_model = self._bara_model()
         if bara_model is None:
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            save_adapter(bara_model, output_dir, prune=False)  # keep every factor to resume exactly
+        with full_adapter_parameters(bara_model):  # every process: all-gathers sharded (FSDP) parameters
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                save_adapter(bara_model, output_dir, prune=False)  # keep every factor to resume exactly
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         bara_model = self._bara_model()
         if bara_model is None or not os.path.exists(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         _, tensors = read_adapter(resume_from_checkpoint)
-        copy_adapter_state(_adapter_state(bara_model), tensors, resume_from_checkpoint)
+        own = _adapter_state(bara_model)
+        copy_adapter_state(own, _shard_like(own, tensors), resume_from_checkpoint)
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return None
+    return DTensor
+
+
+@contextmanager
+def full_adapter_parameters(model: BaRAModel):
+    """Within the block the adapter parameters of ``model`` are full (unsharded) tensors.
+
+    Under FSDP2 parameters outside the forward pass are sharded DTensors; each adapter parameter
+    (factors, gates, ``modules_to_save``) is all-gathered in a fixed order — a collective, so every
+    process must enter the block — and registered in its module in place of the shard for the
+    duration of the block (the frozen base weights stay sharded). The shards are put back on exit;
+    writes to the full tensors inside the block are lost. Without DTensors it does nothing.
+    """
+    dtensor = _dtensor_type()
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        if dtensor is not None:
+            for key in _adapter_state(model):
+                module_name, _, attr = key.rpartition(".")
+                module = model.base_model.get_submodule(module_name)
+                param = module._parameters.get(attr)
+                if isinstance(param, dtensor):
+                    full = param.detach().full_tensor()
+                    module._parameters[attr] = nn.Parameter(full, requires_grad=param.requires_grad)
+                    swapped.append((module, attr, param))
+        yield model
+    finally:
+        for module, attr, param in reversed(swapped):
+            module._parameters[attr] = param
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process' shard of a DTensor (FSDP), or the tensor itself."""
+    dtensor = _dtensor_type()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor) else tensor
+
+
+def _shard_like(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` (full, read from a file) laid out like the live ``own`` tensors (DTensors under FSDP)."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not any(isinstance(v, dtensor) for v in own.values()):
+        return tensors
+    from torch.distributed.tensor import distribute_tensor
+
+    out = dict(tensors)
+    for key, param in own.items():
+        if isinstance(param, dtensor) and key in tensors and tuple(tensors[key].shape) == tuple(param.shape):
+            full = tensors[key].to(device=param.device, dtype=param.dtype)
+            # every process read the same file: take the local shard without communication
+            out[key] = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    return out

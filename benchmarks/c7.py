@@ -14,7 +14,6 @@ larger gate learning rate, and the marginal local KL (no mutual-information tax)
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import subprocess
 import time

@@ -59,3 +59,18 @@ def padded_batch(lengths: list[int], total: int, left: bool, vocab: int = 64, se
         else:
             mask[i, :n] = 1
     return ids * mask, mask
+
+
+def token_dataset(n: int = 16, seed: int = 3):
+    """A tiny labelled sequence-classification set of random token ids (label = parity of the
+    first real token), with its collator."""
+    import random
+
+    from bara.data import Collator, EncodedDataset, EncodedExample
+
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        ids = [2] + [rng.randrange(3, 64) for _ in range(rng.randrange(3, 9))]
+        items.append(EncodedExample(ids, ids[1] % 2, 2, None))
+    return EncodedDataset(items, "sequence_classification", 2), Collator(0, "sequence_classification", 2)

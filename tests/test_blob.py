@@ -4,17 +4,15 @@ training run with `BLoBTrainer`, prediction, and the safetensors-only save / loa
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
 from torch import nn
 
-from bara.data import Collator, EncodedDataset, EncodedExample
 from bara.heads import SequenceClassifier
 from bara.methods.blob import (BLoB, BLoBConfig, BLoBLinear, BLoBModel, BLoBTrainer, blob_cycle_length, blob_kl_weight,
                                gaussian_kl, load_blob, sampling)
-from conftest import tiny_bert
+from conftest import token_dataset, tiny_bert
 
 torch.set_num_threads(1)
 
@@ -164,13 +162,8 @@ def test_options_are_validated():
 
 
 # ----------------------------------------------------------------------------- training, prediction, files
-def _dataset(n: int = 16, seed: int = 3) -> tuple[EncodedDataset, Collator]:
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        ids = [2] + [rng.randrange(3, 64) for _ in range(rng.randrange(3, 9))]
-        items.append(EncodedExample(ids, ids[1] % 2, 2, None))
-    return EncodedDataset(items, "sequence_classification", 2), Collator(0, "sequence_classification", 2)
+def _dataset(n: int = 16, seed: int = 3):
+    return token_dataset(n, seed)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from bara.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifi
 from bara.methods.laplace import (POSTERIOR_FILE, KronPosterior, Laplace, fit_posterior, linearised_logits, mc_probs,
                                   probit_probs)
 from bara.predict import predict
-from conftest import tiny_bert, tiny_llama
+from conftest import token_dataset, tiny_bert, tiny_llama
 
 torch.set_num_threads(1)
 
@@ -286,12 +286,7 @@ def test_options_are_validated():
 
 # ----------------------------------------------------------------------------- end to end on tiny BERT
 def _dataset(n: int = 24, seed: int = 0):
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        ids = [2] + [rng.randrange(3, 64) for _ in range(rng.randrange(3, 9))]
-        items.append(EncodedExample(ids, ids[1] % 2, 2, None))
-    return EncodedDataset(items, "sequence_classification", 2), Collator(0, "sequence_classification", 2)
+    return token_dataset(n, seed)
 
 
 @pytest.fixture(scope="module")

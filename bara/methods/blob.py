@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..io import WEIGHTS_NAME, atomic_write, copy_adapter_state, read_adapter_files
-from ..model import _find_module, _parent_of, find_targets
+from ..model import AdapterModel, find_targets
 from ..objective import kl_warmup_factor
 from ..predict import Predictions, predict
 from ..trainer import BaRATrainer
@@ -236,7 +236,7 @@ class BLoBLinear(nn.Module):
 
 
 # -- the model wrapper ---------------------------------------------------------------------
-class BLoBModel(nn.Module):
+class BLoBModel(AdapterModel):
     """A frozen base model with `BLoBLinear` layers on its targeted Linear layers.
 
     Calls go to the base model and unknown attributes are looked up on it. Only the adapter
@@ -257,27 +257,8 @@ class BLoBModel(nn.Module):
         self.blob_config = config
         self.context = _RowContext()
         names = find_targets(model, config.target_modules)
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for name in names:
-            parent, child = _parent_of(model, name)
-            setattr(parent, child, BLoBLinear(getattr(parent, child), config, self.context))
-        self.saved_modules = [_find_module(model, name) for name in config.modules_to_save or []]
-        for name in self.saved_modules:
-            for param in model.get_submodule(name).parameters():
-                param.requires_grad_(True)
+        self._inject(model, names, lambda name, linear: BLoBLinear(linear, config, self.context), config.modules_to_save)
         model.register_forward_pre_hook(self._count_examples, with_kwargs=True)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_model":
-                raise
-            return getattr(self.base_model, name)
 
     @property
     def accepts_loss_kwargs(self) -> bool:
