@@ -43,6 +43,10 @@ OOD = {"obqa": ["arc_easy", "arc_challenge", "mmlu_college_chemistry", "mmlu_col
 CAUSAL = {"model": "gemma3-270m", "tasks": ["arc_easy", "obqa"], "methods": "lora,blob,bara-global,bara"}
 
 
+def _folder(task: str, quick: bool) -> Path:
+    return OUT / "quick" / task if quick else OUT / task
+
+
 def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, workers: int, quick: bool) -> dict:
     summaries = {}
     for task in tasks:
@@ -52,7 +56,7 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
         base = RunSpec(model=model, task=task, learning_rate=1e-3, batch_size=16, **settings)
         spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=[] if quick else OOD.get(task, []), workers=workers)
         start = time.perf_counter()
-        report = compare(spec, OUT / ("quick-" if quick else "") / task if quick else OUT / task)
+        report = compare(spec, _folder(task, quick))
         summaries[task] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
                            "settings": settings}
     return summaries
@@ -65,8 +69,8 @@ def _targets(summaries: dict) -> list[str]:
     def mean(row, metric):
         return row[metric][0] if row and not math.isnan(row[metric][0]) else math.nan
     ece_half = [t for t, s in in_domain.items() if "bara" in s and "lora" in s and mean(s["bara"], "ece") <= 0.5 * mean(s["lora"], "ece")]
-    below = [t for t, s in in_domain.items() if "bara" in s and all(
-        mean(s["bara"], "ece") < mean(s[m], "ece") for m in ("blob", "bara-global") if m in s)]
+    below = [t for t, s in in_domain.items() if "bara" in s and "blob" in s and "bara-global" in s and all(
+        mean(s["bara"], "ece") < mean(s[m], "ece") for m in ("blob", "bara-global"))]
     nll_best = [t for t, s in in_domain.items() if "bara" in s and mean(s["bara"], "nll") <= min(
         mean(row, "nll") for name, row in s.items() if "→" not in name and "[" not in name)]
     acc_gap = [100 * (mean(s["bara"], "accuracy") - mean(s["lora"], "accuracy")) for s in in_domain.values() if "bara" in s and "lora" in s]
@@ -103,7 +107,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread per process, "
              f"{args.workers} processes · wall {wall / 60:.1f} min.", ""]
     for task, entry in summaries.items():
-        table = (OUT / task / "results.md") if not args.quick else (OUT / "quick-" / task / "results.md")
+        table = _folder(task, args.quick) / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
     lines += ["### Targets", ""] + _targets(summaries) + [""]
