@@ -28,7 +28,7 @@ app = typer.Typer(
         "Fine-tune a pretrained model with BaRA (LoRA whose rank-1 factors are switched on per layer by a "
         "Bayesian global gate and per input by a local gate) or with a baseline, then measure accuracy and "
         "calibration (ECE, NLL, Brier) and the per-instance effective rank.\n\n"
-        "Start with [bold]bara demo[/bold] (MiniLM-L6 on tweets, LoRA vs BaRA, ~5 min on 2 CPU cores)."
+        "Start with [bold]bara demo[/bold] (MiniLM-L6 on tweets, LoRA vs BaRA, about 10 min on 2 CPU cores)."
     ),
 )
 console = Console()
