@@ -36,7 +36,9 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
     if num_examples <= 0:
         raise ValueError(f"num_examples={num_examples} must be the (positive) number of training examples")
     cfg = model.bara_config
-    zero = next(model.parameters()).new_zeros(())
+    # a plain tensor: outside the forward pass FSDP parameters are DTensors
+    stats = [v for _, layer in model.bara_layers() for v in layer._stats.values() if isinstance(v, Tensor)]
+    zero = stats[0].new_zeros(()) if stats else torch.zeros(())
     global_kl, local_kl = zero, zero
     for _, layer in model.bara_layers():
         if layer.r == 0 or not layer._stats:

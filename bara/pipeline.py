@@ -7,6 +7,7 @@ the method object what to do; it never branches on the method's name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -149,7 +150,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     from transformers import TrainingArguments
 
     from .io import atomic_write
-    from .trainer import CheckpointSaveError, last_checkpoint
+    from .trainer import CheckpointSaveError, full_adapter_parameters, last_checkpoint
 
     out = Path(out)
     spec.validate()
@@ -189,19 +190,22 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "num_labels": len(built.task.label_names), "task_notes": built.task.notes,
            "world_size": trainer.args.world_size}
-    if main:  # only the main process writes; the others wait for it below
-        try:
-            _save_adapter_atomically(method, model, out / "adapter")
-            atomic_write(out / RUN_FILE, lambda tmp: spec.save(Path(tmp)))
-            atomic_write(out / "train_log.json",
-                          lambda tmp: Path(tmp).write_text(json.dumps(log, indent=2, default=str) + "\n"))
-        except OSError as err:
-            if isinstance(err, CheckpointSaveError):
-                raise
-            kept = last_checkpoint(args.output_dir)
-            hint = f"the checkpoint {kept} is intact (rerun with --resume)" if kept else "no checkpoint was written"
-            raise CheckpointSaveError(err.errno or 5, f"could not write the trained adapter to {out / 'adapter'} "
-                                      f"({err.strerror or err}); {hint}") from err
+    # FSDP: every process takes part in gathering the adapter; a no-op otherwise
+    gathered = full_adapter_parameters(model) if isinstance(model, BaRAModel) else contextlib.nullcontext()
+    with gathered:
+        if main:  # only the main process writes; the others wait for it below
+            try:
+                _save_adapter_atomically(method, model, out / "adapter")
+                atomic_write(out / RUN_FILE, lambda tmp: spec.save(Path(tmp)))
+                atomic_write(out / "train_log.json",
+                              lambda tmp: Path(tmp).write_text(json.dumps(log, indent=2, default=str) + "\n"))
+            except OSError as err:
+                if isinstance(err, CheckpointSaveError):
+                    raise
+                kept = last_checkpoint(args.output_dir)
+                hint = f"the checkpoint {kept} is intact (rerun with --resume)" if kept else "no checkpoint was written"
+                raise CheckpointSaveError(err.errno or 5, f"could not write the trained adapter to {out / 'adapter'} "
+                                          f"({err.strerror or err}); {hint}") from err
     trainer.accelerator.wait_for_everyone()
     return log
 

@@ -139,8 +139,9 @@ def test_kl_is_added_once_per_optimizer_step_with_gradient_accumulation(tmp_path
     assert totals[True] == pytest.approx(totals[False] / 2, rel=1e-5)
 
 
-def test_fsdp_is_refused_with_a_clear_error_for_bara_models(tmp_path, monkeypatch):
-    """FSDP cannot run on CPU (accelerate only enables it on accelerators), so simulate the flag."""
+def test_fsdp1_is_refused_with_a_clear_error_for_bara_models(tmp_path, monkeypatch):
+    """FSDP cannot run through accelerate on CPU (it enables FSDP only on accelerators), so simulate the flag."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
     from transformers import Trainer, TrainingArguments
 
     import bara
@@ -150,10 +151,40 @@ def test_fsdp_is_refused_with_a_clear_error_for_bara_models(tmp_path, monkeypatc
     def as_if_fsdp(self):
         real(self)
         self.is_fsdp_enabled = True
+        monkeypatch.setattr(self.accelerator.state, "fsdp_plugin", FullyShardedDataParallelPlugin(fsdp_version=1),
+                            raising=False)
 
     monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_if_fsdp)
     ds, collator = ddp_worker.dataset()
     model = bara.get_bara_model(ddp_worker.tiny_bert_head(), bara.BaRAConfig(**ddp_worker.BARA_OPTIONS))
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
-    with pytest.raises(ValueError, match=r"BaRA does not support FSDP yet.*accelerate launch --multi_gpu"):
+    with pytest.raises(ValueError, match=r"BaRA supports FSDP2 only \(fsdp_version: 2\), got fsdp_version 1"):
         bara.BaRATrainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+
+
+@pytest.mark.parametrize("wrap", ["bert_layer", "bara"])
+def test_fsdp2_trains_saves_and_reloads_like_a_single_process(tmp_path, wrap):
+    """torch's fully_shard (FSDP2) on 2 gloo processes, wrapped per BertLayer (accelerate's
+    transformer-based policy) or per BaRA layer, then the root: the loss stays a plain tensor, and
+    the adapter saved through BaRATrainer's gathering path equals a 1-process run (no FSDP) of
+    the same global batches; loading it back into the shards and saving again changes nothing."""
+    from safetensors.torch import load_file
+
+    import fsdp_worker
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
+                        "WRAP": "bara" if wrap == "bara" else "bert"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "fsdp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")[-6000:]
+    report = json.loads((tmp_path / "report-rank0.json").read_text())
+    assert report["loss_types"] == ["Tensor"] * ddp_worker.STEPS  # not a DTensor
+    single = fsdp_worker.run_single()
+    saved = load_file(tmp_path / "fsdp-adapter" / "adapter_model.safetensors")
+    diff = _max_diff(saved, single)
+    print(f"max |FSDP2(2, {wrap}) - single process| over the adapter = {diff:.3g}")
+    assert diff < TOLERANCE
+    assert 0 < float(saved[next(k for k in saved if k.endswith("lora_B.weight"))].abs().max())  # it trained
+    reloaded = load_file(tmp_path / "fsdp-reloaded" / "adapter_model.safetensors")
+    assert all(torch.equal(saved[k], reloaded[k]) for k in saved)
