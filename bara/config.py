@@ -20,6 +20,15 @@ RELAXATIONS = ("concrete", "straight_through")
 LOCAL_KLS = ("instance", "marginal")
 
 
+def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming the known fields."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    return cls(**data)
+
+
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"BaRAConfig.{name}={value!r} is invalid: {allowed}")
 
@@ -146,11 +155,7 @@ class BaRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BaRAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"BaRAConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

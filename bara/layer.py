@@ -9,7 +9,7 @@ gate for ``variant="additive"``. In ``ones`` mode the layer is literally
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,6 @@ class GateContext:
 
     pool_mask: Tensor | None = None
     reuse_gates: bool = False  # set while decoding: keep the gates of the prompt pass
-    extra: dict = field(default_factory=dict)
 
 
 class BaRALinear(nn.Module):

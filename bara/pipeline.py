@@ -249,9 +249,9 @@ def load_trained(adapter: str | Path, *, task: str | None = None, data: str | No
     eval_spec = dataclasses.replace(spec, task=task or spec.task, data=data if task else (data or spec.data),
                                     eval_size=eval_size if eval_size is not None else spec.eval_size)
     built = build(eval_spec)
-    if built.head_kind == "sequence_classification":
-        trained_labels = json.loads((adapter_dir.parent / "train_log.json").read_text()).get("num_labels") \
-            if (adapter_dir.parent / "train_log.json").exists() else None
+    log_file = adapter_dir.parent / "train_log.json"
+    if built.head_kind == "sequence_classification" and log_file.exists():
+        trained_labels = json.loads(log_file.read_text()).get("num_labels")
         if trained_labels is not None and trained_labels != len(built.task.label_names):
             raise ValueError(f"adapter was trained with {trained_labels} classes; task {eval_spec.task!r} has {len(built.task.label_names)}")
     model = built.method.load(built.head, adapter_dir, built.target_modules, built.modules_to_save)

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cache, fmt, fmt_seconds, git_commit, hardware, header, result_paths, table, verdict, write_md  # noqa: E402
+from common import Cache, fmt_seconds, git_commit, hardware, header, result_paths, table, verdict, write_md  # noqa: E402
 
 TIME_TARGET = 1.10
 MEMORY_TARGET = 1.05

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import dataclass_from_dict
 from ..io import WEIGHTS_NAME, atomic_write, copy_adapter_state, read_adapter_files
 from ..model import AdapterModel, find_targets
 from ..objective import kl_warmup_factor
@@ -131,11 +132,7 @@ class BLoBConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BLoBConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"BLoBConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 class _RowContext:
