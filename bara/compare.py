@@ -99,6 +99,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> d
     label = job.pop("label")
     spec_obj = RunSpec(**job)
     folder = run_dir(Path(out), label, spec_obj.seed)
+    _check_same_spec(folder, spec_obj)
     done = folder / "done.json"
     if done.exists():
         result = json.loads(done.read_text())
@@ -118,6 +119,22 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> d
     result["version"] = RESULT_VERSION
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# settings that change neither the trained adapter nor its evaluation
+_IRRELEVANT_FIELDS = {"save_steps", "logging_steps"}
+
+
+def _check_same_spec(folder: Path, spec: RunSpec) -> None:
+    """Refuse to reuse a finished run that was trained with other settings (a silent wrong result)."""
+    from .pipeline import RUN_FILE
+
+    if not (folder / RUN_FILE).exists():
+        return
+    old, new = dataclasses.asdict(RunSpec.load(folder / RUN_FILE)), dataclasses.asdict(spec)
+    changed = [f"{k}={old[k]!r} (asked {new[k]!r})" for k in new if k not in _IRRELEVANT_FIELDS and old.get(k) != new[k]]
+    if changed:
+        raise ValueError(f"{folder} was trained with {', '.join(changed)}; use another --out, or delete that folder to retrain it")
 
 
 def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_curve: bool) -> dict[str, Any]:
@@ -146,6 +163,8 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     # seed-major: every method gets seed 1 before any gets seed 2, so a partial run is comparable
     jobs = [dict(dataclasses.asdict(dataclasses.replace(spec.base, method=parsed[m][0], method_options=parsed[m][1], seed=s)), label=m)
             for s in spec.seeds for m in spec.methods]
+    for job in jobs:  # before anything trains: a folder of runs made with other settings is refused
+        _check_same_spec(run_dir(out, job["label"], job["seed"]), RunSpec(**{k: v for k, v in job.items() if k != "label"}))
     if spec.report_only:
         jobs = [job for job in jobs if (run_dir(out, job["label"], job["seed"]) / "done.json").exists()]
         if not jobs:

@@ -19,7 +19,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
 
 from bara.compare import CompareSpec, compare
 from bara.pipeline import RunSpec
@@ -40,32 +39,42 @@ TASKS: dict[str, dict] = {
     "boolq": dict(train_size=None, epochs=5, max_length=256),
 }
 OOD = {"obqa": ["arc_easy", "arc_challenge", "mmlu_college_chemistry", "mmlu_college_physics"]}
-CAUSAL = {"model": "gemma3-270m", "tasks": ["arc_easy", "obqa"], "methods": "lora,blob,bara-global,bara"}
+# The causal-LM protocol (issue 5): Gemma-3-270M scores the answer letters (`bara.heads.LabelTokenClassifier`).
+# A 270M-parameter model trains at ~5 s per batch of 8 on one CPU thread, so the budget is smaller than
+# the encoder suite's (512 training examples, 2 epochs = 128 steps; 300 evaluation examples).
+CAUSAL_MODEL = "gemma3-270m"
+CAUSAL_TASKS = ["arc_easy", "obqa"]
+CAUSAL_METHODS = "lora,blob,bara-global,bara"
+CAUSAL_SETTINGS = dict(train_size=512, eval_size=300, epochs=2, max_length=160, batch_size=8, learning_rate=2e-4)
 
 
-def _folder(task: str, quick: bool) -> Path:
-    return OUT / "quick" / task if quick else OUT / task
+def _folder(task: str, quick: bool, causal: bool = False) -> Path:
+    return OUT / "quick" / task if quick else OUT / "causal" / task if causal else OUT / task
 
 
-def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, workers: int, quick: bool) -> dict:
+def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, workers: int, quick: bool,
+        causal: bool = False) -> dict:
+    """Compare ``methods`` on each task; ``causal`` switches to the causal-LM protocol's settings and folders."""
     summaries = {}
     for task in tasks:
-        settings = dict(TASKS.get(task, {}))
+        settings = dict(CAUSAL_SETTINGS) if causal else dict(learning_rate=1e-3, batch_size=16, **TASKS.get(task, {}))
         if quick:
-            settings |= dict(train_size=256, epochs=5, eval_size=500)
-        base = RunSpec(model=model, task=task, learning_rate=1e-3, batch_size=16, **settings)
-        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=[] if quick else OOD.get(task, []), workers=workers)
+            settings |= dict(train_size=512, epochs=5, eval_size=500)
+        base = RunSpec(model=model, task=task, **settings)
+        ood = [] if quick or causal else OOD.get(task, [])
+        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=ood, workers=workers)
         start = time.perf_counter()
-        report = compare(spec, _folder(task, quick))
-        summaries[task] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
-                           "settings": settings}
+        report = compare(spec, _folder(task, quick, causal))
+        key = f"{task} ({model}, causal LM)" if causal else task
+        summaries[key] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
+                          "settings": settings, "folder": _folder(task, quick, causal), "causal": causal}
     return summaries
 
 
 def _targets(summaries: dict) -> list[str]:
     """Issue 5's targets, measured: one line each, PASS / MISS."""
     lines = []
-    in_domain = {t: s["summary"] for t, s in summaries.items()}
+    in_domain = {t: s["summary"] for t, s in summaries.items() if not s.get("causal")}
     def mean(row, metric):
         return row[metric][0] if row and not math.isnan(row[metric][0]) else math.nan
     ece_half = [t for t, s in in_domain.items() if "bara" in s and "lora" in s and mean(s["bara"], "ece") <= 0.5 * mean(s["lora"], "ece")]
@@ -104,10 +113,10 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     lines = ["## Calibration suite (`benchmarks/suite.py`)", "",
              f"Command: `python benchmarks/suite.py {' '.join(args.argv)}` · commit `{commit}` · "
-             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread per process, "
-             f"{args.workers} processes · wall {wall / 60:.1f} min.", ""]
+             f"{platform.processor() or platform.machine()} CPU, {args.workers} worker processes × 1 torch thread · "
+             f"wall {wall / 60:.1f} min (finished runs are reused, so this counts only what ran this time).", ""]
     for task, entry in summaries.items():
-        table = _folder(task, args.quick) / "results.md"
+        table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
     lines += ["### Targets", ""] + _targets(summaries) + [""]
@@ -123,7 +132,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each")
-    parser.add_argument("--quick", action="store_true", help="one task (sst2, 256 examples, 5 epochs), lora vs bara, seed 1")
+    parser.add_argument("--quick", action="store_true", help="one task (sst2, 512 examples, 5 epochs), lora vs bara, seed 1")
+    parser.add_argument("--protocols", default="encoder,causal",
+                        help="encoder: MiniLM on --tasks; causal: the Gemma-3-270M protocol "
+                             f"({', '.join(CAUSAL_TASKS)} × {CAUSAL_METHODS})")
+    parser.add_argument("--causal-seeds", default="1", help="seeds of the causal-LM protocol (default 1: CPU budget)")
     args = parser.parse_args()
     import sys
 
@@ -132,8 +145,14 @@ def main() -> None:
         tasks, methods, seeds = ["sst2"], ["lora", "bara"], [1]
     else:
         tasks, methods, seeds = args.tasks.split(","), args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    protocols = set(args.protocols.split(","))
+    if unknown := protocols - {"encoder", "causal"}:
+        parser.error(f"--protocols: unknown {sorted(unknown)}; allowed: encoder, causal")
     start = time.perf_counter()
-    summaries = run(tasks, methods, seeds, args.model, args.workers, args.quick)
+    summaries = run(tasks, methods, seeds, args.model, args.workers, args.quick) if "encoder" in protocols else {}
+    if "causal" in protocols and not args.quick:
+        summaries |= run(CAUSAL_TASKS, CAUSAL_METHODS.split(","), [int(s) for s in args.causal_seeds.split(",")],
+                         CAUSAL_MODEL, args.workers, quick=False, causal=True)
     path = write_markdown(summaries, args, time.perf_counter() - start)
     print(path.read_text())
 

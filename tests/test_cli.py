@@ -126,3 +126,8 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert done.stat().st_mtime_ns == stamp, "a finished run must not be redone"
     assert (tmp_path / "cmp" / "runs" / "lora" / "seed2" / "done.json").exists()
+    # the same folder with other settings is refused, not silently reused
+    changed = [("4" if a == "3" else a) for a in args]
+    result = _invoke(*changed)
+    assert result.exit_code != 0
+    assert "max_steps=3 (asked 4)" in " ".join(result.output.split())
