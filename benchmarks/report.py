@@ -31,6 +31,10 @@ def main() -> None:
     ]
     for path in sections:
         parts += [path.read_text().strip(), ""]
+    if not (RESULTS / "gpu.md").exists():
+        parts += ["## Cost on a GPU", "", "Not measured: no GPU has been lent to this project's sessions yet (the device "
+                  "tool's `status` said `not_drawn`). `python benchmarks/gpu_cost.py` runs the issue-5 GPU protocol "
+                  "(Llama-7B-shaped 4-layer stack, bf16, batch 8 × 512) on a CUDA machine and writes this section.", ""]
     if not sections:
         parts.append("No benchmark has been run yet.")
     TARGET.parent.mkdir(parents=True, exist_ok=True)
