@@ -82,7 +82,7 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
 
 
 def _extra_modes(method: str) -> dict[str, dict[str, Any]]:
-    """Extra evaluations of the same adapter (rows of the report)."""
+    """Extra evaluations of the same adapter (rows of the report; predictions kept in ``eval-<mode>/``)."""
     if method == "bara":
         return {"[constant gates, C7]": {"mode": "constant"}, "[mean mode]": {"mode": "mean"}}
     return {}
@@ -111,7 +111,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> d
     result: dict[str, Any] = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
                               "trainable_parameters": log["trainable_parameters"], "steps": log["steps"]}
     result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
-    result["extra"] = {f"{label} {name}": evaluate(folder, progress=False, plots=False, **kw)
+    result["extra"] = {f"{label} {name}": evaluate(folder, out=folder / f"eval-{kw['mode']}", progress=False, plots=False, **kw)
                        for name, kw in _extra_modes(spec_obj.method).items()}
     result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False) for task in ood}
     if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
@@ -145,7 +145,7 @@ def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_
         result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
         if "by_samples" in result["eval"]:
             result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
-    result["extra"] = {f"{label} {name}": evaluate(folder, progress=False, plots=False, **kw)
+    result["extra"] = {f"{label} {name}": evaluate(folder, out=folder / f"eval-{kw['mode']}", progress=False, plots=False, **kw)
                        for name, kw in _extra_modes(method).items()}
     result["version"] = RESULT_VERSION
     return result

@@ -117,6 +117,7 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert "bara [constant gates, C7]" in report["summary"]
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "| lora |" in table and "| bara |" in table and "**" in table
+    assert (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "eval-constant" / "predictions.safetensors").exists()
     for plot in ("reliability.png", "ece_vs_samples.png"):
         assert (tmp_path / "cmp" / plot).exists()
     done = tmp_path / "cmp" / "runs" / "bara" / "seed1" / "done.json"

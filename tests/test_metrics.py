@@ -331,3 +331,21 @@ def test_validation_errors_other_args():
         classification_report(P4, Y4, sample_probs=torch.stack([P4[:3], P4[:3]]))
     with pytest.raises(ValueError, match=r"shape \[S, N, K\]"):
         classification_report(P4, Y4, sample_probs=P4)
+
+
+def test_paired_bootstrap_difference_and_interval():
+    from bara.metrics import negative_log_likelihood, paired_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (400,), generator=g)
+    b = torch.softmax(torch.randn(400, 3, generator=g), dim=1)
+    a = 0.5 * b + 0.5 * torch.nn.functional.one_hot(labels, 3).double()  # strictly more mass on the truth
+    res = paired_bootstrap("nll", a, b, labels, n_boot=300)
+    assert res["diff"] == pytest.approx(negative_log_likelihood(a, labels) - negative_log_likelihood(b, labels))
+    assert res["low"] <= res["diff"] <= res["high"] < 0 and res["frac_below_zero"] == 1.0
+    same = paired_bootstrap("ece", b, b, labels, n_boot=50)
+    assert same["diff"] == same["low"] == same["high"] == 0.0 and same["frac_below_zero"] == 0.0
+    with pytest.raises(ValueError, match="allowed: nll, ece, brier, accuracy"):
+        paired_bootstrap("auc", a, b, labels)
+    with pytest.raises(ValueError, match="N=10 rows"):
+        paired_bootstrap("nll", a[:10], b, labels)
