@@ -9,36 +9,39 @@ larger gate learning rate, and the marginal local KL (no mutual-information tax)
 
     python benchmarks/c7.py --quick          # SST-2, seed 1
     python benchmarks/c7.py --seeds 1,2,3    # resumable; writes benchmarks/results/c7.md
+    python benchmarks/c7.py --seeds 1,2,3 --variants bara,bara[rho0=0.2] --paired   # chosen levers on every seed
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare
+from bara.compare import CompareSpec, compare, run_dir, summarise
 from bara.pipeline import RunSpec
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ["bara", "bara[kl_warmup=0.5]", "bara[rho0=0.2]", "bara[beta_local=0.01]", "bara[variant=additive]",
-            "bara[gate_lr_multiplier=10]", "bara[local_kl=marginal]"]
+            "bara[gate_lr_multiplier=10]", "bara[local_kl=marginal]", "bara[local_kl=marginal,rho0=0.2]"]
 BASELINES = ["lora", "map", "mcdropout", "ensemble", "blob", "laplace", "bara-global"]
 
 
-def verdicts(summary: dict) -> list[str]:
+def verdicts(summary: dict, names: list[str] = VARIANTS) -> list[str]:
     lines = []
     mc = summary.get("mcdropout")
-    for name in VARIANTS:
+    for name in names:
         row, control = summary.get(name), summary.get(f"{name} [constant gates, C7]")
         if not row or not control:
             continue
         ece, nll = row["ece"][0], row["nll"][0]
         beats_control = ece < control["ece"][0] and nll < control["nll"][0]
         beats_mc = mc is not None and ece < mc["ece"][0] and nll < mc["nll"][0]
-        lines.append(f"| {name} | {100 * ece:.1f} / {nll:.3f} | {100 * control['ece'][0]:.1f} / {control['nll'][0]:.3f} | "
+        lines.append(f"| {name} | {row['seeds']} | {100 * ece:.1f} / {nll:.3f} | {100 * control['ece'][0]:.1f} / {control['nll'][0]:.3f} | "
                      f"{'PASS' if beats_control else 'MISS'} | {'PASS' if beats_mc else 'MISS'} | "
                      f"{row['joint_effective_rank'][0]:.2f} | {row['effective_rank_std'][0]:.3f} |")
     return lines
@@ -51,12 +54,12 @@ def _predictions(folder: Path) -> tuple:
     return t["probs"].double(), t["labels"]
 
 
-def paired_rows(out: Path, seeds: list[int], compute_missing: bool) -> list[str]:
+def paired_rows(out: Path, seeds: list[int], compute_missing: set[str]) -> list[str]:
     """Per-example paired differences, pooled over seeds: learned gates − constant gates (same adapter),
     and learned gates − MC-dropout (same evaluation examples), with 95% bootstrap intervals.
 
     Negative means BaRA's learned gates are better. Constant-gate predictions missing from older runs are
-    computed when ``compute_missing`` (one extra evaluation per run)."""
+    computed for the variants in ``compute_missing`` (one extra evaluation per run)."""
     import torch
 
     from bara.compare import run_dir
@@ -71,7 +74,7 @@ def paired_rows(out: Path, seeds: list[int], compute_missing: bool) -> list[str]
             if not (folder / "done.json").exists():
                 continue
             if not (folder / "eval-constant" / "predictions.safetensors").exists():
-                if not compute_missing:
+                if name not in compute_missing:
                     continue
                 evaluate(folder, out=folder / "eval-constant", mode="constant", plots=False, progress=False)
             p, y = _predictions(folder / "eval")
@@ -111,29 +114,38 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="default BaRA, LoRA and MC-dropout only")
     parser.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="BaRA variants to train on every seed (the others are reported from their finished runs)")
     parser.add_argument("--paired", action="store_true",
                         help="also evaluate the constant-gate control of runs finished before its predictions were kept")
     args = parser.parse_args()
-    methods = ["lora", "mcdropout", "bara"] if args.quick else BASELINES + VARIANTS
+    variants = ["bara"] if args.quick else args.variants.split(",")
+    methods = ["lora", "mcdropout", "bara"] if args.quick else BASELINES + variants
     base = RunSpec(model="minilm", task=args.task, train_size=512, eval_size=500, epochs=10, max_length=64,
                    batch_size=16, learning_rate=1e-3)
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only),
-                     args.out / args.task)
+    out = args.out / args.task
+    report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only), out)
     seeds_done = sorted({run["seed"] for run in report["runs"]})
     wall = time.perf_counter() - start
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     table = (args.out / args.task / "results.md").read_text().split("\n", 2)[2]
     lines = ["## Check C7: do the gates earn their keep? (`benchmarks/c7.py`)", "",
-             f"`python benchmarks/c7.py --task {args.task} --seeds {args.seeds}` · commit `{commit}` · "
+             f"`python benchmarks/c7.py {' '.join(sys.argv[1:])}` · commit `{commit}` · "
              f"seeds finished: {seeds_done} · "
-             f"{platform.machine()}, 2 processes × 1 torch thread · wall {wall / 60:.1f} min (finished runs are reused). "
+             f"{platform.machine()}, {args.workers} processes × 1 torch thread · wall {wall / 60:.1f} min (finished runs are reused). "
              f"MiniLM-L6, {args.task}, 512 training examples, 10 epochs, 500 evaluation examples.", "",
              table.strip(), "",
-             "| BaRA variant | ECE×100 / NLL | constant gates ECE×100 / NLL | beats constant gates | beats MC-dropout | s̄ | s̄ spread across inputs |",
-             "|---|---|---|---|---|---|---|"] + verdicts(report["summary"]) + [""]
-    paired = paired_rows(args.out / args.task, seeds, args.paired)
+             "| BaRA variant | seeds | ECE×100 / NLL | constant gates ECE×100 / NLL | beats constant gates | beats MC-dropout | s̄ | s̄ spread across inputs |",
+             "|---|---|---|---|---|---|---|---|"] + verdicts(report["summary"], variants)
+    others = [v for v in VARIANTS if v not in variants]
+    finished = [json.loads((run_dir(out, v, s) / "done.json").read_text()) for v in others for s in seeds
+                if (run_dir(out, v, s) / "done.json").exists()]
+    if finished:  # levers tried earlier on fewer seeds: their verdicts, from the finished runs
+        lines += verdicts(summarise(finished, None) | {"mcdropout": report["summary"].get("mcdropout")}, others)
+    lines += [""]
+    paired = paired_rows(out, seeds, set(variants) if args.paired else set())
     if paired:
         lines += ["Paired per-example differences, pooled over the finished seeds (same adapter for constant gates, "
                   "same evaluation examples for MC-dropout), with 95% bootstrap intervals (1000 resamples). "
