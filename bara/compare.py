@@ -185,6 +185,8 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
             for future in as_completed(futures):
                 finished(futures[future], future.result())
     wall = time.perf_counter() - start
+    order = {m: i for i, m in enumerate(spec.methods)}  # rows in the order asked for, not the order finished
+    results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
     table = summarise(results, spec)
     report = {"spec": {"base": dataclasses.asdict(spec.base), "methods": spec.methods, "seeds": spec.seeds, "ood": spec.ood},
               "wall_seconds": wall, "summary": table, "runs": sorted(results, key=lambda r: (r["method"], r["seed"]))}
