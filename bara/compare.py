@@ -298,7 +298,11 @@ def plot_comparison(results: list[dict[str, Any]], spec: CompareSpec, out: Path)
     ece = {}
     for run in results:
         if run.get("ece_curve"):
-            ece.setdefault(run["method"], []).append(run["ece_curve"])
+            curve = [tuple(point) for point in run["ece_curve"]]
+            samples = run["eval"].get("samples")
+            if isinstance(samples, int) and samples > curve[-1][0]:  # e.g. a 3-member ensemble: end at S = 3
+                curve.append((samples, run["eval"]["ece"]))
+            ece.setdefault(run["method"], []).append(curve)
     if ece:
         averaged = {m: [(s, statistics.fmean(c[i][1] for c in runs)) for i, (s, _) in enumerate(runs[0])] for m, runs in ece.items()}
         plots.ece_vs_samples(averaged, out / "ece_vs_samples.png")
