@@ -241,14 +241,14 @@ def compare(
 
     Example: [bold]bara compare --task sst2 --methods lora,bara --seeds 1,2,3 --out runs/cmp-sst2[/bold]
     """
-    from .compare import CompareSpec, compare as run_compare
+    from .compare import CompareSpec, compare as run_compare, split_methods
     from .pipeline import RunSpec
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         _fail(f"--seeds={seeds!r}: expected comma-separated integers")
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    method_list = split_methods(methods)
     try:
         base = RunSpec(model=model, task=task, data=data, train_size=train_size or None, eval_size=eval_size, epochs=epochs,
                        max_steps=steps, batch_size=batch_size, learning_rate=lr, max_length=max_length)

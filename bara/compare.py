@@ -43,6 +43,24 @@ class CompareSpec:
     report_only: bool = False  # summarise the finished runs, train nothing
 
 
+def split_methods(text: str) -> list[str]:
+    """Split a comma-separated method list, keeping the commas inside ``[...]`` options.
+
+    Example:
+        >>> split_methods("lora, bara[rho0=0.2,local_kl=marginal],blob")
+        ['lora', 'bara[rho0=0.2,local_kl=marginal]', 'blob']
+    """
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    return [item.strip() for item in items + [current] if item.strip()]
+
+
 def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     """``"bara[rho0=0.2,gate_lr_multiplier=10]"`` → ``("bara", {"gate_lr_multiplier": 10, "config": {"rho0": 0.2}})``.
 

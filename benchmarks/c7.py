@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare, run_dir, summarise
+from bara.compare import CompareSpec, compare, run_dir, split_methods, summarise
 from bara.pipeline import RunSpec
 
 ROOT = Path(__file__).resolve().parent
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--paired", action="store_true",
                         help="also evaluate the constant-gate control of runs finished before its predictions were kept")
     args = parser.parse_args()
-    variants = ["bara"] if args.quick else args.variants.split(",")
+    variants = ["bara"] if args.quick else split_methods(args.variants)
     methods = ["lora", "mcdropout", "bara"] if args.quick else BASELINES + variants
     base = RunSpec(model="minilm", task=args.task, train_size=512, eval_size=500, epochs=10, max_length=64,
                    batch_size=16, learning_rate=1e-3)

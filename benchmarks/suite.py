@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-from bara.compare import CompareSpec, compare
+from bara.compare import CompareSpec, compare, split_methods
 from bara.pipeline import RunSpec
 
 ROOT = Path(__file__).resolve().parent
@@ -144,7 +144,7 @@ def main() -> None:
     if args.quick:
         tasks, methods, seeds = ["sst2"], ["lora", "bara"], [1]
     else:
-        tasks, methods, seeds = args.tasks.split(","), args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+        tasks, methods, seeds = args.tasks.split(","), split_methods(args.methods), [int(s) for s in args.seeds.split(",")]
     protocols = set(args.protocols.split(","))
     if unknown := protocols - {"encoder", "causal"}:
         parser.error(f"--protocols: unknown {sorted(unknown)}; allowed: encoder, causal")

@@ -132,3 +132,10 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     result = _invoke(*changed)
     assert result.exit_code != 0
     assert "max_steps=3 (asked 4)" in " ".join(result.output.split())
+
+
+def test_method_lists_keep_commas_inside_options():
+    from bara.compare import split_methods
+
+    assert split_methods("lora,bara[local_kl=marginal,rho0=0.2], blob") == ["lora", "bara[local_kl=marginal,rho0=0.2]", "blob"]
+    assert split_methods(" lora ,, ") == ["lora"]
