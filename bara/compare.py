@@ -258,7 +258,7 @@ def markdown(report: dict[str, Any]) -> str:
     in_domain = [n for n in summary if "→" not in n]
     best = {m: _best(summary, in_domain, m) for m in METRICS}
     lines = [f"# Comparison: {base['model']} on {base['task']}", "",
-             f"{base['train_size'] or 'all'} training examples, {base['max_steps'] or str(base['epochs']) + ' epochs'}, batch "
+             f"{base['train_size'] or 'all'} training examples, {str(base['max_steps']) + ' steps' if base['max_steps'] else str(base['epochs']) + ' epochs'}, batch "
              f"{base['batch_size']}, lr {base['learning_rate']}, seeds {report['spec']['seeds']}; wall time "
              f"{report['wall_seconds'] / 60:.1f} min. Mean ± std over seeds; best per column in bold. ECE ×100.", "",
              "| method | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
