@@ -32,9 +32,11 @@ __all__ = [
     "accuracy",
     "brier_score",
     "classification_report",
+    "error_detection_auroc",
     "expected_calibration_error",
     "mutual_information",
     "negative_log_likelihood",
+    "paired_bootstrap",
     "predictive_entropy",
     "reliability_bins",
 ]
@@ -193,6 +195,32 @@ def brier_score(probs: Tensor, labels: Tensor) -> float:
 # --------------------------------------------------------------------------------------
 
 
+def error_detection_auroc(probs: Tensor, labels: Tensor) -> float:
+    """How well the top-label confidence separates right from wrong predictions (AUROC, 0.5 = chance).
+
+    The quantity behind selective prediction ("abstain when unsure"): the probability that a random
+    correct prediction has higher confidence than a random wrong one, ties counting one half.
+    NaN when every prediction is right, or every one wrong.
+    """
+    p, y = _check_pair(probs, labels)
+    conf, pred = p.max(dim=1)
+    correct = pred == y
+    n_pos, n_neg = int(correct.sum()), int((~correct).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    # Mann-Whitney U from average ranks (ties get the mean rank)
+    order = conf.double().argsort()
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(conf) + 1, dtype=torch.float64)
+    sorted_conf = conf.double()[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_conf, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks[order] = mean_rank[inverse]
+    u = ranks[correct].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
 def predictive_entropy(probs: Tensor) -> Tensor:
     """Entropy ``H[p] = -sum_k p_k log p_k`` (nats) of each row of ``probs`` ``[N, K]``.
 
@@ -297,7 +325,8 @@ def paired_bootstrap(metric: str, probs_a: Tensor, probs_b: Tensor, labels: Tens
 
     The examples are resampled with replacement ``n_boot`` times and both predictors are scored on the
     same resample, so the interval reflects only the difference between them (the examples' own
-    difficulty cancels). ``metric`` is ``"nll"``, ``"ece"``, ``"brier"`` or ``"accuracy"``. Returns
+    difficulty cancels). ``metric`` is ``"nll"``, ``"ece"``, ``"brier"``, ``"accuracy"`` or ``"auroc"``
+    (:func:`error_detection_auroc`; higher is better, unlike the first three). Returns
     ``diff`` (on all examples), ``low``/``high`` (the central ``level`` interval) and ``frac_below_zero``
     (share of resamples where a scores lower than b).
 
@@ -308,7 +337,8 @@ def paired_bootstrap(metric: str, probs_a: Tensor, probs_b: Tensor, labels: Tens
         >>> paired_bootstrap("nll", a, b, y, n_boot=200)["diff"] < 0
         True
     """
-    scorers = {"nll": negative_log_likelihood, "ece": expected_calibration_error, "brier": brier_score, "accuracy": accuracy}
+    scorers = {"nll": negative_log_likelihood, "ece": expected_calibration_error, "brier": brier_score, "accuracy": accuracy,
+               "auroc": error_detection_auroc}
     if metric not in scorers:
         raise ValueError(f"metric={metric!r}; allowed: {', '.join(scorers)}")
     if not 0 < level < 1 or n_boot < 1:

@@ -92,7 +92,7 @@ def paired_rows(out: Path, seeds: list[int], compute_missing: set[str]) -> list[
             continue
         p, c, y = torch.cat(learned), torch.cat(constant), torch.cat(labels)
         cells = []
-        for metric, scale in (("nll", 1.0), ("ece", 100.0)):
+        for metric, scale in (("nll", 1.0), ("ece", 100.0), ("auroc", 1.0)):
             r = paired_bootstrap(metric, p, c, y, n_boot=1000)
             cells.append(f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]")
         if mc_labels_ok and len(mc) == len(learned):
@@ -149,10 +149,11 @@ def main() -> None:
     if paired:
         lines += ["Paired per-example differences, pooled over the finished seeds (same adapter for constant gates, "
                   "same evaluation examples for MC-dropout), with 95% bootstrap intervals (1000 resamples). "
-                  "Negative: the learned, input-dependent gates are better. An interval that contains 0 means the "
-                  "evaluation cannot tell them apart.", "",
-                  "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔNLL vs MC-dropout | "
-                  "ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|"] + paired + [""]
+                  "ΔNLL, ΔECE negative / ΔAUROC positive: the learned, input-dependent gates are better. AUROC: how well "
+                  "the confidence separates right from wrong predictions (selective prediction). An interval that "
+                  "contains 0 means the evaluation cannot tell them apart.", "",
+                  "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
+                  "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|"] + paired + [""]
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / f"c7{'' if args.task == 'sst2' else '-' + args.task}.md").write_text("\n".join(lines))
     print("\n".join(lines))

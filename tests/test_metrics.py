@@ -349,3 +349,18 @@ def test_paired_bootstrap_difference_and_interval():
         paired_bootstrap("auc", a, b, labels)
     with pytest.raises(ValueError, match="N=10 rows"):
         paired_bootstrap("nll", a[:10], b, labels)
+
+
+def test_error_detection_auroc_against_pairwise_count():
+    from bara.metrics import error_detection_auroc
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (60,), generator=g)
+    probs = torch.softmax(torch.randn(60, 2, generator=g).round(decimals=1), dim=1)  # rounding makes ties
+    conf, pred = probs.max(1)
+    right, wrong = conf[pred == labels], conf[pred != labels]
+    pairs = (right[:, None] > wrong[None, :]).double() + 0.5 * (right[:, None] == wrong[None, :]).double()
+    assert error_detection_auroc(probs, labels) == pytest.approx(float(pairs.mean()), abs=1e-12)
+    perfect = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    assert error_detection_auroc(perfect, torch.tensor([0, 1, 1])) == 1.0  # the only error is the least confident
+    assert math.isnan(error_detection_auroc(perfect, torch.tensor([0, 0, 1])))  # no error at all
