@@ -53,7 +53,7 @@ def _folder(task: str, quick: bool, causal: bool = False) -> Path:
 
 
 def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, workers: int, quick: bool,
-        causal: bool = False) -> dict:
+        causal: bool = False, report_only: bool = False) -> dict:
     """Compare ``methods`` on each task; ``causal`` switches to the causal-LM protocol's settings and folders."""
     summaries = {}
     for task in tasks:
@@ -62,8 +62,10 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
             settings |= dict(train_size=512, epochs=5, eval_size=500)
         base = RunSpec(model=model, task=task, **settings)
         ood = [] if quick or causal else OOD.get(task, [])
-        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=ood, workers=workers)
+        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=ood, workers=workers, report_only=report_only)
         start = time.perf_counter()
+        if report_only and not (_folder(task, quick, causal) / "runs").exists():
+            continue  # nothing finished for this task yet
         report = compare(spec, _folder(task, quick, causal))
         key = f"{task} ({model}, causal LM)" if causal else task
         summaries[key] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--protocols", default="encoder,causal",
                         help="encoder: MiniLM on --tasks; causal: the Gemma-3-270M protocol "
                              f"({', '.join(CAUSAL_TASKS)} × {CAUSAL_METHODS})")
+    parser.add_argument("--report-only", action="store_true", help="summarise the finished runs, train nothing")
     parser.add_argument("--causal-seeds", default="1", help="seeds of the causal-LM protocol (default 1: CPU budget)")
     args = parser.parse_args()
     import sys
@@ -149,10 +152,11 @@ def main() -> None:
     if unknown := protocols - {"encoder", "causal"}:
         parser.error(f"--protocols: unknown {sorted(unknown)}; allowed: encoder, causal")
     start = time.perf_counter()
-    summaries = run(tasks, methods, seeds, args.model, args.workers, args.quick) if "encoder" in protocols else {}
+    summaries = (run(tasks, methods, seeds, args.model, args.workers, args.quick, report_only=args.report_only)
+                 if "encoder" in protocols else {})
     if "causal" in protocols and not args.quick:
         summaries |= run(CAUSAL_TASKS, CAUSAL_METHODS.split(","), [int(s) for s in args.causal_seeds.split(",")],
-                         CAUSAL_MODEL, args.workers, quick=False, causal=True)
+                         CAUSAL_MODEL, args.workers, quick=False, causal=True, report_only=args.report_only)
     path = write_markdown(summaries, args, time.perf_counter() - start)
     print(path.read_text())
 
