@@ -122,14 +122,16 @@ def make_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict[str, 
 
 
 class Stepper:
-    """One training step exactly as the library's trainer does it (loss incl. KL, backward, optimizer)."""
+    """One training step exactly as the library's trainer does it (loss incl. KL, backward, optimizer),
+    on ``device`` (CPU here; ``benchmarks/gpu_cost.py`` passes a CUDA device)."""
 
-    def __init__(self, method, model, batch: dict[str, torch.Tensor] | None, workdir: str, batch_size: int = 16):
+    def __init__(self, method, model, batch: dict[str, torch.Tensor] | None, workdir: str, batch_size: int = 16,
+                 device: torch.device = torch.device("cpu")):
         from transformers import TrainingArguments
 
-        self.model, self.batch = model, batch
+        self.model, self.batch, self.device = model, batch, device
         batch_size = batch["input_ids"].shape[0] if batch is not None else batch_size
-        args = TrainingArguments(output_dir=workdir, report_to="none", use_cpu=True, learning_rate=1e-3,
+        args = TrainingArguments(output_dir=workdir, report_to="none", use_cpu=device.type == "cpu", learning_rate=1e-3,
                                  per_device_train_batch_size=batch_size, save_strategy="no",
                                  logging_strategy="no", max_steps=10_000, disable_tqdm=True)
         with warnings.catch_warnings():
@@ -148,6 +150,8 @@ class Stepper:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.trainer._bara_logs.clear()  # the trainer would flush these at each logging step
+        if self.device.type == "cuda":  # wall-clock timing needs the queued kernels finished
+            torch.cuda.synchronize(self.device)
 
 
 def alternate(fns: dict[str, Callable[[], None]], warmup: int, steps: int, label: str = "") -> dict[str, list[float]]:

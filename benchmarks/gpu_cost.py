@@ -22,14 +22,13 @@ import gc
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_commit, write_md  # noqa: E402
-from cost import N_TRAIN, TIME_TARGET, MEMORY_TARGET, alternate, method_for, summarise_times  # noqa: E402
+from cost import MEMORY_TARGET, TIME_TARGET, Stepper, alternate, method_for, summarise_times  # noqa: E402
 
 LLAMA_7B_SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=4, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000)
@@ -55,34 +54,7 @@ def build(config: str, shape: dict, r: int, device: torch.device, dtype: torch.d
     return method, model.to(device)
 
 
-class DeviceStepper:
-    """One trainer step on ``device``, synchronised so that wall-clock timing is exact."""
-
-    def __init__(self, method, model, batch: dict[str, torch.Tensor], workdir: str, device: torch.device) -> None:
-        from transformers import TrainingArguments
-
-        self.model, self.batch, self.device = model, batch, device
-        args = TrainingArguments(output_dir=workdir, report_to="none", use_cpu=device.type == "cpu", learning_rate=1e-3,
-                                 per_device_train_batch_size=batch["input_ids"].shape[0], save_strategy="no",
-                                 logging_strategy="no", max_steps=10_000, disable_tqdm=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.trainer = method.trainer_class()(model=model, args=args, num_train_examples=N_TRAIN, **method.trainer_kwargs())
-        self.trainer.state.max_steps = self.trainer.state.global_step = 10_000  # past the KL warm-up
-        self.optimizer = self.trainer.create_optimizer()
-
-    def __call__(self) -> None:
-        self.model.train()
-        loss = self.trainer.compute_loss(self.model, self.batch)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        getattr(self.trainer, "_bara_logs", {}).clear()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-def peak_memory(step: DeviceStepper, steps: int = 3) -> float | None:
+def peak_memory(step: Stepper, steps: int = 3) -> float | None:
     """Bytes allocated at the peak of ``steps`` steps above what was allocated before them (CUDA only)."""
     if step.device.type != "cuda":
         return None
@@ -116,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for config in CONFIGS:
             method, model = build(config, shape, args.r, device, dtype)
-            steppers[config] = DeviceStepper(method, model, data, tmp, device)
+            steppers[config] = Stepper(method, model, data, tmp, device=device)
             steppers[config]()  # allocate the optimizer state before measuring
             memory[config] = peak_memory(steppers[config])
             print(f"[gpu_cost] built {config}; peak step memory "
