@@ -10,6 +10,8 @@ larger gate learning rate, and the marginal local KL (no mutual-information tax)
     python benchmarks/c7.py --quick          # SST-2, seed 1
     python benchmarks/c7.py --seeds 1,2,3    # resumable; writes benchmarks/results/c7.md
     python benchmarks/c7.py --seeds 1,2,3 --variants bara,bara[rho0=0.2] --paired   # chosen levers on every seed
+    python benchmarks/c7.py --seeds 1,2,3,4,5,6 --baselines mcdropout --variants "bara[rho0=0.2]" --paired \
+        --name c7-rho0   # one lever on more seeds, against the controls C7 names
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _predictions(folder: Path) -> tuple:
     return t["probs"].double(), t["labels"]
 
 
-def paired_rows(out: Path, seeds: list[int], compute_missing: set[str]) -> list[str]:
+def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: set[str]) -> list[str]:
     """Per-example paired differences, pooled over seeds: learned gates − constant gates (same adapter),
     and learned gates − MC-dropout (same evaluation examples), with 95% bootstrap intervals.
 
@@ -67,7 +69,7 @@ def paired_rows(out: Path, seeds: list[int], compute_missing: set[str]) -> list[
     from bara.pipeline import evaluate
 
     rows = []
-    for name in VARIANTS:
+    for name in names:
         learned, constant, mc, labels, mc_labels_ok = [], [], [], [], True
         for seed in seeds:
             folder = run_dir(out, name, seed)
@@ -116,11 +118,14 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="BaRA variants to train on every seed (the others are reported from their finished runs)")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="baselines to run next to the variants (MC-dropout is the one C7 needs)")
+    parser.add_argument("--name", default=None, help="results file benchmarks/results/<name>.md (default c7[-task])")
     parser.add_argument("--paired", action="store_true",
                         help="also evaluate the constant-gate control of runs finished before its predictions were kept")
     args = parser.parse_args()
     variants = ["bara"] if args.quick else split_methods(args.variants)
-    methods = ["lora", "mcdropout", "bara"] if args.quick else BASELINES + variants
+    methods = ["lora", "mcdropout", "bara"] if args.quick else split_methods(args.baselines) + variants
     base = RunSpec(model="minilm", task=args.task, train_size=512, eval_size=500, epochs=10, max_length=64,
                    batch_size=16, learning_rate=1e-3)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -131,7 +136,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     table = (args.out / args.task / "results.md").read_text().split("\n", 2)[2]
-    lines = ["## Check C7: do the gates earn their keep? (`benchmarks/c7.py`)", "",
+    lines = [f"## Check C7{' (' + args.name + ')' if args.name else ''}: do the gates earn their keep? (`benchmarks/c7.py`)", "",
              f"`python benchmarks/c7.py {' '.join(sys.argv[1:])}` · commit `{commit}` · "
              f"seeds finished: {seeds_done} · "
              f"{platform.machine()}, {args.workers} processes × 1 torch thread · wall {wall / 60:.1f} min (finished runs are reused). "
@@ -139,13 +144,13 @@ def main() -> None:
              table.strip(), "",
              "| BaRA variant | seeds | ECE×100 / NLL | constant gates ECE×100 / NLL | beats constant gates | beats MC-dropout | s̄ | s̄ spread across inputs |",
              "|---|---|---|---|---|---|---|---|"] + verdicts(report["summary"], variants)
-    others = [v for v in VARIANTS if v not in variants]
+    others = [v for v in VARIANTS if v not in variants] if args.name is None else []  # a named run reports its own
     finished = [json.loads((run_dir(out, v, s) / "done.json").read_text()) for v in others for s in seeds
                 if (run_dir(out, v, s) / "done.json").exists()]
     if finished:  # levers tried earlier on fewer seeds: their verdicts, from the finished runs
         lines += verdicts(summarise(finished, None) | {"mcdropout": report["summary"].get("mcdropout")}, others)
     lines += [""]
-    paired = paired_rows(out, seeds, set(variants) if args.paired else set())
+    paired = paired_rows(out, variants + others, seeds, set(variants) if args.paired else set())
     if paired:
         lines += ["Paired per-example differences, pooled over the finished seeds (same adapter for constant gates, "
                   "same evaluation examples for MC-dropout), with 95% bootstrap intervals (1000 resamples). "
@@ -155,7 +160,8 @@ def main() -> None:
                   "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
                   "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|"] + paired + [""]
     (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / f"c7{'' if args.task == 'sst2' else '-' + args.task}.md").write_text("\n".join(lines))
+    name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task}"
+    (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
