@@ -49,6 +49,32 @@ def verdicts(summary: dict, names: list[str] = VARIANTS) -> list[str]:
     return lines
 
 
+def ece_vs_samples_rows(report: dict, names: list[str]) -> list[str]:
+    """Issue 5 §2's calibration-per-cost targets, read off each run's S = 10 evaluation (first S samples)."""
+    curves: dict[str, list[dict[int, float]]] = {}
+    for run in report["runs"]:
+        if run.get("ece_curve"):
+            curves.setdefault(run["method"], []).append({int(k): v for k, v in run["ece_curve"]})
+
+    def mean_at(method: str, s: int) -> float | None:
+        values = [c[s] for c in curves.get(method, []) if s in c]
+        return 100 * sum(values) / len(values) if values else None
+
+    blob10 = mean_at("blob", 10)
+    rows = []
+    for name in names:
+        at = {s: mean_at(name, s) for s in (1, 2, 4, 10)}
+        mean_row = report["summary"].get(f"{name} [mean mode]")
+        if at[10] is None or mean_row is None:
+            continue
+        mean_mode = 100 * mean_row["ece"][0]
+        vs_blob = "—" if blob10 is None or at[4] is None else f"{'PASS' if at[4] < blob10 else 'MISS'} ({at[4]:.1f} vs {blob10:.1f})"
+        within = "PASS" if mean_mode <= 1.25 * at[10] else "MISS"
+        rows.append(f"| {name} | " + " | ".join("—" if at[s] is None else f"{at[s]:.1f}" for s in (1, 2, 4, 10))
+                    + f" | {mean_mode:.1f} | {vs_blob} | {within} ({mean_mode / at[10]:.2f}×) |")
+    return rows
+
+
 def _predictions(folder: Path) -> tuple:
     from safetensors.torch import load_file
 
@@ -150,6 +176,12 @@ def main() -> None:
     if finished:  # levers tried earlier on fewer seeds: their verdicts, from the finished runs
         lines += verdicts(summarise(finished, None) | {"mcdropout": report["summary"].get("mcdropout")}, others)
     lines += [""]
+    if ece_rows := ece_vs_samples_rows(report, variants):
+        lines += ["ECE×100 against the number of Monte-Carlo samples S (the first S of each run's S = 10 samples, "
+                  "mean over seeds) and in `mean` mode (one pass), with issue 5's targets: BaRA at S = 4 below BLoB at "
+                  "S = 10, and `mean` mode within 25% of BaRA's S = 10 ECE.", "",
+                  "| BaRA variant | S = 1 | S = 2 | S = 4 | S = 10 | mean mode | S = 4 below BLoB's S = 10 | mean within 25% |",
+                  "|---|---|---|---|---|---|---|---|"] + ece_rows + [""]
     paired = paired_rows(out, variants + others, seeds, set(variants) if args.paired else set())
     if paired:
         lines += ["Paired per-example differences, pooled over the finished seeds (same adapter for constant gates, "
