@@ -82,6 +82,32 @@ def _predictions(folder: Path) -> tuple:
     return t["probs"].double(), t["labels"]
 
 
+def rank_signal_rows(out: Path, names: list[str], seeds: list[int]) -> list[str]:
+    """Does the per-input effective rank s̄(x) carry information? Pooled over seeds: how well a *low*
+    rank picks out the wrong predictions (AUROC, 0.5 = none), and its correlation with the confidence."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bara.compare import run_dir
+
+    rows = []
+    for name in names:
+        tensors = [load_file(str(run_dir(out, name, seed) / "eval" / "predictions.safetensors")) for seed in seeds
+                   if (run_dir(out, name, seed) / "eval" / "predictions.safetensors").exists()]
+        tensors = [t for t in tensors if "ranks" in t]
+        if not tensors:
+            continue
+        probs = torch.cat([t["probs"] for t in tensors]).double()
+        labels = torch.cat([t["labels"] for t in tensors])
+        ranks = torch.cat([t["ranks"] for t in tensors]).double()
+        conf, pred = probs.max(1)
+        right, wrong = -ranks[pred == labels], -ranks[pred != labels]
+        auroc = float(((right[:, None] > wrong[None, :]).double() + 0.5 * (right[:, None] == wrong[None, :]).double()).mean())
+        corr = float(torch.corrcoef(torch.stack([ranks, conf]))[0, 1])
+        rows.append(f"| {name} | {len(tensors)} | {ranks.mean():.2f} ± {ranks.std():.2f} | {auroc:.3f} | {corr:+.3f} |")
+    return rows
+
+
 def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: set[str]) -> list[str]:
     """Per-example paired differences, pooled over seeds: learned gates − constant gates (same adapter),
     and learned gates − MC-dropout (same evaluation examples), with 95% bootstrap intervals.
@@ -191,6 +217,12 @@ def main() -> None:
                   "contains 0 means the evaluation cannot tell them apart.", "",
                   "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
                   "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|"] + paired + [""]
+    if signal := rank_signal_rows(out, variants + others, seeds):
+        lines += ["What the per-input effective rank s̄(x) says about the input, pooled over seeds: the AUROC with "
+                  "which a lower rank singles out the wrong predictions (0.5: no information), and the correlation "
+                  "of s̄(x) with the predictive confidence.", "",
+                  "| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
+                  "|---|---|---|---|---|"] + signal + [""]
     (ROOT / "results").mkdir(exist_ok=True)
     name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task}"
     (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))
