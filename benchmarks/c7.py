@@ -191,8 +191,11 @@ def main() -> None:
     lines = [f"## Check C7{' (' + args.name + ')' if args.name else ''}: do the gates earn their keep? (`benchmarks/c7.py`)", "",
              f"`python benchmarks/c7.py {' '.join(sys.argv[1:])}` · commit `{commit}` · "
              f"seeds finished: {seeds_done} · "
-             f"{platform.machine()}, {args.workers} processes × 1 torch thread · wall {wall / 60:.1f} min (finished runs are reused). "
-             f"MiniLM-L6, {args.task}, 512 training examples, 10 epochs, 500 evaluation examples.", "",
+             f"{platform.machine()}, {args.workers} processes × 1 torch thread · "
+             + (f"report of the finished runs (the same command without `--report-only` trains what is missing; "
+                f"training wall times are in the table's `train s` column). " if args.report_only
+                else f"wall {wall / 60:.1f} min (finished runs are reused). ")
+             + f"MiniLM-L6, {args.task}, 512 training examples, 10 epochs, 500 evaluation examples.", "",
              table.strip(), "",
              "| BaRA variant | seeds | ECE×100 / NLL | constant gates ECE×100 / NLL | beats constant gates | beats MC-dropout | s̄ | s̄ spread across inputs |",
              "|---|---|---|---|---|---|---|---|"] + verdicts(report["summary"], variants)
