@@ -138,6 +138,17 @@ def encode_split(built: Built, split: str) -> EncodedDataset:
 
 
 # -- training ------------------------------------------------------------------------------
+def warn_if_fsdp_on_cpu() -> bool:
+    """accelerate turns an FSDP config into plain DDP when there is no accelerator; say so instead of silently."""
+    import warnings
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        warnings.warn("accelerate enables FSDP only on accelerators (GPUs): on CPU this launch trains with plain DDP, "
+                      "every process holding the whole model", stacklevel=2)
+        return True
+    return False
+
+
 def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``spec`` into ``out`` (``out/adapter``, ``out/run.json``, ``out/train_log.json``).
 
@@ -166,6 +177,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     method.before_training(model)
     train_set = encode_split(built, "train")
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))  # processes under accelerate launch / torchrun
+    warn_if_fsdp_on_cpu()
     # --batch-size is per process: one optimizer step consumes batch_size × world examples
     steps = spec.max_steps or max(1, math.ceil(spec.epochs * len(train_set) / (spec.batch_size * world)))
     out.mkdir(parents=True, exist_ok=True)

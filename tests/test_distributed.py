@@ -188,3 +188,14 @@ def test_fsdp2_trains_saves_and_reloads_like_a_single_process(tmp_path, wrap):
     assert 0 < float(saved[next(k for k in saved if k.endswith("lora_B.weight"))].abs().max())  # it trained
     reloaded = load_file(tmp_path / "fsdp-reloaded" / "adapter_model.safetensors")
     assert all(torch.equal(saved[k], reloaded[k]) for k in saved)
+
+
+def test_an_fsdp_launch_on_cpu_says_it_is_plain_ddp(monkeypatch):
+    from bara.pipeline import warn_if_fsdp_on_cpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert warn_if_fsdp_on_cpu() is False
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.warns(UserWarning, match="on CPU this launch trains with plain DDP"):
+        assert warn_if_fsdp_on_cpu() is True
