@@ -206,7 +206,8 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     order = {m: i for i, m in enumerate(spec.methods)}  # rows in the order asked for, not the order finished
     results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
     table = summarise(results, spec)
-    report = {"spec": {"base": dataclasses.asdict(spec.base), "methods": spec.methods, "seeds": spec.seeds, "ood": spec.ood},
+    report = {"spec": {"base": dataclasses.asdict(spec.base), "methods": spec.methods, "seeds": spec.seeds, "ood": spec.ood,
+                       "report_only": spec.report_only},
               "wall_seconds": wall, "summary": table, "runs": sorted(results, key=lambda r: (r["method"], r["seed"]))}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(markdown(report))
@@ -259,8 +260,10 @@ def markdown(report: dict[str, Any]) -> str:
     best = {m: _best(summary, in_domain, m) for m in METRICS}
     lines = [f"# Comparison: {base['model']} on {base['task']}", "",
              f"{base['train_size'] or 'all'} training examples, {str(base['max_steps']) + ' steps' if base['max_steps'] else str(base['epochs']) + ' epochs'}, batch "
-             f"{base['batch_size']}, lr {base['learning_rate']}, seeds {report['spec']['seeds']}; wall time "
-             f"{report['wall_seconds'] / 60:.1f} min. Mean ± std over seeds; best per column in bold. ECE ×100.", "",
+             f"{base['batch_size']}, lr {base['learning_rate']}, seeds {report['spec']['seeds']}; "
+             + ("summarised from finished runs (see `train s`, `eval s`)" if report["spec"].get("report_only")
+                else f"wall time {report['wall_seconds'] / 60:.1f} min")
+             + ". Mean ± std over seeds; best per column in bold. ECE ×100.", "",
              "| method | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in in_domain:

@@ -127,6 +127,13 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert done.stat().st_mtime_ns == stamp, "a finished run must not be redone"
     assert (tmp_path / "cmp" / "runs" / "lora" / "seed2" / "done.json").exists()
+    # --report-only trains nothing and says the table summarises finished runs
+    (tmp_path / "cmp" / "runs" / "bara" / "seed2" / "done.json").unlink()
+    result = _invoke(*args, "--report-only")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "cmp" / "runs" / "bara" / "seed2" / "done.json").exists()
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]["bara"]["seeds"] == 1
+    assert "summarised from finished runs" in (tmp_path / "cmp" / "results.md").read_text()
     # the same folder with other settings is refused, not silently reused
     changed = [("4" if a == "3" else a) for a in args]
     result = _invoke(*changed)
