@@ -116,8 +116,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> d
     job = dict(job)
     label = job.pop("label")
     spec_obj = RunSpec(**job)
-    folder = run_dir(Path(out), label, spec_obj.seed)
-    _check_same_spec(folder, spec_obj)
+    folder = run_dir(Path(out), label, spec_obj.seed)  # `compare` has checked its settings match (_check_same_spec)
     done = folder / "done.json"
     if done.exists():
         result = json.loads(done.read_text())

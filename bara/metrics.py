@@ -39,6 +39,7 @@ __all__ = [
     "paired_bootstrap",
     "predictive_entropy",
     "reliability_bins",
+    "separation_auroc",
 ]
 
 #: Maximum allowed ``|sum_k p_k - 1|`` for a row of a probability tensor.
@@ -195,6 +196,23 @@ def brier_score(probs: Tensor, labels: Tensor) -> float:
 # --------------------------------------------------------------------------------------
 
 
+def separation_auroc(score: Tensor, positive: Tensor) -> float:
+    """AUROC of ``score`` for telling ``positive`` from the other entries: the probability that a random
+    positive scores higher than a random negative, ties counting one half (Mann-Whitney U from average
+    ranks). NaN when there are no positives or no negatives."""
+    positive = positive.bool()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = score.double().argsort()
+    _, inverse, counts = torch.unique_consecutive(score.double()[order], return_inverse=True, return_counts=True)
+    mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2  # tied entries share their mean rank
+    ranks = torch.empty(len(score), dtype=torch.float64)
+    ranks[order] = mean_rank[inverse]
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
 def error_detection_auroc(probs: Tensor, labels: Tensor) -> float:
     """How well the top-label confidence separates right from wrong predictions (AUROC, 0.5 = chance).
 
@@ -204,21 +222,7 @@ def error_detection_auroc(probs: Tensor, labels: Tensor) -> float:
     """
     p, y = _check_pair(probs, labels)
     conf, pred = p.max(dim=1)
-    correct = pred == y
-    n_pos, n_neg = int(correct.sum()), int((~correct).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    # Mann-Whitney U from average ranks (ties get the mean rank)
-    order = conf.double().argsort()
-    ranks = torch.empty_like(order, dtype=torch.float64)
-    ranks[order] = torch.arange(1, len(conf) + 1, dtype=torch.float64)
-    sorted_conf = conf.double()[order]
-    _, inverse, counts = torch.unique_consecutive(sorted_conf, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
-    ranks[order] = mean_rank[inverse]
-    u = ranks[correct].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
+    return separation_auroc(conf, pred == y)
 
 
 def predictive_entropy(probs: Tensor) -> Tensor:

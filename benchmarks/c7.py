@@ -88,21 +88,19 @@ def rank_signal_rows(out: Path, names: list[str], seeds: list[int]) -> list[str]
     import torch
     from safetensors.torch import load_file
 
-    from bara.compare import run_dir
+    from bara.metrics import separation_auroc
 
     rows = []
     for name in names:
-        tensors = [load_file(str(run_dir(out, name, seed) / "eval" / "predictions.safetensors")) for seed in seeds
-                   if (run_dir(out, name, seed) / "eval" / "predictions.safetensors").exists()]
-        tensors = [t for t in tensors if "ranks" in t]
+        files = [run_dir(out, name, seed) / "eval" / "predictions.safetensors" for seed in seeds]
+        tensors = [t for t in (load_file(str(f)) for f in files if f.exists()) if "ranks" in t]
         if not tensors:
             continue
         probs = torch.cat([t["probs"] for t in tensors]).double()
         labels = torch.cat([t["labels"] for t in tensors])
         ranks = torch.cat([t["ranks"] for t in tensors]).double()
         conf, pred = probs.max(1)
-        right, wrong = -ranks[pred == labels], -ranks[pred != labels]
-        auroc = float(((right[:, None] > wrong[None, :]).double() + 0.5 * (right[:, None] == wrong[None, :]).double()).mean())
+        auroc = separation_auroc(-ranks, pred != labels)
         corr = float(torch.corrcoef(torch.stack([ranks, conf]))[0, 1])
         rows.append(f"| {name} | {len(tensors)} | {ranks.mean():.2f} ± {ranks.std():.2f} | {auroc:.3f} | {corr:+.3f} |")
     return rows
@@ -116,9 +114,15 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
     computed for the variants in ``compute_missing`` (one extra evaluation per run)."""
     import torch
 
-    from bara.compare import run_dir
     from bara.metrics import paired_bootstrap
     from bara.pipeline import evaluate
+
+    def cells(a, b, y, metrics) -> list[str]:
+        out = []
+        for metric, scale in metrics:
+            r = paired_bootstrap(metric, a, b, y, n_boot=1000)
+            out.append(f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]")
+        return out
 
     rows = []
     for name in names:
@@ -145,18 +149,10 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
         if not learned:
             continue
         p, c, y = torch.cat(learned), torch.cat(constant), torch.cat(labels)
-        cells = []
-        for metric, scale in (("nll", 1.0), ("ece", 100.0), ("auroc", 1.0)):
-            r = paired_bootstrap(metric, p, c, y, n_boot=1000)
-            cells.append(f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]")
-        if mc_labels_ok and len(mc) == len(learned):
-            m = torch.cat(mc)
-            for metric, scale in (("nll", 1.0), ("ece", 100.0)):
-                r = paired_bootstrap(metric, p, m, y, n_boot=1000)
-                cells.append(f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]")
-        else:
-            cells += ["—", "—"]
-        rows.append(f"| {name} | {len(learned)} | " + " | ".join(cells) + " |")
+        row = cells(p, c, y, (("nll", 1.0), ("ece", 100.0), ("auroc", 1.0)))
+        row += (cells(p, torch.cat(mc), y, (("nll", 1.0), ("ece", 100.0))) if mc_labels_ok and len(mc) == len(learned)
+                else ["—", "—"])
+        rows.append(f"| {name} | {len(learned)} | " + " | ".join(row) + " |")
     return rows
 
 
@@ -187,7 +183,7 @@ def main() -> None:
     seeds_done = sorted({run["seed"] for run in report["runs"]})
     wall = time.perf_counter() - start
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    table = (args.out / args.task / "results.md").read_text().split("\n", 2)[2]
+    table = (out / "results.md").read_text().split("\n", 2)[2]
     lines = [f"## Check C7{' (' + args.name + ')' if args.name else ''}: do the gates earn their keep? (`benchmarks/c7.py`)", "",
              f"`python benchmarks/c7.py {' '.join(sys.argv[1:])}` · commit `{commit}` · "
              f"seeds finished: {seeds_done} · "

@@ -19,7 +19,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 from bara.compare import CompareSpec, compare, split_methods
 from bara.pipeline import RunSpec
 
@@ -63,13 +62,14 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
         base = RunSpec(model=model, task=task, **settings)
         ood = [] if quick or causal else OOD.get(task, [])
         spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=ood, workers=workers, report_only=report_only)
-        start = time.perf_counter()
-        if report_only and not (_folder(task, quick, causal) / "runs").exists():
+        folder = _folder(task, quick, causal)
+        if report_only and not (folder / "runs").exists():
             continue  # nothing finished for this task yet
-        report = compare(spec, _folder(task, quick, causal))
+        start = time.perf_counter()
+        report = compare(spec, folder)
         key = f"{task} ({model}, causal LM)" if causal else task
         summaries[key] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
-                          "settings": settings, "folder": _folder(task, quick, causal), "causal": causal}
+                          "settings": settings, "folder": folder, "causal": causal}
     return summaries
 
 
