@@ -450,6 +450,7 @@ def load_backbone(
             model_kw["ignore_mismatched_sizes"] = True
         elif head == "multiple_choice":
             auto_cls = AutoModelForMultipleChoice
+            model_kw["ignore_mismatched_sizes"] = True  # e.g. a sequence classifier's head: one score per choice here
         else:
             auto_cls = AutoModelForCausalLM
 

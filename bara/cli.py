@@ -233,6 +233,8 @@ def compare(
     lr: float = typer.Option(1e-3),
     max_length: int = typer.Option(128),
     ood: str = typer.Option("", help="Comma-separated tasks to also evaluate every adapter on (out of domain)."),
+    ood_eval_size: Optional[int] = typer.Option(
+        None, min=1, help="Evaluate at most this many examples of each --ood set (seeded sample; default all)."),
     workers: int = typer.Option(2, help="Parallel runs (processes with one torch thread each)."),
     ece_curve: bool = typer.Option(True, help="Report ECE with the first 1, 2, 4, 10 Monte-Carlo samples (no extra passes)."),
     report_only: bool = typer.Option(False, help="Only summarise the runs that already finished (train nothing)."),
@@ -254,7 +256,7 @@ def compare(
                        max_steps=steps, batch_size=batch_size, learning_rate=lr, max_length=max_length)
         base.validate()
         spec = CompareSpec(base=base, methods=method_list, seeds=seed_list, ood=[t for t in ood.split(",") if t],
-                           ece_curve=ece_curve, workers=workers, report_only=report_only)
+                           ood_eval_size=ood_eval_size, ece_curve=ece_curve, workers=workers, report_only=report_only)
         report = run_compare(spec, out, console=console)
     except _user_errors() as err:
         _fail(str(err))

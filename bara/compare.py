@@ -38,6 +38,7 @@ class CompareSpec:
     methods: list[str]
     seeds: list[int]
     ood: list[str] = dataclasses.field(default_factory=list)
+    ood_eval_size: int | None = None  # at most this many examples of each OOD set (None: the whole split)
     ece_curve: bool = True
     workers: int = 2
     report_only: bool = False  # summarise the finished runs, train nothing
@@ -106,7 +107,16 @@ def _extra_modes(method: str) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> dict[str, Any]:
+def _capped_eval_size(task: str, cap: int | None) -> int | None:
+    """``cap`` examples of ``task``'s evaluation split, or all of them when it has fewer."""
+    if cap is None:
+        return None
+    from .tasks import load_task
+
+    return min(cap, len(load_task(task).eval))
+
+
+def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_eval_size: int | None = None) -> dict[str, Any]:
     """Train, evaluate (in domain, extra modes, OOD, ECE-vs-S) one (method, seed); resumable."""
     import torch
 
@@ -130,7 +140,8 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool) -> d
     result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
     result["extra"] = {f"{label} {name}": evaluate(folder, out=folder / f"eval-{kw['mode']}", progress=False, plots=False, **kw)
                        for name, kw in _extra_modes(spec_obj.method).items()}
-    result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False) for task in ood}
+    result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False,
+                                    eval_size=_capped_eval_size(task, ood_eval_size)) for task in ood}
     if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
         result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
     result["version"] = RESULT_VERSION
@@ -195,10 +206,10 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
 
     if spec.workers <= 1:  # in this process: simplest to debug, and what tests use
         for job in jobs:
-            finished(job, run_one(job, str(out), spec.ood, spec.ece_curve))
+            finished(job, run_one(job, str(out), spec.ood, spec.ece_curve, spec.ood_eval_size))
     else:
         with ProcessPoolExecutor(max_workers=spec.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, job, str(out), spec.ood, spec.ece_curve): job for job in jobs}
+            futures = {pool.submit(run_one, job, str(out), spec.ood, spec.ece_curve, spec.ood_eval_size): job for job in jobs}
             for future in as_completed(futures):
                 finished(futures[future], future.result())
     wall = time.perf_counter() - start
@@ -206,7 +217,7 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     results.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
     table = summarise(results, spec)
     report = {"spec": {"base": dataclasses.asdict(spec.base), "methods": spec.methods, "seeds": spec.seeds, "ood": spec.ood,
-                       "report_only": spec.report_only},
+                       "ood_eval_size": spec.ood_eval_size, "report_only": spec.report_only},
               "wall_seconds": wall, "summary": table, "runs": sorted(results, key=lambda r: (r["method"], r["seed"]))}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(markdown(report))

@@ -59,6 +59,15 @@ def label_token_ids(tokenizer: Any, answers: list[str]) -> list[int]:
     return ids
 
 
+def _truncate_pair(tokenizer: Any, context: str, choice: str, max_length: int) -> list[int]:
+    """Cut the context, keeping the whole choice; when the choice alone is too long, cut both."""
+    if len(tokenizer(context, choice).input_ids) <= max_length:
+        return tokenizer(context, choice).input_ids
+    room_for_context = max_length - len(tokenizer("", choice).input_ids)
+    strategy = "only_first" if room_for_context > 0 else "longest_first"
+    return tokenizer(context, choice, truncation=strategy, max_length=max_length).input_ids
+
+
 def encode(examples: list[Example], task: TaskData, tokenizer: Any, head: str, max_length: int = 256) -> EncodedDataset:
     """Tokenise ``examples`` for ``head``; warns once with the count of truncated inputs."""
     if head not in HEADS:
@@ -77,7 +86,7 @@ def encode(examples: list[Example], task: TaskData, tokenizer: Any, head: str, m
             context = ex.text if ex.text_pair is None else f"{ex.text_pair} {ex.text}"
             full = [tokenizer(context, choice).input_ids for choice in ex.choices]
             truncated += any(len(ids) > max_length for ids in full)
-            ids = [tokenizer(context, choice, truncation="only_first", max_length=max_length).input_ids for choice in ex.choices]
+            ids = [_truncate_pair(tokenizer, context, choice, max_length) for choice in ex.choices]
             items.append(EncodedExample(ids, ex.label, len(ex.choices), ex.domain))
         else:
             prompt, answers = causal_prompt(ex, task)

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bara.cli import app
+from bara.tasks import resolve_data_dir
 
 runner = CliRunner()
 
@@ -146,3 +147,20 @@ def test_method_lists_keep_commas_inside_options():
 
     assert split_methods("lora,bara[local_kl=marginal,rho0=0.2], blob") == ["lora", "bara[local_kl=marginal,rho0=0.2]", "blob"]
     assert split_methods(" lora ,, ") == ["lora"]
+
+
+@pytest.mark.skipif(not (resolve_data_dir() / "obqa").is_dir(), reason="benchmark data folder not found")
+def test_compare_ood_sets_are_capped_at_ood_eval_size(tiny_model_dir, tmp_path):
+    """OBQA adapters evaluated out of domain: ARC-C is subsampled to the cap, MMLU physics (102) kept whole."""
+    from safetensors.torch import load_file
+
+    result = _invoke("compare", "--model", tiny_model_dir, "--task", "obqa", "--train-size", "8", "--eval-size", "4",
+                     "--methods", "lora", "--seeds", "1", "--steps", "1", "--batch-size", "4", "--max-length", "96",
+                     "--workers", "1", "--ood", "arc_challenge,mmlu_college_physics", "--ood-eval-size", "150",
+                     "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "cmp" / "runs" / "lora" / "seed1"
+    sizes = {task: len(load_file(str(run / f"ood-{task}" / "predictions.safetensors"))["labels"])
+             for task in ("arc_challenge", "mmlu_college_physics")}
+    assert sizes == {"arc_challenge": 150, "mmlu_college_physics": 102}
+    assert "lora → arc_challenge" in json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]

@@ -678,3 +678,14 @@ def test_every_sampled_gate_mode_is_averaged_over_samples(bara_heads, mode, stoc
     assert (preds.sample_probs is not None) == stochastic
     if stochastic:
         assert preds.sample_probs.shape[0] == 3
+
+
+def test_multiple_choice_whose_choice_alone_exceeds_max_length_is_cut_not_an_error(tok):
+    """The tokenizer refuses 'only_first' truncation when the choice leaves no room; both parts are cut instead."""
+    task = TaskData("t", "multiple_choice", list("AB"), [Example("why?", 0, choices=(LONG, "short"))], [], [])
+    with pytest.warns(UserWarning, match="1 of 1 inputs"):
+        ds = encode(task.train, task, tok, "multiple_choice", max_length=8)
+    long_seq, short_seq = ds[0].input_ids
+    assert len(long_seq) == 8 and len(short_seq) <= 8
+    ending = tok("short", add_special_tokens=False).input_ids + [tok.sep_token_id]
+    assert short_seq[-len(ending):] == ending  # a choice that fits is still kept whole
