@@ -84,9 +84,9 @@ def encode(examples: list[Example], task: TaskData, tokenizer: Any, head: str, m
             items.append(EncodedExample(ids, ex.label, len(task.label_names), ex.domain))
         elif head == "multiple_choice":
             context = ex.text if ex.text_pair is None else f"{ex.text_pair} {ex.text}"
-            full = [tokenizer(context, choice).input_ids for choice in ex.choices]
-            truncated += any(len(ids) > max_length for ids in full)
-            ids = [_truncate_pair(tokenizer, context, choice, max_length) for choice in ex.choices]
+            pairs = ex.pairs or [(context, choice) for choice in ex.choices]
+            truncated += any(len(tokenizer(first, second).input_ids) > max_length for first, second in pairs)
+            ids = [_truncate_pair(tokenizer, first, second, max_length) for first, second in pairs]
             items.append(EncodedExample(ids, ex.label, len(ex.choices), ex.domain))
         else:
             prompt, answers = causal_prompt(ex, task)

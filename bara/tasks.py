@@ -61,6 +61,8 @@ class Example:
 
     Classification: ``text`` (+ optional ``text_pair``) and ``label`` = class index.
     Multiple choice: ``text`` = question/context, ``choices`` = options, ``label`` = index of the correct one.
+    ``pairs`` (optional) is what a cross-encoder reads for each choice when that is not ``(text, choice)``:
+    WinoGrande's sentence split at its blank, ``(before, option + after)``.
 
     Example:
         >>> Example("Which is a metal?", 1, choices=("wood", "iron", "glass")).choices[1]
@@ -72,6 +74,7 @@ class Example:
     text_pair: str | None = None
     choices: tuple[str, ...] | None = None
     domain: str | None = None
+    pairs: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass
@@ -282,11 +285,20 @@ def _load_winogrande(name: str, root: Path) -> Loaded:
     size = name.split("_", 1)[1]
 
     def read(file: str) -> list[Example]:
-        return [Example(_get(r, loc, "sentence"), _choice_index(loc, "answer", _get(r, loc, "answer"), ["1", "2"]),
-                        choices=(_get(r, loc, "option1"), _get(r, loc, "option2")), domain=name)
-                for loc, r in _read_json_records(root / "winogrande" / file)]
+        examples = []
+        for loc, r in _read_json_records(root / "winogrande" / file):
+            sentence, options = _get(r, loc, "sentence"), (_get(r, loc, "option1"), _get(r, loc, "option2"))
+            if sentence.count("_") != 1:
+                raise TaskError(f"{loc}: 'sentence' must contain exactly one '_' blank, found {sentence.count('_')}")
+            before, after = sentence.split("_")
+            # the cross-encoder reads the sentence with the blank filled in, as in the WinoGrande paper's baselines
+            pairs = tuple((before.strip(), f"{option}{after}") for option in options)
+            examples.append(Example(sentence, _choice_index(loc, "answer", _get(r, loc, "answer"), ["1", "2"]),
+                                    choices=options, domain=name, pairs=pairs))
+        return examples
     return "multiple_choice", [], read(f"train_{size}.jsonl"), read("dev.jsonl"), [
-        f"{name}: eval = dev.jsonl (test labels are hidden); text keeps the '_' blank, choices = (option1, option2)"]
+        f"{name}: eval = dev.jsonl (test labels are hidden); text keeps the '_' blank, choices = (option1, option2); "
+        "a cross-encoder reads (sentence before the blank, option + rest of the sentence)"]
 
 
 def _load_boolq(name: str, root: Path) -> Loaded:

@@ -689,3 +689,11 @@ def test_multiple_choice_whose_choice_alone_exceeds_max_length_is_cut_not_an_err
     assert len(long_seq) == 8 and len(short_seq) <= 8
     ending = tok("short", add_special_tokens=False).input_ids + [tok.sep_token_id]
     assert short_seq[-len(ending):] == ending  # a choice that fits is still kept whole
+
+
+def test_multiple_choice_pairs_override_context_and_choice(tok):
+    """A blank-filling item (WinoGrande) is encoded from its pairs: text before the blank, option + the rest."""
+    ex = Example("Tom gave _ a book.", 1, choices=("Tom", "Ann"), pairs=(("Tom gave", "Tom a book."), ("Tom gave", "Ann a book.")))
+    task = TaskData("t", "multiple_choice", list("AB"), [ex], [], [])
+    ds = encode(task.train, task, tok, "multiple_choice", max_length=32)
+    assert ds[0].input_ids == [tok("Tom gave", "Tom a book.").input_ids, tok("Tom gave", "Ann a book.").input_ids]

