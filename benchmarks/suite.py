@@ -74,7 +74,7 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
         report = compare(spec, folder)
         key = f"{task} ({model}, causal LM)" if causal else task
         summaries[key] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
-                          "settings": settings, "folder": folder, "causal": causal}
+                          "settings": settings, "folder": folder, "causal": causal, "seeds": seeds}
     return summaries
 
 
@@ -115,6 +115,27 @@ def _targets(summaries: dict) -> list[str]:
     return lines
 
 
+def _c7_lines(entry: dict) -> list[str]:
+    """Check C7 on this task (as `benchmarks/c7.py` reports it for SST-2): paired per-example differences of
+    the learned gates against constant gates and MC-dropout, and whether the per-input rank tracks errors."""
+    from c7 import paired_rows, rank_signal_rows  # the sibling script; run as `python benchmarks/suite.py`
+
+    suffix = " [constant gates, C7]"
+    names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)]
+    paired = paired_rows(entry["folder"], names, entry["seeds"], compute_missing=set())
+    if not paired:
+        return []
+    lines = ["C7 on this task: learned gates − constant gates (same adapter) and − MC-dropout (same examples), per "
+             "example, pooled over seeds, 95% bootstrap intervals; negative ΔNLL/ΔECE and positive ΔAUROC favour the "
+             "learned gates, an interval containing 0 cannot tell them apart.", "",
+             "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
+             "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|", *paired, ""]
+    if signal := rank_signal_rows(entry["folder"], names, entry["seeds"]):
+        lines += ["| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
+                  "|---|---|---|---|---|", *signal, ""]
+    return lines
+
+
 def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -126,6 +147,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
+        lines += _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")
