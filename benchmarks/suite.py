@@ -115,6 +115,29 @@ def _targets(summaries: dict) -> list[str]:
     return lines
 
 
+def _confidence_lines(entry: dict) -> list[str]:
+    """Which way each method is miscalibrated: mean confidence (top-class probability) minus accuracy,
+    pooled over the finished seeds; positive = overconfident, negative = underconfident."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bara.compare import run_dir
+
+    cells = []
+    for name in entry["summary"]:
+        if "→" in name or name.endswith("]") and " [" in name:  # OOD rows and extra modes have no run folder
+            continue
+        files = [run_dir(entry["folder"], name, seed) / "eval" / "predictions.safetensors" for seed in entry["seeds"]]
+        tensors = [load_file(str(f)) for f in files if f.exists()]
+        if tensors:
+            probs, labels = torch.cat([t["probs"] for t in tensors]).double(), torch.cat([t["labels"] for t in tensors])
+            conf, pred = probs.max(1)
+            cells.append(f"{name} {100 * (conf.mean() - (pred == labels).double().mean()):+.1f}")
+    if not cells:
+        return []
+    return ["Mean confidence − accuracy (×100; + overconfident, − underconfident): " + " · ".join(cells) + ".", ""]
+
+
 def _c7_lines(entry: dict) -> list[str]:
     """Check C7 on this task (as `benchmarks/c7.py` reports it for SST-2): paired per-example differences of
     the learned gates against constant gates and MC-dropout, and whether the per-input rank tracks errors."""
@@ -147,7 +170,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
-        lines += _c7_lines(entry)
+        lines += _confidence_lines(entry) + _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")
