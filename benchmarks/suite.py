@@ -90,7 +90,7 @@ def _targets(summaries: dict) -> list[str]:
     nll_best = [t for t, s in in_domain.items() if "bara" in s and mean(s["bara"], "nll") <= min(
         mean(row, "nll") for name, row in s.items() if "→" not in name and "[" not in name)]
     acc_gap = [100 * (mean(s["bara"], "accuracy") - mean(s["lora"], "accuracy")) for s in in_domain.values() if "bara" in s and "lora" in s]
-    n = len(in_domain)
+    n = sum("bara" in s and "lora" in s for s in in_domain.values())  # tasks where BaRA and LoRA both ran
     lines.append(f"- BaRA ECE ≤ 0.5 × LoRA's: {len(ece_half)}/{n} tasks ({', '.join(ece_half) or 'none'}) — target ≥ 4 of 6")
     lines.append(f"- BaRA ECE below BLoB's and bara-global's: {len(below)}/{n} ({', '.join(below) or 'none'}) — target ≥ 4 of 6")
     lines.append(f"- BaRA NLL lowest: {len(nll_best)}/{n} ({', '.join(nll_best) or 'none'}) — target ≥ 4 of 6")
@@ -113,6 +113,23 @@ def _targets(summaries: dict) -> list[str]:
                 verdict = "PASS" if mean(s["bara"], "ece") < mean(mc, "ece") else "MISS"
                 lines.append(f"- C7 on {task}: BaRA ECE vs MC-dropout (all dropout on) {100 * mean(mc, 'ece'):.1f} — {verdict}")
     return lines
+
+
+def _fit_lines(entry: dict) -> list[str]:
+    """Did plain LoRA fit its training set (the regime the comparison is meant for)? Its logged training
+    loss at the start (≈ chance) and over its last 5 logging intervals, per seed."""
+    from bara.compare import run_dir
+
+    cells = []
+    for seed in entry["seeds"]:
+        log = run_dir(entry["folder"], "lora", seed) / "train_log.json"
+        if log.exists():
+            losses = [h["loss"] for h in json.loads(log.read_text())["history"] if "loss" in h]
+            cells.append(f"seed {seed}: {losses[0]:.3f} → {sum(losses[-5:]) / len(losses[-5:]):.3f}")
+    if not cells:
+        return []
+    return [f"LoRA's training loss, first logged → last 5 logged (near 0 = fitted, the overconfident regime): "
+            f"{'; '.join(cells)}.", ""]
 
 
 def _confidence_lines(entry: dict) -> list[str]:
@@ -170,7 +187,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
-        lines += _confidence_lines(entry) + _c7_lines(entry)
+        lines += _fit_lines(entry) + _confidence_lines(entry) + _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")
