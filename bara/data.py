@@ -59,13 +59,15 @@ def label_token_ids(tokenizer: Any, answers: list[str]) -> list[int]:
     return ids
 
 
-def _truncate_pair(tokenizer: Any, context: str, choice: str, max_length: int) -> list[int]:
-    """Cut the context, keeping the whole choice; when the choice alone is too long, cut both."""
-    if len(tokenizer(context, choice).input_ids) <= max_length:
-        return tokenizer(context, choice).input_ids
+def _truncate_pair(tokenizer: Any, context: str, choice: str, max_length: int) -> tuple[list[int], bool]:
+    """Token ids of (context, choice) and whether they were cut: the context is cut and the choice kept
+    whole; when the choice alone leaves no room (the tokenizer would refuse), both are cut."""
+    ids = tokenizer(context, choice).input_ids
+    if len(ids) <= max_length:
+        return ids, False
     room_for_context = max_length - len(tokenizer("", choice).input_ids)
     strategy = "only_first" if room_for_context > 0 else "longest_first"
-    return tokenizer(context, choice, truncation=strategy, max_length=max_length).input_ids
+    return tokenizer(context, choice, truncation=strategy, max_length=max_length).input_ids, True
 
 
 def encode(examples: list[Example], task: TaskData, tokenizer: Any, head: str, max_length: int = 256) -> EncodedDataset:
@@ -85,8 +87,9 @@ def encode(examples: list[Example], task: TaskData, tokenizer: Any, head: str, m
         elif head == "multiple_choice":
             context = ex.text if ex.text_pair is None else f"{ex.text_pair} {ex.text}"
             pairs = ex.pairs or [(context, choice) for choice in ex.choices]
-            truncated += any(len(tokenizer(first, second).input_ids) > max_length for first, second in pairs)
-            ids = [_truncate_pair(tokenizer, first, second, max_length) for first, second in pairs]
+            ids, cut = zip(*(_truncate_pair(tokenizer, first, second, max_length) for first, second in pairs))
+            truncated += any(cut)
+            ids = list(ids)
             items.append(EncodedExample(ids, ex.label, len(ex.choices), ex.domain))
         else:
             prompt, answers = causal_prompt(ex, task)
