@@ -75,6 +75,12 @@ def ece_vs_samples_rows(report: dict, names: list[str]) -> list[str]:
     return rows
 
 
+PAIRED_HEADER = ["| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
+                 "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|"]
+SIGNAL_HEADER = ["| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
+                 "|---|---|---|---|---|"]
+
+
 def _predictions(folder: Path) -> tuple:
     from safetensors.torch import load_file
 
@@ -214,14 +220,12 @@ def main() -> None:
                   "ΔNLL, ΔECE negative / ΔAUROC positive: the learned, input-dependent gates are better. AUROC: how well "
                   "the confidence separates right from wrong predictions (selective prediction). An interval that "
                   "contains 0 means the evaluation cannot tell them apart.", "",
-                  "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
-                  "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|"] + paired + [""]
+                  *PAIRED_HEADER] + paired + [""]
     if signal := rank_signal_rows(out, variants + others, seeds):
         lines += ["What the per-input effective rank s̄(x) says about the input, pooled over seeds: the AUROC with "
                   "which a lower rank singles out the wrong predictions (0.5: no information), and the correlation "
                   "of s̄(x) with the predictive confidence.", "",
-                  "| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
-                  "|---|---|---|---|---|"] + signal + [""]
+                  *SIGNAL_HEADER] + signal + [""]
     (ROOT / "results").mkdir(exist_ok=True)
     name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task}"
     (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))

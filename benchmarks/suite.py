@@ -136,7 +136,7 @@ def _confidence_lines(entry: dict) -> list[str]:
     """Which way each method is miscalibrated: mean confidence (top-class probability) minus accuracy,
     pooled over the finished seeds; positive = overconfident, negative = underconfident."""
     import torch
-    from safetensors.torch import load_file
+    from c7 import _predictions  # the sibling script's reader of saved predictions
 
     from bara.compare import run_dir
 
@@ -144,10 +144,10 @@ def _confidence_lines(entry: dict) -> list[str]:
     for name in entry["summary"]:
         if "→" in name or name.endswith("]") and " [" in name:  # OOD rows and extra modes have no run folder
             continue
-        files = [run_dir(entry["folder"], name, seed) / "eval" / "predictions.safetensors" for seed in entry["seeds"]]
-        tensors = [load_file(str(f)) for f in files if f.exists()]
-        if tensors:
-            probs, labels = torch.cat([t["probs"] for t in tensors]).double(), torch.cat([t["labels"] for t in tensors])
+        folders = [run_dir(entry["folder"], name, seed) / "eval" for seed in entry["seeds"]]
+        loaded = [_predictions(f) for f in folders if (f / "predictions.safetensors").exists()]
+        if loaded:
+            probs, labels = torch.cat([p for p, _ in loaded]), torch.cat([y for _, y in loaded])
             conf, pred = probs.max(1)
             cells.append(f"{name} {100 * (conf.mean() - (pred == labels).double().mean()):+.1f}")
     if not cells:
@@ -158,7 +158,7 @@ def _confidence_lines(entry: dict) -> list[str]:
 def _c7_lines(entry: dict) -> list[str]:
     """Check C7 on this task (as `benchmarks/c7.py` reports it for SST-2): paired per-example differences of
     the learned gates against constant gates and MC-dropout, and whether the per-input rank tracks errors."""
-    from c7 import paired_rows, rank_signal_rows  # the sibling script; run as `python benchmarks/suite.py`
+    from c7 import PAIRED_HEADER, SIGNAL_HEADER, paired_rows, rank_signal_rows  # the sibling script; run as `python benchmarks/suite.py`
 
     suffix = " [constant gates, C7]"
     names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)]
@@ -168,11 +168,9 @@ def _c7_lines(entry: dict) -> list[str]:
     lines = ["C7 on this task: learned gates − constant gates (same adapter) and − MC-dropout (same examples), per "
              "example, pooled over seeds, 95% bootstrap intervals; negative ΔNLL/ΔECE and positive ΔAUROC favour the "
              "learned gates, an interval containing 0 cannot tell them apart.", "",
-             "| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
-             "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|", *paired, ""]
+             *PAIRED_HEADER, *paired, ""]
     if signal := rank_signal_rows(entry["folder"], names, entry["seeds"]):
-        lines += ["| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
-                  "|---|---|---|---|---|", *signal, ""]
+        lines += [*SIGNAL_HEADER, *signal, ""]
     return lines
 
 
