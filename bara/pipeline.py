@@ -24,7 +24,7 @@ from .backbones import Backbone, backbone_kind, load_backbone
 from .data import Collator, EncodedDataset, encode, label_token_ids
 from .heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
 from .methods import Method, get_method
-from .metrics import classification_report
+from .metrics import classification_report, domain_permutation_test
 from .model import BaRAModel
 from .objective import expected_pi, rank_summary
 from .predict import Predictions
@@ -315,7 +315,28 @@ def report_metrics(model: nn.Module, preds: Predictions) -> dict[str, Any]:
         metrics |= rank_summary(model, preds.gate_probs)
     else:
         metrics["joint_effective_rank"] = None
-    return metrics
+    return metrics | domain_metrics(preds)
+
+
+def domain_metrics(preds: Predictions) -> dict[str, Any]:
+    """For an evaluation set with several domains (e.g. a task mixture): the metrics of each domain and,
+    for gated models, whether the rank and the gate pattern differ between domains (check C4 on real
+    data: permutation tests on s̄(x) and on the gate probabilities of every layer side by side)."""
+    domains = [d or "?" for d in preds.domains]
+    if len(set(domains)) < 2:
+        return {}
+    ranks = preds.instance_ranks
+    by_domain = {}
+    for name in sorted(set(domains)):
+        idx = torch.tensor([i for i, d in enumerate(domains) if d == name])
+        by_domain[name] = classification_report(preds.probs[idx], preds.labels[idx])
+        if ranks is not None:
+            by_domain[name]["effective_rank"] = float(ranks[idx].mean())
+    out: dict[str, Any] = {"by_domain": by_domain}
+    if ranks is not None:
+        out["domain_rank_test"] = domain_permutation_test(ranks, domains)
+        out["domain_gate_test"] = domain_permutation_test(torch.cat(list(preds.gate_probs.values()), dim=-1), domains)
+    return out
 
 
 def write_plots(model: nn.Module, preds: Predictions, task: TaskData, out: Path, label: str) -> list[Path]:

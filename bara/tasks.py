@@ -35,7 +35,7 @@ import random
 import re
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +114,7 @@ KNOWN_TASKS: dict[str, str] = {
     "classification": "your file(s) via path=: JSONL/CSV with text, label[, text_pair]",
     "multiple_choice": "your file(s) via path=: JSONL with question, choices, answer (index)",
     "<owner>/<dataset>[:config]": "a Hugging Face hub dataset (needs `pip install datasets`)",
+    "<task>+<task>[+...]": "a mixture of built-in tasks of one kind, e.g. sst2+boolq; sizes apply per part",
 }
 
 
@@ -544,6 +545,8 @@ def load_task(name: str, *, data_dir: str | Path | None = None, path: str | Path
         >>> len(task.train), task.kind, task.label_names                 # doctest: +SKIP
         (100, 'multiple_choice', ['A', 'B'])
     """
+    if "+" in name and path is None and "/" not in name:
+        return _load_mixture(name, data_dir=data_dir, train_size=train_size, eval_size=eval_size, seed=seed)
     if name in ("classification", "multiple_choice"):
         if path is None:
             raise TaskError(f"task {name!r} needs path= (a file, or a folder with train.* and eval/dev/test.*)")
@@ -573,6 +576,35 @@ def load_task(name: str, *, data_dir: str | Path | None = None, path: str | Path
     train = _subsample(train, train_size, random.Random(seed), "train", name)
     eval_ = _subsample(eval_, eval_size, random.Random(f"eval:{seed}"), "eval", name)
     return TaskData(name, kind, label_names, train, eval_, notes)  # type: ignore[arg-type]
+
+
+def _load_mixture(name: str, **kwargs: Any) -> TaskData:
+    """``a+b[+...]``: the parts' splits concatenated, each example's ``domain`` set to its part.
+
+    ``train_size`` / ``eval_size`` in ``kwargs`` apply to every part, so the domains stay balanced.
+    The parts must be of one kind; classification parts must have the same number of classes,
+    matched by index (class names joined with ``|`` where they differ, e.g. ``negative|no``).
+    """
+    names = name.split("+")
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise TaskError(f"mixture {name!r}: give two or more different task names joined by '+', e.g. sst2+boolq")
+    parts = [load_task(n, **kwargs) for n in names]
+    kinds = {p.kind for p in parts}
+    if len(kinds) > 1:
+        raise TaskError(f"mixture {name!r}: parts must be of one kind, got "
+                        + ", ".join(f"{p.name}={p.kind}" for p in parts))
+    if parts[0].kind == "classification":
+        sizes = {p.name: len(p.label_names) for p in parts}
+        if len(set(sizes.values())) > 1:
+            raise TaskError(f"mixture {name!r}: classification parts need the same number of classes, got {sizes}")
+        label_names = ["|".join(dict.fromkeys(names_k)) for names_k in zip(*(p.label_names for p in parts))]
+    else:
+        label_names = list(LETTERS[:max(len(p.label_names) for p in parts)])
+    def tagged(split: str) -> list[Example]:
+        return [replace(e, domain=p.name) for p in parts for e in getattr(p, split)]
+    notes = [note for p in parts for note in p.notes] + [
+        f"{name}: mixture of {', '.join(names)}; labels matched by index ({', '.join(label_names)}); domain = part"]
+    return TaskData(name, parts[0].kind, label_names, tagged("train"), tagged("eval"), notes)
 
 
 def causal_prompt(example: Example, task: TaskData) -> tuple[str, list[str]]:

