@@ -280,7 +280,11 @@ def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None =
     """
     built, model = load_trained(adapter, task=task, data=data, eval_size=eval_size)
     eval_set = encode_split(built, "eval")
-    preds = built.method.predict(model, eval_set, built.collator, samples=samples, mode=mode, progress=progress)
+    # sampled predictions (gates, dropout, weight noise) are seeded by the run's seed, so evaluating the
+    # same adapter twice gives the same numbers; the caller's random state is left as it was
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(built.spec.seed)
+        preds = built.method.predict(model, eval_set, built.collator, samples=samples, mode=mode, progress=progress)
     metrics = report_metrics(model, preds)
     if preds.sample_probs is not None and sample_counts:
         metrics["by_samples"] = {k: report_metrics(model, preds.first_samples(k))

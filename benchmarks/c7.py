@@ -112,6 +112,10 @@ def rank_signal_rows(out: Path, names: list[str], seeds: list[int]) -> list[str]
     return rows
 
 
+def _p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def domain_rows(report: dict) -> list[str]:
     """Tasks with several domains (mixtures such as ``sst2+boolq``): each run's metrics per domain and,
     for gated runs, the permutation-test p-values of C4 on real data — does the rank s̄(x), or the
@@ -126,7 +130,7 @@ def domain_rows(report: dict) -> list[str]:
             for domain, m in sorted(metrics["by_domain"].items()):
                 rank = f" / s̄ {m['effective_rank']:.2f}" if "effective_rank" in m else ""
                 cells.append(f"{domain}: {100 * m['accuracy']:.1f} / {100 * m['ece']:.1f} / {m['nll']:.3f}{rank}")
-            tests = [f"{metrics[t]['p_value']:.3f}" if t in metrics else "—" for t in ("domain_rank_test", "domain_gate_test")]
+            tests = [_p_value(metrics[t]["p_value"]) if t in metrics else "—" for t in ("domain_rank_test", "domain_gate_test")]
             rows.append(f"| {name} | {run['seed']} | {' · '.join(cells)} | {' | '.join(tests)} |")
     return rows
 

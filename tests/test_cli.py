@@ -62,6 +62,10 @@ def test_train_then_evaluate_end_to_end(tiny_model_dir, data_file, tmp_path):
     for plot in ("reliability.png", "global_gates.png", "rank_histogram.png"):
         assert (tmp_path / "eval" / plot).read_bytes()[:4] == b"\x89PNG"
     assert "bara on classification" in result.output
+    again = _invoke("evaluate", "--adapter", out, "--samples", "3", "--out", tmp_path / "eval-again")
+    assert again.exit_code == 0, again.output
+    repeated = json.loads((tmp_path / "eval-again" / "metrics.json").read_text())
+    assert (repeated["nll"], repeated["ece"]) == (metrics["nll"], metrics["ece"])  # sampled, but seeded by the run
 
     # resuming a finished run restarts from its last checkpoint and ends at the same step
     result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,

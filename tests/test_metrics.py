@@ -381,6 +381,8 @@ def test_domain_permutation_test_detects_a_shifted_domain_and_not_noise():
     assert shifted["statistic"] > null["statistic"] and shifted["n_domains"] == 3
     same = domain_permutation_test(torch.full((40,), 2.0), ["a", "b"] * 20, rounds=50)
     assert same["p_value"] == 1.0  # a constant never separates domains
+    rounding = torch.full((40,), 3.5926494) + torch.tensor([0.0, 2.4e-7] * 20)  # one float32 ulp, by domain
+    assert domain_permutation_test(rounding, ["a", "b"] * 20, rounds=50)["p_value"] == 1.0
 
 
 @pytest.mark.parametrize("values, domains, message", [
