@@ -112,6 +112,23 @@ def rank_signal_rows(out: Path, names: list[str], seeds: list[int]) -> list[str]
     return rows
 
 
+def rank_plots(out: Path, names: list[str], seeds: list[int], stem: str) -> list[str]:
+    """Copy each variant's per-domain rank histogram (first finished seed) next to the results page."""
+    import re
+    import shutil
+
+    lines = []
+    for name in names:
+        found = [run_dir(out, name, s) / "eval" / "rank_histogram.png" for s in seeds]
+        found = [f for f in found if f.exists()]
+        if found:
+            target = ROOT / "results" / f"{stem}-ranks-{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.png"
+            shutil.copyfile(found[0], target)
+            lines += [f"Per-instance rank by domain, {name} (seed {found[0].parent.parent.name[4:]}):", "",
+                      f"![rank by domain, {name.replace('[', ' ').replace(']', '')}]({target.name})", ""]
+    return lines
+
+
 def _p_value(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -259,6 +276,8 @@ def main() -> None:
                   "| run | seed | per domain | p (rank differs) | p (gate pattern differs) |", "|---|---|---|---|---|"] + by_domain + [""]
     (ROOT / "results").mkdir(exist_ok=True)
     name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task}"
+    if by_domain:
+        lines += rank_plots(out, variants, seeds, name)
     (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def main() -> None:
         "that produced it, the commit it ran on, the hardware and the wall time; rerun that command to reproduce it.",
         "",
     ]
-    for path in sections:
-        parts += [path.read_text().strip(), ""]
+    for path in sections:  # the pages link their plots by bare file name; from docs/ they live in benchmarks/results/
+        parts += [re.sub(r"\]\(([^/()]+\.png)\)", r"](../benchmarks/results/\1)", path.read_text().strip()), ""]
     if not (RESULTS / "gpu.md").exists():
         parts += ["## Cost on a GPU", "", "Not measured: no GPU has been lent to this project's sessions yet (the device "
                   "tool's `status` said `not_drawn`). `python benchmarks/gpu_cost.py` runs the issue-5 GPU protocol "
