@@ -398,14 +398,16 @@ def domain_permutation_test(values: Tensor, domains: list[str], *, rounds: int =
         return (sums.pow(2) / counts).sum((-1, -2))
 
     observed = spread(onehot)
+    result = {"statistic": float(observed / len(domains)), "p_value": 1.0, "n_domains": float(len(names))}
     # domain means closer than float32 resolution are rounding noise (e.g. constant gates summed in
     # different batches), not a difference: report "no difference" rather than a random p-value
     resolution = 1e-6 * max(1.0, float(x.abs().max()))
-    if observed / len(domains) <= resolution**2:
-        return {"statistic": float(observed / len(domains)), "p_value": 1.0, "n_domains": float(len(names))}
+    if result["statistic"] <= resolution**2:
+        return result
     gen = torch.Generator().manual_seed(seed)
     reached = 0
     for start in range(0, rounds, 100):  # chunks keep memory at 100 × N × G
         perms = torch.stack([onehot[torch.randperm(len(domains), generator=gen)] for _ in range(min(100, rounds - start))])
         reached += int((spread(perms) >= observed * (1 - 1e-12)).sum())
-    return {"statistic": float(observed / len(domains)), "p_value": (reached + 1) / (rounds + 1), "n_domains": float(len(names))}
+    result["p_value"] = (reached + 1) / (rounds + 1)
+    return result

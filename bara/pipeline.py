@@ -285,7 +285,7 @@ def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None =
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(built.spec.seed)
         preds = built.method.predict(model, eval_set, built.collator, samples=samples, mode=mode, progress=progress)
-    metrics = report_metrics(model, preds)
+    metrics = report_metrics(model, preds) | domain_tests(preds)
     if preds.sample_probs is not None and sample_counts:
         metrics["by_samples"] = {k: report_metrics(model, preds.first_samples(k))
                                  for k in sample_counts if k <= preds.sample_probs.shape[0]}
@@ -323,9 +323,8 @@ def report_metrics(model: nn.Module, preds: Predictions) -> dict[str, Any]:
 
 
 def domain_metrics(preds: Predictions) -> dict[str, Any]:
-    """For an evaluation set with several domains (e.g. a task mixture): the metrics of each domain and,
-    for gated models, whether the rank and the gate pattern differ between domains (check C4 on real
-    data: permutation tests on s̄(x) and on the gate probabilities of every layer side by side)."""
+    """For an evaluation set with several domains (e.g. a task mixture): the metrics of each domain
+    (and, for gated models, its mean rank s̄)."""
     domains = [d or "?" for d in preds.domains]
     if len(set(domains)) < 2:
         return {}
@@ -336,11 +335,19 @@ def domain_metrics(preds: Predictions) -> dict[str, Any]:
         by_domain[name] = classification_report(preds.probs[idx], preds.labels[idx])
         if ranks is not None:
             by_domain[name]["effective_rank"] = float(ranks[idx].mean())
-    out: dict[str, Any] = {"by_domain": by_domain}
-    if ranks is not None:
-        out["domain_rank_test"] = domain_permutation_test(ranks, domains)
-        out["domain_gate_test"] = domain_permutation_test(torch.cat(list(preds.gate_probs.values()), dim=-1), domains)
-    return out
+    return {"by_domain": by_domain}
+
+
+def domain_tests(preds: Predictions) -> dict[str, Any]:
+    """Check C4 on real data, for gated models evaluated on several domains: permutation tests of whether
+    the rank s̄(x), and the gate probabilities of every layer side by side, differ between domains.
+    They depend on the gates only, not on how many samples are averaged, so `evaluate` runs them once."""
+    domains = [d or "?" for d in preds.domains]
+    ranks = preds.instance_ranks
+    if len(set(domains)) < 2 or ranks is None:
+        return {}
+    return {"domain_rank_test": domain_permutation_test(ranks, domains),
+            "domain_gate_test": domain_permutation_test(torch.cat(list(preds.gate_probs.values()), dim=-1), domains)}
 
 
 def write_plots(model: nn.Module, preds: Predictions, task: TaskData, out: Path, label: str) -> list[Path]:

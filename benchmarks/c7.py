@@ -119,12 +119,13 @@ def rank_plots(out: Path, names: list[str], seeds: list[int], stem: str) -> list
 
     lines = []
     for name in names:
-        found = [run_dir(out, name, s) / "eval" / "rank_histogram.png" for s in seeds]
-        found = [f for f in found if f.exists()]
+        found = [(seed, run_dir(out, name, seed) / "eval" / "rank_histogram.png") for seed in seeds]
+        found = [(seed, plot) for seed, plot in found if plot.exists()]
         if found:
+            seed, plot = found[0]
             target = ROOT / "results" / f"{stem}-ranks-{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.png"
-            shutil.copyfile(found[0], target)
-            lines += [f"Per-instance rank by domain, {name} (seed {found[0].parent.parent.name[4:]}):", "",
+            shutil.copyfile(plot, target)
+            lines += [f"Per-instance rank by domain, {name} (seed {seed}):", "",
                       f"![rank by domain, {name.replace('[', ' ').replace(']', '')}]({target.name})", ""]
     return lines
 
