@@ -60,6 +60,10 @@ class BaRAConfig:
             equals the marginal KL plus the mutual information between input and gates, so it
             taxes exactly the context dependence BaRA is after; the marginal form keeps the
             sparsity pressure and drops that tax (no longer an ELBO; a research option).
+        local_mi_weight: with ``local_kl="marginal"``, how much of the tax to keep: the local
+            term becomes ``KL(q̄ ‖ Bern(ρ0)) + λ · mean_n KL(q(l|x_n) ‖ q̄)``. λ = 0 is the
+            marginal KL, λ = 1 the instance KL (the ELBO) exactly; in between, the gates may
+            depend on the input at a discount while each input's gate keeps some entropy.
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving.
@@ -85,6 +89,7 @@ class BaRAConfig:
     prior: str = "beta"
     relaxation: str = "concrete"
     local_kl: str = "instance"
+    local_mi_weight: float = 0.0
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
@@ -135,6 +140,10 @@ class BaRAConfig:
         ):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")
+        if not (isinstance(self.local_mi_weight, (int, float)) and 0.0 <= self.local_mi_weight <= 1.0):
+            _fail("local_mi_weight", self.local_mi_weight, "must lie in [0, 1] (0: marginal KL, 1: instance KL)")
+        if self.local_mi_weight and self.local_kl != "marginal":
+            _fail("local_mi_weight", self.local_mi_weight, "applies only with local_kl='marginal'")
         _positive_finite("kuma_a_init", self.kuma_a_init)
         _positive_finite("kuma_b_init", self.kuma_b_init)
         if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):

@@ -73,6 +73,7 @@ class BaRALinear(nn.Module):
         self.gate_input = config.gate_input
         self.straight_through = config.relaxation == "straight_through"
         self.marginal_kl = config.local_kl == "marginal"
+        self.local_mi_weight = config.local_mi_weight
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -159,7 +160,8 @@ class BaRALinear(nn.Module):
         return hard_bernoulli(torch.sigmoid(gate_logits).detach())
 
     def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor | None:
-        """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance).
+        """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance,
+        plus ``local_mi_weight`` × each instance's KL from that average).
 
         Skipped (None) when no gradient is being recorded: prediction never needs it."""
         if not torch.is_grad_enabled():
@@ -167,7 +169,11 @@ class BaRALinear(nn.Module):
         if not self.marginal_kl:
             return kl_bernoulli(q, prior).sum(-1)
         prior_mean = prior.mean(0) if isinstance(prior, Tensor) and prior.dim() == 2 else prior
-        return kl_bernoulli(q.mean(0), prior_mean).sum(-1).expand(q.shape[0])
+        average = q.mean(0)
+        kl = kl_bernoulli(average, prior_mean).sum(-1).expand(q.shape[0])
+        if self.local_mi_weight:  # mean over n of KL(q_n ‖ q̄) is the input-gate mutual information
+            kl = kl + self.local_mi_weight * kl_bernoulli(q, average).sum(-1)
+        return kl
 
     def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:
         """``E_q[z]`` per instance and factor, respecting factors forced open by the mode."""

@@ -208,6 +208,8 @@ def main() -> None:
                              f"({', '.join(CAUSAL_TASKS)} × {CAUSAL_METHODS})")
     parser.add_argument("--report-only", action="store_true", help="summarise the finished runs, train nothing")
     parser.add_argument("--causal-seeds", default="1", help="seeds of the causal-LM protocol (default 1: CPU budget)")
+    parser.add_argument("--causal-tasks", default=",".join(CAUSAL_TASKS), help="tasks of the causal-LM protocol")
+    parser.add_argument("--causal-methods", default=CAUSAL_METHODS, help="methods of the causal-LM protocol")
     args = parser.parse_args()
     import sys
 
@@ -223,7 +225,7 @@ def main() -> None:
     summaries = (run(tasks, methods, seeds, args.model, args.workers, args.quick, report_only=args.report_only)
                  if "encoder" in protocols else {})
     if "causal" in protocols and not args.quick:
-        summaries |= run(CAUSAL_TASKS, CAUSAL_METHODS.split(","), [int(s) for s in args.causal_seeds.split(",")],
+        summaries |= run(args.causal_tasks.split(","), split_methods(args.causal_methods), [int(s) for s in args.causal_seeds.split(",")],
                          CAUSAL_MODEL, args.workers, quick=False, causal=True, report_only=args.report_only)
     path = write_markdown(summaries, args, time.perf_counter() - start)
     print(path.read_text())

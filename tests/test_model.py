@@ -22,6 +22,7 @@ from conftest import padded_batch, tiny_bert, tiny_gemma3, tiny_llama
     ("kl_warmup", 1.5, "kl_warmup"), ("kl_warmup", -0.1, "kl_warmup"),
     ("gate_input", "h", "'x', 'Ax'"), ("variant", "sum", "'product', 'additive'"),
     ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"), ("local_kl", "total", "'instance', 'marginal'"),
+    ("local_mi_weight", 1.5, "[0, 1]"), ("local_mi_weight", 0.5, "local_kl='marginal'"),
     ("kuma_a_init", 0, "kuma_a_init"), ("kuma_b_init", -1, "kuma_b_init"),
     ("local_bias_init", float("nan"), "local_bias_init"), ("prune_threshold", 1.0, "prune_threshold"),
     ("modules_to_save", "classifier", "modules_to_save"), ("rank_pattern", {"q": 99}, "rank_pattern"),
@@ -192,3 +193,20 @@ def test_marginal_local_kl_is_the_kl_of_the_batch_average_gate():
     assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected)
     instance = kl_bernoulli(probs, 0.5).sum(-1).mean()
     assert instance > expected  # the instance KL adds the input-gate mutual information
+
+
+@pytest.mark.parametrize("weight", [0.3, 1.0])
+def test_local_mi_weight_interpolates_between_marginal_and_instance_kl(weight):
+    from bara.gates import kl_bernoulli
+
+    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.3, local_kl="marginal", local_mi_weight=weight)
+    model = bara.get_bara_model(MaskedToy(), config).train()
+    with torch.no_grad():
+        model.proj.local_gate.weight.normal_()
+    model(torch.randn(5, 4, 6))
+    probs = model.proj._stats["local_probs"]
+    marginal = kl_bernoulli(probs.mean(0), 0.3).sum()
+    instance = kl_bernoulli(probs, 0.3).sum(-1).mean()
+    # mean_n KL(q_n ‖ ρ0) = KL(q̄ ‖ ρ0) + mean_n KL(q_n ‖ q̄): weight 1 recovers the ELBO's term
+    expected = marginal + weight * (instance - marginal)
+    assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected, atol=1e-6)
