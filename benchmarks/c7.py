@@ -5,9 +5,12 @@ at the data-average keep-probabilities ("constant gates", MC-averaged the same w
 with all of the model's dropout on at evaluation (MC-dropout). Besides the default BaRA this
 runs the levers DESIGN §6 lists for making the local gate context-dependent: a slower KL warm-up,
 a sparser local prior, a smaller local-KL weight, the additive (hierarchical-prior) variant, a
-larger gate learning rate, and the marginal local KL (no mutual-information tax).
+larger gate learning rate, and the marginal local KL (no mutual-information tax; `local_mi_weight`
+keeps a fraction of it).
 
     python benchmarks/c7.py --quick          # SST-2, seed 1
+    python benchmarks/c7.py --task sst2+boolq --max-length 128 --baselines mcdropout \
+        --variants "bara[local_kl=marginal,gate_lr_multiplier=10]" --name c7-mixture   # two domains, one head
     python benchmarks/c7.py --seeds 1,2,3    # resumable; writes benchmarks/results/c7.md
     python benchmarks/c7.py --seeds 1,2,3 --variants bara,bara[rho0=0.2] --paired   # chosen levers on every seed
     python benchmarks/c7.py --seeds 1,2,3,4,5,6 --baselines mcdropout --variants "bara[rho0=0.2]" --paired \
