@@ -125,7 +125,8 @@ def train(
     except _user_errors() as err:
         _fail(str(err))
     if _is_main_process():
-        console.print(f"trained {spec.method} on {spec.task} in {log['train_seconds']:.0f} s ({log['steps']} steps); adapter in {out / 'adapter'}")
+        took = "" if log["train_seconds"] is None else f" in {log['train_seconds']:.0f} s"  # None: resumed from an older checkpoint
+        console.print(f"trained {spec.method} on {spec.task}{took} ({log['steps']} steps); adapter in {out / 'adapter'}")
 
 
 @app.command()

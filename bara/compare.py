@@ -133,6 +133,8 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
         if result.get("version", 1) < RESULT_VERSION:
             result = _rescore(result, folder, label, spec_obj.method, ece_curve)
             done.write_text(json.dumps(result, indent=2) + "\n")
+        if _train_time_unknown(folder / "train_log.json"):
+            result["train_seconds"] = None  # it counted only the last session
         return result
     log = train(spec_obj, folder, resume=True, progress=False)
     result: dict[str, Any] = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
@@ -163,6 +165,16 @@ def _check_same_spec(folder: Path, spec: RunSpec) -> None:
     changed = [f"{k}={old[k]!r} (asked {new[k]!r})" for k in new if k not in _IRRELEVANT_FIELDS and old.get(k) != new[k]]
     if changed:
         raise ValueError(f"{folder} was trained with {', '.join(changed)}; use another --out, or delete that folder to retrain it")
+
+
+def _train_time_unknown(log_path: Path) -> bool:
+    """Whether a finished run resumed from a checkpoint before training time was summed over
+    sessions (`bara.trainer.TrainingClock`): its ``train_seconds`` then counts only the last one."""
+    if not log_path.is_file():
+        return False
+    log = json.loads(log_path.read_text())
+    logs = log.get("members", [log])  # an ensemble logs each member
+    return any(member.get("resumed_from") and not member.get("clocked") for member in logs)
 
 
 def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_curve: bool) -> dict[str, Any]:

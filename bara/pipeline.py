@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,11 +193,10 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     checkpoint = last_checkpoint(args.output_dir) if resume else None
     if resume and checkpoint is None and main:
         print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
-    start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     method.after_training(model, train_set, built.collator)
-    seconds = time.perf_counter() - start
-    log = {"train_seconds": seconds, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
+    # the trainer's clock continues the checkpoint's, so a resumed run counts its earlier sessions
+    log = {"train_seconds": trainer.clock.seconds, "clocked": True, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "num_labels": len(built.task.label_names), "task_notes": built.task.notes,
            "world_size": trainer.args.world_size}

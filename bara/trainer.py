@@ -37,8 +37,10 @@ import math
 import os
 import re
 import shutil
+import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -136,6 +138,35 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+CLOCK_FILE = "training_clock.json"
+
+
+class TrainingClock:
+    """Training seconds summed over every session of a resumed run.
+
+    `BaRATrainer` writes the seconds spent so far into each checkpoint (before publishing it), so
+    a run resumed from one reports its whole training time rather than only its last session's.
+    ``seconds`` is ``None`` when the run resumed from a checkpoint that carries no clock (written
+    by an older version): the earlier sessions' time is then unknown, and a number would
+    understate it.
+
+    Example:
+        >>> TrainingClock(checkpoint=None).seconds >= 0
+        True
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None):
+        self.before: float | None = 0.0
+        if checkpoint is not None:
+            path = Path(checkpoint) / CLOCK_FILE
+            self.before = json.loads(path.read_text())["seconds"] if path.is_file() else None
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.before is None else self.before + time.perf_counter() - self.start
+
+
 class BaRATrainer(Trainer):
     """Trainer that adds the BaRA KL terms (with warm-up) and logs the rank statistics.
 
@@ -165,6 +196,7 @@ class BaRATrainer(Trainer):
         self.gate_lr_multiplier = gate_lr_multiplier
         self._bara_logs: dict[str, list[float]] = defaultdict(list)
         self._staging_dir: str | None = None  # set while a checkpoint is being written
+        self.clock: TrainingClock | None = None  # set by train()
         if getattr(self, "is_fsdp_enabled", False) and self._bara_model() is not None:
             version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
             if version != 2:
@@ -260,6 +292,12 @@ class BaRATrainer(Trainer):
             return self._staging_dir
         return super()._get_output_dir(trial)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`, timed by a `TrainingClock` that continues the checkpoint's clock on a resume."""
+        checkpoint = last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        self.clock = TrainingClock(checkpoint or None)
+        return super().train(checkpoint, *args, **kwargs)
+
     def _save_checkpoint(self, model, trial, *args, **kwargs) -> None:
         """Write ``checkpoint-N`` atomically: into ``.partial-checkpoint-N/``, then one rename.
 
@@ -335,6 +373,9 @@ class BaRATrainer(Trainer):
         if best is not None and os.path.normpath(best) == os.path.normpath(written):
             self.state.best_model_checkpoint = final  # Trainer recorded the staging path
             self.state.save_to_json(os.path.join(written, TRAINER_STATE))
+        if self.clock is not None and (seconds := self.clock.seconds) is not None:
+            with open(os.path.join(written, CLOCK_FILE), "w") as f:
+                json.dump({"seconds": seconds, "step": self.state.global_step}, f)
         _fsync_tree(written)
         if os.path.exists(final):  # re-saving a step (e.g. a resumed finished run): swap, then drop the old one
             old = os.path.join(staging, "replaced")

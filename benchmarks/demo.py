@@ -16,6 +16,10 @@ from bara.demo import run_demo
 ROOT = Path(__file__).resolve().parent
 
 
+def _seconds(value: float | None) -> str:
+    return "unknown (resumed from a checkpoint without a training clock)" if value is None else f"{value:.0f} s"
+
+
 def main() -> None:
     out = ROOT / "out" / "demo"
     start = time.perf_counter()
@@ -27,8 +31,8 @@ def main() -> None:
         "## Demo (`bara demo`, via `python benchmarks/demo.py`)",
         "",
         f"Commit `{commit}`, {platform.machine()} with {os.cpu_count()} CPU cores, two processes with one torch thread each; "
-        f"wall time {wall / 60:.1f} min (training: LoRA {summary['train_seconds']['lora']:.0f} s, "
-        f"BaRA {summary['train_seconds']['bara']:.0f} s).",
+        f"wall time {wall / 60:.1f} min (training: LoRA {_seconds(summary['train_seconds']['lora'])}, "
+        f"BaRA {_seconds(summary['train_seconds']['bara'])}).",
         "",
         report.strip(),
         "",

@@ -107,11 +107,14 @@ def test_sigkill_then_resume_gives_the_same_adapter_bit_for_bit(setup, tmp_path)
     reached = _checkpoint_steps(killed / "checkpoints")[-1]
     assert 6 <= reached < STEPS
 
+    clock = json.loads((killed / "checkpoints" / f"checkpoint-{reached}" / "training_clock.json").read_text())
+    assert clock["step"] == reached and clock["seconds"] > 0  # written into the checkpoint before it was published
     result = runner.invoke(app, [*_train_args(setup, killed), "--resume"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     log = json.loads((killed / "train_log.json").read_text())
     resumed_from = log["resumed_from"]
     assert resumed_from is not None and int(resumed_from.rsplit("-", 1)[1]) >= reached - 2
+    assert log["clocked"] and log["train_seconds"] > clock["seconds"]  # the killed session's time is counted too
     assert not [n for n in os.listdir(killed / "checkpoints") if n.startswith(".partial-")]
 
     (got, got_config), (want, want_config) = _adapter(killed), _adapter(reference)
@@ -223,3 +226,28 @@ def test_checkpoints_hold_everything_needed_to_resume(tmp_path):
             "trainer_state.json"} <= files
     state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2  # the data position: Trainer skips the batches already seen
+
+
+def test_compare_reports_unknown_training_time_for_runs_resumed_before_the_clock(tmp_path):
+    """Runs resumed from a checkpoint without a clock logged only their last session's seconds."""
+    from bara.compare import _train_time_unknown
+
+    def unknown(log: dict) -> bool:
+        path = tmp_path / "train_log.json"
+        path.write_text(json.dumps(log))
+        return _train_time_unknown(path)
+
+    assert unknown({"train_seconds": 0.3, "resumed_from": "c/checkpoint-930"})
+    assert not unknown({"train_seconds": 900.0, "resumed_from": "c/checkpoint-930", "clocked": True})
+    assert not unknown({"train_seconds": 900.0, "resumed_from": None})
+    assert unknown({"train_seconds": 5.0, "members": [{"resumed_from": None}, {"resumed_from": "m/checkpoint-8"}]})
+    assert not _train_time_unknown(tmp_path / "missing.json")
+
+
+def test_training_clock_continues_the_checkpoints_clock_or_admits_it_has_none(tmp_path):
+    from bara.trainer import CLOCK_FILE, TrainingClock
+
+    assert TrainingClock(tmp_path).seconds is None  # a checkpoint without a clock: earlier time unknown
+    (tmp_path / CLOCK_FILE).write_text(json.dumps({"seconds": 120.0, "step": 40}))
+    assert 120.0 <= TrainingClock(tmp_path).seconds < 130.0
+    assert 0.0 <= TrainingClock(None).seconds < 10.0

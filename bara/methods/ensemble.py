@@ -45,7 +45,8 @@ class Ensemble(Method):
         adapter = out / "adapter"
         adapter.mkdir(parents=True, exist_ok=True)
         (adapter / MEMBERS_FILE).write_text(json.dumps({"members": [f"../members/{i}/adapter" for i in range(self.members)]}))
-        return {"train_seconds": sum(log["train_seconds"] for log in logs), "steps": logs[0]["steps"],
+        seconds = [log["train_seconds"] for log in logs]
+        return {"train_seconds": None if None in seconds else sum(seconds), "steps": logs[0]["steps"],
                 "trainable_parameters": sum(log["trainable_parameters"] for log in logs), "members": logs,
                 "num_labels": logs[0]["num_labels"]}
 
