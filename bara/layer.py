@@ -72,7 +72,7 @@ class BaRALinear(nn.Module):
         self.variant = config.variant
         self.gate_input = config.gate_input
         self.straight_through = config.relaxation == "straight_through"
-        self.marginal_kl = config.local_kl == "marginal"
+        self.local_kl_kind = config.local_kl
         self.local_mi_weight = config.local_mi_weight
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
@@ -161,13 +161,16 @@ class BaRALinear(nn.Module):
 
     def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor | None:
         """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance,
-        plus ``local_mi_weight`` × each instance's KL from that average).
+        plus ``local_mi_weight`` × each instance's KL from that average; ``ceiling``: only the
+        factors kept above the prior's keep-probability pay).
 
         Skipped (None) when no gradient is being recorded: prediction never needs it."""
         if not torch.is_grad_enabled():
             return None
-        if not self.marginal_kl:
+        if self.local_kl_kind == "instance":
             return kl_bernoulli(q, prior).sum(-1)
+        if self.local_kl_kind == "ceiling":  # KL(q‖ρ) is 0 with zero slope at q = ρ: the hinge is smooth
+            return (kl_bernoulli(q, prior) * (q > torch.as_tensor(prior, device=q.device))).sum(-1)
         prior_mean = prior.mean(0) if isinstance(prior, Tensor) and prior.dim() == 2 else prior
         average = q.mean(0)
         kl = kl_bernoulli(average, prior_mean).sum(-1).expand(q.shape[0])

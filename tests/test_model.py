@@ -21,7 +21,7 @@ from conftest import padded_batch, tiny_bert, tiny_gemma3, tiny_llama
     ("beta_global", -1, "beta_global"), ("beta_local", float("inf"), "beta_local"),
     ("kl_warmup", 1.5, "kl_warmup"), ("kl_warmup", -0.1, "kl_warmup"),
     ("gate_input", "h", "'x', 'Ax'"), ("variant", "sum", "'product', 'additive'"),
-    ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"), ("local_kl", "total", "'instance', 'marginal'"),
+    ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"), ("local_kl", "total", "'instance', 'marginal', 'ceiling'"),
     ("local_mi_weight", 1.5, "[0, 1]"), ("local_mi_weight", 0.5, "local_kl='marginal'"),
     ("kuma_a_init", 0, "kuma_a_init"), ("kuma_b_init", -1, "kuma_b_init"),
     ("local_bias_init", float("nan"), "local_bias_init"), ("prune_threshold", 1.0, "prune_threshold"),
@@ -210,3 +210,24 @@ def test_local_mi_weight_interpolates_between_marginal_and_instance_kl(weight):
     # mean_n KL(q_n ‖ ρ0) = KL(q̄ ‖ ρ0) + mean_n KL(q_n ‖ q̄): weight 1 recovers the ELBO's term
     expected = marginal + weight * (instance - marginal)
     assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected, atol=1e-6)
+
+
+def test_ceiling_local_kl_charges_only_factors_kept_above_the_prior():
+    from bara.gates import kl_bernoulli
+
+    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.4, local_kl="ceiling")
+    model = bara.get_bara_model(MaskedToy(), config).train()
+    with torch.no_grad():
+        model.proj.local_gate.weight.normal_(std=2.0)
+        model.proj.local_gate.bias.zero_()
+    model(torch.randn(6, 4, 6))
+    probs = model.proj._stats["local_probs"]
+    assert (probs < 0.4).any() and (probs > 0.4).any()  # both sides of the ceiling are exercised
+    above = probs > 0.4
+    expected = (kl_bernoulli(probs, 0.4) * above).sum(-1).mean()
+    local_kl = bara.kl_terms(model, 10).local_kl
+    assert torch.allclose(local_kl, expected, atol=1e-6)
+    assert local_kl < kl_bernoulli(probs, 0.4).sum(-1).mean()  # switching a factor off is free
+    # the gradient only pushes kept-above-prior gates down; gates below the ceiling feel nothing
+    (grad,) = torch.autograd.grad(local_kl, probs)
+    assert (grad[~above] == 0).all() and (grad[above] > 0).all()
