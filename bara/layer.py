@@ -161,21 +161,21 @@ class BaRALinear(nn.Module):
 
     def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor | None:
         """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance,
-        plus ``local_mi_weight`` × each instance's KL from that average; ``ceiling``: only the
-        factors kept above the prior's keep-probability pay).
+        plus ``local_mi_weight`` × each instance's KL from that average; ``ceiling``: that marginal
+        KL plus each instance's KL on the factors it keeps above the prior's keep-probability).
 
         Skipped (None) when no gradient is being recorded: prediction never needs it."""
         if not torch.is_grad_enabled():
             return None
         if self.local_kl_kind == "instance":
             return kl_bernoulli(q, prior).sum(-1)
-        if self.local_kl_kind == "ceiling":  # KL(q‖ρ) is 0 with zero slope at q = ρ: the hinge is smooth
-            return (kl_bernoulli(q, prior) * (q > torch.as_tensor(prior, device=q.device))).sum(-1)
         prior_mean = prior.mean(0) if isinstance(prior, Tensor) and prior.dim() == 2 else prior
         average = q.mean(0)
         kl = kl_bernoulli(average, prior_mean).sum(-1).expand(q.shape[0])
         if self.local_mi_weight:  # mean over n of KL(q_n ‖ q̄) is the input-gate mutual information
             kl = kl + self.local_mi_weight * kl_bernoulli(q, average).sum(-1)
+        if self.local_kl_kind == "ceiling":  # KL(q‖ρ) is 0 with zero slope at q = ρ: the hinge is smooth
+            kl = kl + (kl_bernoulli(q, prior) * (q > torch.as_tensor(prior, device=q.device))).sum(-1)
         return kl
 
     def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:

@@ -22,6 +22,7 @@ Invalid inputs raise :class:`ValueError` with a one-line message naming the prob
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -411,3 +412,44 @@ def domain_permutation_test(values: Tensor, domains: list[str], *, rounds: int =
         reached += int((spread(perms) >= observed * (1 - 1e-12)).sum())
     result["p_value"] = (reached + 1) / (rounds + 1)
     return result
+
+
+def gate_profile(gate_probs: dict[str, Tensor], domains: list[str], *, certain: float = 0.05) -> dict[str, dict[str, Any]]:
+    """How each domain uses the gates: its mean keep-probability, how random its gates are, per layer.
+
+    ``gate_probs`` maps each adapted layer to the expected joint gates ``E_q[z(x)]`` ([N, r], as in
+    ``Predictions.gate_probs``). For each domain this returns ``keep`` (mean of ``E_q[z]``), ``entropy``
+    (mean Bernoulli entropy of ``E_q[z]`` in nats: how much the Monte-Carlo passes vary which factors
+    are on; ln 2 ≈ 0.693 at most), ``certain`` (share of gates within ``certain`` of 0 or 1, i.e.
+    nearly deterministic), ``rank`` (mean s̄(x) over layers) and ``keep_by_layer`` / ``entropy_by_layer``
+    (one value per layer, in the order of ``gate_probs``).
+
+    Example:
+        >>> probs = {"q": torch.tensor([[0.01, 0.02], [0.5, 0.5]])}
+        >>> profile = gate_profile(probs, ["a", "b"])
+        >>> round(profile["a"]["certain"], 2), round(profile["b"]["entropy"], 3)
+        (1.0, 0.693)
+    """
+    if not gate_probs:
+        raise ValueError("gate_probs is empty: the model has no gates")
+    stacked = torch.stack([p.to(torch.float64) for p in gate_probs.values()])  # [L, N, r]
+    if stacked.shape[1] != len(domains):
+        raise ValueError(f"gate_probs have {stacked.shape[1]} rows but {len(domains)} domains were given")
+    if not 0 <= certain < 0.5:
+        raise ValueError(f"certain must lie in [0, 0.5), got {certain}")
+    p = stacked.clamp(1e-12, 1 - 1e-12)
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    profile = {}
+    for name in sorted(set(domains)):
+        idx = torch.tensor([i for i, d in enumerate(domains) if d == name])
+        keep, ent = stacked[:, idx], entropy[:, idx]
+        profile[name] = {
+            "n": len(idx),
+            "keep": float(keep.mean()),
+            "entropy": float(ent.mean()),
+            "certain": float(((keep < certain) | (keep > 1 - certain)).double().mean()),
+            "rank": float(keep.sum(-1).mean()),
+            "keep_by_layer": keep.mean((1, 2)).tolist(),
+            "entropy_by_layer": ent.mean((1, 2)).tolist(),
+        }
+    return profile

@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -458,4 +459,45 @@ def ece_vs_samples(
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title(title or "Calibration vs number of MC samples")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# gate profile by domain
+# --------------------------------------------------------------------------------------
+
+
+def gate_profile_plot(
+    profiles: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    layer_names: Sequence[str],
+    path: PathLike,
+    title: str | None = None,
+) -> Path:
+    """Per layer and domain, the mean keep-probability E_q[z] (solid) and the gate entropy (dashed).
+
+    ``profiles`` maps a run label to the output of ``bara.metrics.gate_profile`` (domain -> stats);
+    one panel per run. A domain whose gates sit near 0 or 1 has low entropy: its Monte-Carlo passes
+    all use the same factors, so its predictions get no averaging from the gates.
+    """
+    if not profiles:
+        raise ValueError("gate_profile_plot: profiles is empty")
+    short = _short_layer_names(list(layer_names))
+    fig = _new_figure(max(6.0, 0.45 * len(short) + 2), 2.6 * len(profiles), layout="constrained")
+    axes = fig.subplots(len(profiles), 1, squeeze=False)[:, 0]
+    x = np.arange(len(short))
+    for ax, (label, by_domain) in zip(axes, profiles.items()):
+        for i, (domain, stats) in enumerate(sorted(by_domain.items())):
+            keep, ent = np.asarray(stats["keep_by_layer"]), np.asarray(stats["entropy_by_layer"])
+            if keep.size != len(short):
+                raise ValueError(f"gate_profile_plot: {label!r}/{domain!r} has {keep.size} layers, expected {len(short)}")
+            ax.plot(x, keep, marker="o", ms=4, color=_color(i), lw=1.8, label=f"{domain}: keep E[z]")
+            ax.plot(x, ent / math.log(2), marker="x", ms=4, color=_color(i), lw=1.2, ls="--",
+                    label=f"{domain}: entropy / ln 2")
+        ax.set_ylim(0, 1.02)
+        ax.set_xticks(x)
+        ax.set_xticklabels(short, rotation=60, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "Gate keep-probability and randomness by domain and layer", fontsize=10)
     return _save(fig, path)

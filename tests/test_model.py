@@ -212,7 +212,7 @@ def test_local_mi_weight_interpolates_between_marginal_and_instance_kl(weight):
     assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected, atol=1e-6)
 
 
-def test_ceiling_local_kl_charges_only_factors_kept_above_the_prior():
+def test_ceiling_local_kl_adds_to_the_marginal_kl_only_factors_kept_above_the_prior():
     from bara.gates import kl_bernoulli
 
     config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.4, local_kl="ceiling")
@@ -224,10 +224,18 @@ def test_ceiling_local_kl_charges_only_factors_kept_above_the_prior():
     probs = model.proj._stats["local_probs"]
     assert (probs < 0.4).any() and (probs > 0.4).any()  # both sides of the ceiling are exercised
     above = probs > 0.4
-    expected = (kl_bernoulli(probs, 0.4) * above).sum(-1).mean()
+    hinge = (kl_bernoulli(probs, 0.4) * above).sum(-1).mean()
+    marginal = kl_bernoulli(probs.mean(0), 0.4).sum()
     local_kl = bara.kl_terms(model, 10).local_kl
-    assert torch.allclose(local_kl, expected, atol=1e-6)
-    assert local_kl < kl_bernoulli(probs, 0.4).sum(-1).mean()  # switching a factor off is free
-    # the gradient only pushes kept-above-prior gates down; gates below the ceiling feel nothing
-    (grad,) = torch.autograd.grad(local_kl, probs)
+    assert torch.allclose(local_kl, marginal + hinge, atol=1e-6)
+    # per instance, only factors kept above the prior are pushed down by the hinge
+    (grad,) = torch.autograd.grad(hinge, probs)
     assert (grad[~above] == 0).all() and (grad[above] > 0).all()
+    # with every gate below the ceiling, inputs may differ freely: only the marginal KL is left
+    with torch.no_grad():
+        model.proj.local_gate.weight.mul_(0.1)
+        model.proj.local_gate.bias.fill_(-3.0)
+    model(torch.randn(6, 4, 6))
+    probs = model.proj._stats["local_probs"]
+    assert (probs < 0.4).all() and probs.std() > 0
+    assert torch.allclose(bara.kl_terms(model, 10).local_kl, kl_bernoulli(probs.mean(0), 0.4).sum(), atol=1e-6)
