@@ -189,3 +189,29 @@ def test_mixture_reports_each_domain_and_tests_the_gates_across_domains(tiny_mod
     assert metrics["sample"]["accuracy"] == pytest.approx(overall)
     assert all(0 < metrics["sample"][t]["p_value"] <= 1 for t in ("domain_rank_test", "domain_gate_test"))
     assert metrics["constant"]["domain_gate_test"]["p_value"] == 1.0
+
+
+@pytest.mark.skipif(not (resolve_data_dir() / "boolq").is_dir(), reason="benchmark data folder not found")
+def test_gate_profile_benchmark_reports_each_domain_of_a_trained_mixture_run(tiny_model_dir, tmp_path):
+    """benchmarks/gates.py on a real (tiny) run: one row per domain, a figure, and a clear error for no run."""
+    import importlib.util
+    import sys
+
+    out = tmp_path / "runs" / "bara" / "seed1"
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "sst2+boolq", "--train-size", "8",
+                     "--method", "bara", "--steps", "2", "--batch-size", "8", "--max-length", "64", "--out", out)
+    assert result.exit_code == 0, result.output
+    spec = importlib.util.spec_from_file_location("gates_bench", Path(__file__).parents[1] / "benchmarks" / "gates.py")
+    gates = importlib.util.module_from_spec(spec)
+    sys.modules["gates_bench"] = gates
+    spec.loader.exec_module(gates)
+    gates.main(["--runs", str(tmp_path / "runs" / "*" / "seed*"), "--name", "g", "--results", str(tmp_path / "res"),
+                "--eval-size", "5"])
+    page = (tmp_path / "res" / "g.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| bara seed 1 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["boolq", "sst2"] and all(" | 5 | " in row for row in rows)
+    assert (tmp_path / "res" / "g.png").stat().st_size > 5_000
+    cells = json.loads((tmp_path / "res" / "g.json").read_text())["cells"]
+    assert 0 < cells["bara seed 1"]["profile"]["sst2"]["keep"] < 1
+    with pytest.raises(SystemExit, match="no trained run"):
+        gates.main(["--runs", str(tmp_path / "nothing*"), "--results", str(tmp_path / "res")])

@@ -394,3 +394,30 @@ def test_domain_permutation_test_rejects_bad_input(values, domains, message):
 
     with pytest.raises(ValueError, match=message):
         domain_permutation_test(values, domains)
+
+
+def test_gate_profile_separates_deterministic_and_random_domains():
+    from bara.metrics import gate_profile
+
+    # layer q: domain a keeps nothing (deterministic), domain b flips coins; layer v: both keep all
+    q = torch.tensor([[0.01, 0.0], [0.02, 0.01], [0.5, 0.5], [0.5, 0.5]])
+    v = torch.tensor([[1.0, 1.0], [1.0, 0.99], [0.99, 1.0], [1.0, 1.0]])
+    profile = gate_profile({"q": q, "v": v}, ["a", "a", "b", "b"])
+    a, b = profile["a"], profile["b"]
+    assert a["n"] == b["n"] == 2
+    assert a["certain"] == 1.0 and b["certain"] == 0.5
+    assert b["entropy_by_layer"][0] == pytest.approx(math.log(2)) and a["entropy_by_layer"][0] < 0.1
+    assert a["keep_by_layer"] == pytest.approx([0.01, 0.9975]) and b["keep_by_layer"][0] == pytest.approx(0.5)
+    assert a["rank"] == pytest.approx((0.02 + 1.995) / 2)  # factors kept per layer, averaged over layers
+    assert b["entropy"] > a["entropy"]
+
+
+def test_gate_profile_rejects_mismatched_input():
+    from bara.metrics import gate_profile
+
+    with pytest.raises(ValueError, match="no gates"):
+        gate_profile({}, ["a"])
+    with pytest.raises(ValueError, match="3 rows but 2 domains"):
+        gate_profile({"q": torch.rand(3, 2)}, ["a", "b"])
+    with pytest.raises(ValueError, match="certain must lie"):
+        gate_profile({"q": torch.rand(2, 2)}, ["a", "b"], certain=0.5)

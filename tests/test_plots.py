@@ -154,3 +154,19 @@ def test_ece_vs_samples_errors(tmp_path):
         ece_vs_samples({"a": [(1, 5.0)]}, p)
     with pytest.raises(ValueError, match="pairs"):
         ece_vs_samples({"a": [1, 2]}, p)
+
+
+def test_gate_profile_plot_one_panel_per_run(tmp_path):
+    from bara.metrics import gate_profile
+    from bara.plots import gate_profile_plot
+
+    g = torch.Generator().manual_seed(0)
+    names = [f"encoder.layer.{i}.attention.self.{m}" for i in range(3) for m in ("query", "value")]
+    probs = {n: torch.rand(10, 4, generator=g) for n in names}
+    domains = ["sst2"] * 5 + ["boolq"] * 5
+    profiles = {"run a": gate_profile(probs, domains), "run b": gate_profile({n: p**3 for n, p in probs.items()}, domains)}
+    _check_png(gate_profile_plot(profiles, names, tmp_path / "gates.png"))
+    with pytest.raises(ValueError, match="has 6 layers, expected 2"):
+        gate_profile_plot(profiles, names[:2], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="profiles is empty"):
+        gate_profile_plot({}, names, tmp_path / "empty.png")
