@@ -320,10 +320,14 @@ def report_metrics(model: nn.Module, preds: Predictions) -> dict[str, Any]:
     return metrics | domain_metrics(preds)
 
 
+def _domain_names(preds: Predictions) -> list[str]:
+    return [d or "?" for d in preds.domains]  # examples without a domain form one group
+
+
 def domain_metrics(preds: Predictions) -> dict[str, Any]:
     """For an evaluation set with several domains (e.g. a task mixture): the metrics of each domain
     (and, for gated models, its mean rank s̄)."""
-    domains = [d or "?" for d in preds.domains]
+    domains = _domain_names(preds)
     if len(set(domains)) < 2:
         return {}
     ranks = preds.instance_ranks
@@ -340,7 +344,7 @@ def domain_tests(preds: Predictions) -> dict[str, Any]:
     """Check C4 on real data, for gated models evaluated on several domains: permutation tests of whether
     the rank s̄(x), and the gate probabilities of every layer side by side, differ between domains.
     They depend on the gates only, not on how many samples are averaged, so `evaluate` runs them once."""
-    domains = [d or "?" for d in preds.domains]
+    domains = _domain_names(preds)
     ranks = preds.instance_ranks
     if len(set(domains)) < 2 or ranks is None:
         return {}
