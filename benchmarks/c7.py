@@ -6,7 +6,7 @@ with all of the model's dropout on at evaluation (MC-dropout). Besides the defau
 runs the levers DESIGN §6 lists for making the local gate context-dependent: a slower KL warm-up,
 a sparser local prior, a smaller local-KL weight, the additive (hierarchical-prior) variant, a
 larger gate learning rate, and the marginal local KL (no mutual-information tax; `local_mi_weight`
-keeps a fraction of it).
+keeps a fraction of it; `local_kl=ceiling` charges each input only for the factors it keeps above ρ0).
 
     python benchmarks/c7.py --quick          # SST-2, seed 1
     python benchmarks/c7.py --task sst2+boolq --max-length 128 --baselines mcdropout \
