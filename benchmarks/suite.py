@@ -115,6 +115,9 @@ def _targets(summaries: dict) -> list[str]:
                 mc = s["mcdropout"]
                 verdict = "PASS" if mean(s["bara"], "ece") < mean(mc, "ece") else "MISS"
                 lines.append(f"- C7 on {task}: BaRA ECE vs MC-dropout (all dropout on) {100 * mean(mc, 'ece'):.1f} — {verdict}")
+    if any(line.startswith("- C7 on") for line in lines):
+        lines += ["", "The C7 verdicts compare point estimates; whether a difference is more than evaluation noise is in each "
+                  "task's table of paired bootstrap intervals above (an interval containing 0 cannot tell them apart)."]
     return lines
 
 
