@@ -175,7 +175,7 @@ class BaRALinear(nn.Module):
         if self.local_mi_weight:  # mean over n of KL(q_n ‖ q̄) is the input-gate mutual information
             kl = kl + self.local_mi_weight * kl_bernoulli(q, average).sum(-1)
         if self.local_kl_kind == "ceiling":  # KL(q‖ρ) is 0 with zero slope at q = ρ: the hinge is smooth
-            kl = kl + (kl_bernoulli(q, prior) * (q > torch.as_tensor(prior, device=q.device))).sum(-1)
+            kl = kl + (kl_bernoulli(q, prior) * (q > prior)).sum(-1)
         return kl
 
     def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:

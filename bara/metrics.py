@@ -437,8 +437,7 @@ def gate_profile(gate_probs: dict[str, Tensor], domains: list[str], *, certain: 
         raise ValueError(f"gate_probs have {stacked.shape[1]} rows but {len(domains)} domains were given")
     if not 0 <= certain < 0.5:
         raise ValueError(f"certain must lie in [0, 0.5), got {certain}")
-    p = stacked.clamp(1e-12, 1 - 1e-12)
-    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    entropy = _entropy(torch.stack([stacked, 1 - stacked], dim=-1))  # Bernoulli entropy of each gate
     profile = {}
     for name in sorted(set(domains)):
         idx = torch.tensor([i for i, d in enumerate(domains) if d == name])

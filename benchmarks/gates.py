@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ def report(cells: dict[str, dict], figure: Path) -> list[str]:
     for label, cell in cells.items():
         for domain, s in cell["profile"].items():
             rows.append([label, domain, str(s["n"]), f"{s['rank']:.2f}", f"{s['keep']:.3f}",
-                         f"{s['entropy'] / 0.6931:.2f}", f"{100 * s['certain']:.0f}%"])
+                         f"{s['entropy'] / math.log(2):.2f}", f"{100 * s['certain']:.0f}%"])
     return [
         "Per run and domain: the rank s̄ (factors kept per layer, averaged over layers), the mean keep-probability "
         "E_q[z], the gate entropy as a fraction of its maximum ln 2 (1: every factor is a fair coin on each "
