@@ -153,6 +153,13 @@ class Cache:
         tmp.replace(self.path)
 
 
+def run_meta(cache: Cache, wall: float, cell_commits: set[str]) -> dict[str, Any]:
+    """What `header` needs about this invocation: commit, hardware, whether cached cells were reused,
+    the wall time of every invocation that filled ``cache`` (this one added) and the commits its cells ran on."""
+    return {"commit": git_commit(), "hardware": hardware(), "reused_cells": bool(cache.reused),
+            "wall_total": cache.add_wall(wall), "cell_commits": sorted(cell_commits)}
+
+
 def result_paths(name: str, quick: bool) -> tuple[Path, Path, Path]:
     stem = f"{name}_quick" if quick else name
     return RESULTS / f"{stem}.json", RESULTS / f"{stem}.md", RESULTS / stem

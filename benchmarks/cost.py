@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cache, fmt_seconds, git_commit, hardware, header, result_paths, table, verdict, write_md  # noqa: E402
+from common import Cache, fmt_seconds, git_commit, header, result_paths, run_meta, table, verdict, write_md  # noqa: E402
 
 TIME_TARGET = 1.10
 MEMORY_TARGET = 1.05
@@ -712,10 +712,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = cache.data["cells"]
     compute = sum(v.get("seconds", 0) for k, v in cells.items() if k != "grid")
-    cache.data["meta"] = {"commit": git_commit(), "hardware": hardware(), "reused_cells": bool(cache.reused),
-                          "compute_seconds": compute, "wall_seconds": wall, "wall_total": cache.add_wall(wall),
-                          "cell_commits": sorted({v["commit"] for k, v in cells.items() if k != "grid" and "commit" in v}
-                                                 | {v["commit"] for v in cells.get("grid", {}).values() if "commit" in v})}
+    commits = ({v["commit"] for k, v in cells.items() if k != "grid" and "commit" in v}
+               | {v["commit"] for v in cells.get("grid", {}).values() if "commit" in v})
+    cache.data["meta"] = run_meta(cache, wall, commits) | {"compute_seconds": compute, "wall_seconds": wall}
     cache.save()
     if "grid" in cells:
         plot_grid(cells["grid"], s["grid_ranks"], s["grid_lengths"], stem.with_name(stem.name + "_grid.png"))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, Cache, git_commit, hardware, header, table, write_md  # noqa: E402
+from common import RESULTS, Cache, git_commit, header, run_meta, table, write_md  # noqa: E402
 
 from bara.metrics import gate_profile  # noqa: E402
 from bara.pipeline import encode_split, load_trained  # noqa: E402
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     layers = next(iter(cells.values()))["layers"]
     figure = gate_profile_plot({k: v["profile"] for k, v in cells.items()}, layers, stem.with_suffix(".png"))
     wall = time.perf_counter() - start
-    total = cache.add_wall(wall)
-    meta = {"commit": git_commit(), "hardware": hardware(), "reused_cells": bool(cache.reused), "wall_total": total,
-            "cell_commits": sorted({cell["commit"] for cell in cells.values()})}
+    meta = run_meta(cache, wall, {cell["commit"] for cell in cells.values()})
     cache.save()
     command = f"python benchmarks/gates.py --runs {json.dumps(args.runs)} --name {args.name}" + (
         f" --eval-size {args.eval_size}" if args.eval_size else "")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cache, fmt, fmt_seconds, git_commit, hardware, header, median, result_paths, table, verdict, write_md  # noqa: E402
+from common import Cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_meta, table, verdict, write_md  # noqa: E402
 
 TASKS = {
     "equal": {"ranks": [2, 2, 2, 2], "bara_r": 8, "title": "equal rank [2,2,2,2], BaRA r = 8"},
@@ -384,9 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
 
     cells = cache.data["cells"]
-    meta = {"commit": git_commit(), "hardware": hardware(), "reused_cells": bool(cache.reused),
-            "compute_seconds": sum(c["seconds"] for c in cells.values()), "wall_total": cache.add_wall(wall),
-            "cell_commits": sorted({c.get("commit", "6548f2b") for c in cells.values()})}
+    meta = run_meta(cache, wall, {c.get("commit", "6548f2b") for c in cells.values()}) | {
+        "compute_seconds": sum(c["seconds"] for c in cells.values())}
     cache.data["meta"] = meta | {"wall_seconds": wall, "sizes": sizes, "seeds": seeds, "tasks": tasks}
     cache.save()
 
