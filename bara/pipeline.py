@@ -174,7 +174,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     method = built.method
     model = method.wrap(built.head, built.target_modules, built.modules_to_save)
     method.before_training(model)
-    train_set = encode_split(built, "train")
+    train_set, holdout = method.split_train(encode_split(built, "train"), spec.seed)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))  # processes under accelerate launch / torchrun
     warn_if_fsdp_on_cpu()
     # --batch-size is per process: one optimizer step consumes batch_size × world examples
@@ -194,12 +194,14 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     if resume and checkpoint is None and main:
         print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
     trainer.train(resume_from_checkpoint=checkpoint)
-    method.after_training(model, train_set, built.collator)
+    after = method.after_training(model, train_set, built.collator, holdout=holdout)
     # the trainer's clock continues the checkpoint's, so a resumed run counts its earlier sessions
     log = {"train_seconds": trainer.clock.seconds, "clocked": True, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
            "num_labels": len(built.task.label_names), "task_notes": built.task.notes,
            "world_size": trainer.args.world_size}
+    if after:
+        log["after_training"] = after
     # FSDP: every process takes part in gathering the adapter; a no-op otherwise
     gathered = full_adapter_parameters(model) if isinstance(model, BaRAModel) else contextlib.nullcontext()
     with gathered:

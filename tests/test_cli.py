@@ -87,6 +87,21 @@ def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
     assert json.loads((tmp_path / "lora" / "eval-train-task" / "metrics.json").read_text())["joint_effective_rank"] is None
 
 
+def test_bara_with_gate_holdout_trains_on_the_rest_and_refits_the_gates(tiny_model_dir, data_file, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 2\nbatch_size: 6\nmethod_options:\n  gate_holdout: 0.25\n  refit_epochs: 2\n")
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
+                     "--method", "bara", "--config", config, "--out", tmp_path / "refit")
+    assert result.exit_code == 0, result.output
+    log = json.loads((tmp_path / "refit" / "train_log.json").read_text())
+    refit = log["after_training"]["gate_refit"]
+    assert refit["holdout_size"] == 6 and refit["steps"] == 2  # 6 of the 24 rows held out, batches of 16
+    epochs = [h["epoch"] for h in log["history"] if "epoch" in h]
+    assert epochs[-1] == pytest.approx(12 / 18, abs=0.01)  # 2 steps × 6 rows over the 18 kept rows (not 24)
+    result = _invoke("evaluate", "--adapter", tmp_path / "refit", "--samples", "2")
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--task", "no_such_task", "--out", "x"], "unknown task"),
     (["train", "--task", "sst2", "--method", "magic", "--out", "x"], "unknown method 'magic'; known methods: lora"),

@@ -7,11 +7,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..config import BaRAConfig
+from ..data import Collator, EncodedDataset
 from ..model import BaRAModel, fix_gates, get_bara_model
 from ..predict import Predictions, predict
+from ..refit import refit_local_gates, split_holdout
 from .base import Method
 
 
@@ -24,7 +27,22 @@ class BaRA(Method):
     gate_mode: ClassVar[str] = "sample"  # the mode used in training and for sampled prediction
     eval_samples: int = 10
     gate_lr_multiplier: float = 1.0
+    # research option for check C7 (`bara.refit`): train the adapter on 1 − gate_holdout of the training
+    # set, then refit the local gates on the held-out rest by the predictive likelihood (0: off)
+    gate_holdout: float = 0.0
+    refit_epochs: float = 10.0
+    refit_lr: float = 5e-3
+    refit_samples: int = 4
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.gate_holdout < 1.0):
+            raise ValueError(f"method {self.name!r}: gate_holdout={self.gate_holdout} must lie in [0, 1) (0: no refit)")
+        if self.gate_holdout and self.gate_mode != "sample":
+            raise ValueError(f"method {self.name!r}: gate_holdout refits the local gates, which this ablation forces open")
+        for name in ("refit_epochs", "refit_lr", "refit_samples"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"method {self.name!r}: {name}={getattr(self, name)} must be positive")
 
     def bara_config(self, target_modules: list[str], modules_to_save: list[str]) -> BaRAConfig:
         fields = {"target_modules": target_modules, "modules_to_save": modules_to_save or None} | self.config
@@ -37,6 +55,18 @@ class BaRA(Method):
 
     def trainer_kwargs(self) -> dict[str, Any]:
         return {"gate_lr_multiplier": self.gate_lr_multiplier}
+
+    def split_train(self, train_set: EncodedDataset, seed: int) -> tuple[EncodedDataset, EncodedDataset | None]:
+        if not self.gate_holdout:
+            return train_set, None
+        return split_holdout(train_set, self.gate_holdout, seed)
+
+    def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator,
+                       holdout: EncodedDataset | None = None) -> dict[str, Any] | None:
+        if holdout is None:
+            return None
+        return {"gate_refit": refit_local_gates(model, holdout, collator, epochs=self.refit_epochs, lr=self.refit_lr,
+                                                samples=self.refit_samples, seed=torch.initial_seed())}
 
     def predict(self, model: nn.Module, dataset, collator, *, samples: int | None = None, mode: str | None = None,
                 progress: bool = False) -> Predictions:

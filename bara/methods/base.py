@@ -62,8 +62,15 @@ class Method:
     def before_training(self, model: nn.Module) -> None:
         """Hook run once before training (e.g. set BaRA's gate mode)."""
 
-    def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator) -> None:
-        """Hook run once after training, before saving (e.g. fit a post-hoc Laplace posterior)."""
+    def split_train(self, train_set: EncodedDataset, seed: int) -> tuple[EncodedDataset, EncodedDataset | None]:
+        """The examples to train on and those to hold out for `after_training` (default: none held out)."""
+        return train_set, None
+
+    def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator,
+                       holdout: EncodedDataset | None = None) -> dict[str, Any] | None:
+        """Hook run once after training, before saving (e.g. fit a post-hoc Laplace posterior); what it
+        returns is logged in ``train_log.json`` under ``after_training``."""
+        return None
 
     def predict(self, model: nn.Module, dataset: EncodedDataset, collator: Collator, *, samples: int | None = None,
                 mode: str | None = None, progress: bool = False) -> Predictions:

@@ -451,7 +451,8 @@ class Laplace(LoRA):
                 raise ValueError(f"method 'laplace': {name}={getattr(self, name)} must be positive")
 
     # -- after training: the posterior -------------------------------------------------
-    def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator) -> None:
+    def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator,
+                       holdout: EncodedDataset | None = None) -> None:
         loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=False, collate_fn=collator)
         posterior = fit_posterior(model, loader, prior_precision=self.prior_precision,
                                   prior_range=(self.prior_min, self.prior_max))

@@ -1,0 +1,101 @@
+"""The held-out refit of the local gates (`bara.refit`) and BaRA's ``gate_holdout`` option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bara.config import BaRAConfig
+from bara.heads import SequenceClassifier
+from bara.methods import get_method
+from bara.model import get_bara_model
+from bara.refit import predictive_nll, refit_local_gates, split_holdout
+
+from conftest import tiny_bert, token_dataset
+
+
+def test_split_holdout_is_a_seeded_partition():
+    data, _ = token_dataset(20)
+    train, held = split_holdout(data, 0.25, seed=3)
+    assert (len(train), len(held)) == (15, 5)
+    ids = lambda ds: sorted(id(item) for item in ds.items)
+    assert sorted(ids(train) + ids(held)) == ids(data)  # disjoint and complete
+    again_train, again_held = split_holdout(data, 0.25, seed=3)
+    assert ids(again_held) == ids(held) and ids(again_train) == ids(train)
+    assert ids(split_holdout(data, 0.25, seed=4)[1]) != ids(held)
+
+
+@pytest.mark.parametrize("fraction,message", [(0.0, "strictly between 0 and 1"), (1.0, "strictly between 0 and 1"),
+                                              (0.01, "leaves no example"), (0.99, "leaves no example")])
+def test_split_holdout_refuses_fractions_that_leave_a_side_empty(fraction, message):
+    data, _ = token_dataset(20)
+    with pytest.raises(ValueError, match=message):
+        split_holdout(data, fraction, seed=1)
+
+
+def _misled_model(data, collator, seed: int = 0):
+    """A BaRA classifier whose adapter was trained on flipped labels: on the true labels the
+    held-out likelihood is best served by gates that drop its factors."""
+    from bara.data import EncodedDataset, EncodedExample
+
+    torch.manual_seed(seed)
+    head = SequenceClassifier(tiny_bert(num_labels=2, seed=seed))
+    model = get_bara_model(head, BaRAConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    flipped = EncodedDataset([EncodedExample(it.input_ids, 1 - it.label, 2, None) for it in data.items], data.head, 2)
+    batch = collator(flipped.items)
+    optimizer = torch.optim.Adam([p for n, p in model.named_parameters() if p.requires_grad and "_gate." not in n], lr=0.02)
+    model.train()
+    for _ in range(40):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    return model
+
+
+def test_refit_lowers_the_held_out_predictive_nll_and_moves_only_the_local_gates():
+    data, collator = token_dataset(24)
+    model = _misled_model(data, collator)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".local_gate." not in n}
+    gates_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".local_gate." in n}
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.train()
+
+    log = refit_local_gates(model, data, collator, epochs=15, lr=0.05, samples=8, batch_size=8, seed=2)
+
+    assert log["steps"] == 45 and log["holdout_size"] == 24
+    assert log["holdout_nll_after"] < log["holdout_nll_before"] - 0.05
+    for name, value in frozen_before.items():
+        assert torch.equal(dict(model.named_parameters())[name], value), name
+    assert any(not torch.equal(dict(model.named_parameters())[n], v) for n, v in gates_before.items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable  # restored
+    assert model.training  # the caller's mode is restored too
+    assert all(not layer.straight_through for _, layer in model.bara_layers())
+
+
+def test_predictive_nll_is_the_log_of_the_averaged_likelihood():
+    data, collator = token_dataset(6)
+    model = _misled_model(data, collator, seed=1)
+    batch = collator(data.items)
+    model.eval()
+    with torch.no_grad():
+        # mean mode: every sample is the same, so the predictive NLL is the plain NLL
+        from bara.model import gate_mode
+
+        with gate_mode(model, "mean"):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            plain = torch.nn.functional.cross_entropy(logits, batch["labels"])
+            assert torch.allclose(predictive_nll(model, batch, samples=5), plain, atol=1e-5)
+
+
+def test_bara_gate_holdout_option_splits_and_validates():
+    method = get_method("bara", {"gate_holdout": 0.25})
+    data, _ = token_dataset(20)
+    train, held = method.split_train(data, seed=1)
+    assert (len(train), len(held)) == (15, 5)
+    assert get_method("bara").split_train(data, seed=1) == (data, None)
+    with pytest.raises(ValueError, match="gate_holdout=1.0 must lie in"):
+        get_method("bara", {"gate_holdout": 1.0})
+    with pytest.raises(ValueError, match="forces open"):
+        get_method("bara-global", {"gate_holdout": 0.2})
+    with pytest.raises(ValueError, match="refit_samples=0 must be positive"):
+        get_method("bara", {"gate_holdout": 0.2, "refit_samples": 0})
