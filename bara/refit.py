@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from .data import Collator, EncodedDataset
 from .model import BaRAModel, gate_mode
 from .objective import kl_terms
+from .predict import _repeat
 
 
 def split_holdout(dataset: EncodedDataset, fraction: float, seed: int) -> tuple[EncodedDataset, EncodedDataset]:
@@ -89,15 +90,10 @@ def _relaxed_gates_without_dropout(model: BaRAModel, straight_through: bool) -> 
             layer.straight_through = kind
 
 
-def _labelled(batch: dict[str, Tensor], samples: int) -> tuple[dict[str, Tensor], Tensor]:
-    labels = batch["labels"]
-    inputs = {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in batch.items() if k != "labels"}
-    return inputs, labels
-
-
 def predictive_nll(model: BaRAModel, batch: dict[str, Tensor], samples: int) -> Tensor:
     """``mean_n −log (1/S) Σ_s p(y_n | x_n, z_s)`` with the S copies in one forward pass."""
-    inputs, labels = _labelled(batch, samples)
+    labels = batch["labels"]
+    inputs = _repeat({k: v for k, v in batch.items() if k != "labels"}, samples)
     log_probs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
     n = labels.shape[0]
     picked = log_probs.view(samples, n, -1).gather(-1, labels.view(1, n, 1).expand(samples, n, 1)).squeeze(-1)

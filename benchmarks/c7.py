@@ -6,7 +6,10 @@ with all of the model's dropout on at evaluation (MC-dropout). Besides the defau
 runs the levers DESIGN §6 lists for making the local gate context-dependent: a slower KL warm-up,
 a sparser local prior, a smaller local-KL weight, the additive (hierarchical-prior) variant, a
 larger gate learning rate, and the marginal local KL (no mutual-information tax; `local_mi_weight`
-keeps a fraction of it; `local_kl=ceiling` charges each input only for the factors it keeps above ρ0).
+keeps a fraction of it; `local_kl=ceiling` charges each input only for the factors it keeps above ρ0),
+and `gate_holdout`: the adapter trains on part of the training set and the local gates are then
+refitted on the held-out rest by the predictive likelihood (`bara.refit`), so that the gates see
+where the adapter fails to generalise instead of where it fits.
 
     python benchmarks/c7.py --quick          # SST-2, seed 1
     python benchmarks/c7.py --task sst2+boolq --max-length 128 --baselines mcdropout \
@@ -15,6 +18,8 @@ keeps a fraction of it; `local_kl=ceiling` charges each input only for the facto
     python benchmarks/c7.py --seeds 1,2,3 --variants bara,bara[rho0=0.2] --paired   # chosen levers on every seed
     python benchmarks/c7.py --seeds 1,2,3,4,5,6 --baselines mcdropout --variants "bara[rho0=0.2]" --paired \
         --name c7-rho0   # one lever on more seeds, against the controls C7 names
+    python benchmarks/c7.py --task sst2+boolq --max-length 128 --baselines "" --name c7-mixture-refit \
+        --variants "bara[local_kl=marginal,gate_lr_multiplier=10,gate_holdout=0.2,refit_epochs=5]"   # held-out gate refit
 """
 
 from __future__ import annotations
