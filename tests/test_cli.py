@@ -74,12 +74,20 @@ def test_train_then_evaluate_end_to_end(tiny_model_dir, data_file, tmp_path):
     assert json.loads((out / "train_log.json").read_text())["resumed_from"].endswith("checkpoint-6")
 
 
-def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text("max_steps: 3\nbatch_size: 4\nmethod_options:\n  r: 4\n")
-    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
-                     "--method", "lora", "--config", config, "--out", tmp_path / "lora")
+def _train_from_yaml(model_dir: Path, data_file: Path, method: str, yaml: str, out: Path) -> dict:
+    """`bara train` with a YAML config; returns the run's train_log.json."""
+    config = out.with_suffix(".yaml")
+    config.write_text(yaml)
+    result = _invoke("train", "--model", model_dir, "--task", "classification", "--data", data_file,
+                     "--method", method, "--config", config, "--out", out)
     assert result.exit_code == 0, result.output
+    return json.loads((out / "train_log.json").read_text())
+
+
+def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
+    log = _train_from_yaml(tiny_model_dir, data_file, "lora", "max_steps: 3\nbatch_size: 4\nmethod_options:\n  r: 4\n",
+                           tmp_path / "lora")
+    assert log["steps"] == 3
     assert json.loads((tmp_path / "lora" / "run.json").read_text())["method_options"] == {"r": 4}
     assert json.loads((tmp_path / "lora" / "train_log.json").read_text())["steps"] == 3
     result = _invoke("evaluate", "--adapter", tmp_path / "lora")
@@ -88,12 +96,9 @@ def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
 
 
 def test_bara_with_gate_holdout_trains_on_the_rest_and_refits_the_gates(tiny_model_dir, data_file, tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text("max_steps: 2\nbatch_size: 6\nmethod_options:\n  gate_holdout: 0.25\n  refit_epochs: 2\n")
-    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
-                     "--method", "bara", "--config", config, "--out", tmp_path / "refit")
-    assert result.exit_code == 0, result.output
-    log = json.loads((tmp_path / "refit" / "train_log.json").read_text())
+    log = _train_from_yaml(tiny_model_dir, data_file, "bara",
+                           "max_steps: 2\nbatch_size: 6\nmethod_options:\n  gate_holdout: 0.25\n  refit_epochs: 2\n",
+                           tmp_path / "refit")
     refit = log["after_training"]["gate_refit"]
     assert refit["holdout_size"] == 6 and refit["steps"] == 2  # 6 of the 24 rows held out, batches of 16
     epochs = [h["epoch"] for h in log["history"] if "epoch" in h]
