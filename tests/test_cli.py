@@ -89,7 +89,6 @@ def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
                            tmp_path / "lora")
     assert log["steps"] == 3
     assert json.loads((tmp_path / "lora" / "run.json").read_text())["method_options"] == {"r": 4}
-    assert json.loads((tmp_path / "lora" / "train_log.json").read_text())["steps"] == 3
     result = _invoke("evaluate", "--adapter", tmp_path / "lora")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "lora" / "eval-train-task" / "metrics.json").read_text())["joint_effective_rank"] is None
