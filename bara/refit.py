@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from .data import Collator, EncodedDataset
@@ -53,18 +54,50 @@ def split_holdout(dataset: EncodedDataset, fraction: float, seed: int) -> tuple[
     return pick(order[held:]), pick(order[:held])
 
 
+SCOPES = ("affine", "full")
+
+
+class _Scaled(nn.Module):
+    """Parametrization ``W ↦ s · W`` with one learnable scalar s (starts at 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return self.scale * weight
+
+
 @contextmanager
-def _only_local_gates_trainable(model: BaRAModel) -> Iterator[list[nn.Parameter]]:
-    """Within the block only the local-gate parameters require gradients; restored afterwards."""
+def _refit_parameters(model: BaRAModel, scope: str) -> Iterator[list[nn.Parameter]]:
+    """Within the block only the refitted gate parameters require gradients; everything is restored after.
+
+    ``full``: every local-gate weight and bias. ``affine``: per layer, the r biases and one scale
+    of the trained weight, ``ℓ(x) = s · W LN(x̄) + b`` (r + 1 numbers; s < 0 reverses the learned
+    input dependence; a torch parametrization, folded back into W at the end, so the saved adapter
+    has its usual tensors).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"refit scope {scope!r} is unknown; allowed: {', '.join(SCOPES)}")
     before = {name: p.requires_grad for name, p in model.named_parameters()}
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(".local_gate." in name)
-        if p.requires_grad:
-            params.append(p)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gates = [layer.local_gate for _, layer in model.bara_layers()]
+    params: list[nn.Parameter] = []
+    for gate in gates:
+        if scope == "full":
+            params += [gate.weight, gate.bias]
+        else:
+            parametrize.register_parametrization(gate, "weight", _Scaled())
+            params += [gate.bias, gate.parametrizations.weight[0].scale]
+    for p in params:
+        p.requires_grad_(True)
     try:
         yield params
     finally:
+        if scope == "affine":
+            for gate in gates:
+                parametrize.remove_parametrizations(gate, "weight", leave_parametrized=True)
         for name, p in model.named_parameters():
             p.requires_grad_(before[name])
 
@@ -102,14 +135,19 @@ def predictive_nll(model: BaRAModel, batch: dict[str, Tensor], samples: int) -> 
 
 def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Collator, *, epochs: float = 10.0,
                       lr: float = 5e-3, samples: int = 4, batch_size: int = 16, seed: int = 1,
-                      straight_through: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Refit the local-gate networks of ``model`` on ``holdout`` (everything else frozen).
+                      scope: str = "affine", straight_through: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Refit the local gates of ``model`` on ``holdout`` (everything else frozen).
 
     Args:
         holdout: examples the adapter was not trained on.
         epochs: passes over ``holdout`` (fractions allowed; at least one step).
         lr: Adam learning rate of the gate parameters.
         samples: S, the relaxed gate draws per example in the predictive likelihood.
+        scope: ``"affine"`` refits, per layer, the gate biases and one scale of the trained gate
+            weights (r + 1 numbers: how much keep-probability, and how strongly to follow the
+            input dependence the ELBO learned); ``"full"`` refits every gate weight, which can
+            memorise a small held-out set (on the SST-2+BoolQ mixture its held-out NLL fell from
+            0.69 to 0.42 while the test NLL rose).
         straight_through: hard gates in the forward pass (relaxed gradients), so the likelihood
             fitted is that of the gates prediction draws; ``False`` keeps the configured relaxation.
 
@@ -125,7 +163,7 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
     loader = DataLoader(holdout, batch_size=batch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(seed))
     steps = max(1, math.ceil(epochs * len(loader)))
-    with torch.random.fork_rng(), _only_local_gates_trainable(model) as params, _relaxed_gates_without_dropout(model, straight_through):
+    with torch.random.fork_rng(), _refit_parameters(model, scope) as params, _relaxed_gates_without_dropout(model, straight_through):
         torch.manual_seed(seed)
         before = _mean_nll(model, holdout, collator, samples, batch_size)
         optimizer = torch.optim.Adam(params, lr=lr)
@@ -143,7 +181,7 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
                 if done == steps:
                     break
         after = _mean_nll(model, holdout, collator, samples, batch_size)
-    return {"steps": steps, "holdout_size": len(holdout), "samples": samples, "lr": lr,
+    return {"steps": steps, "holdout_size": len(holdout), "samples": samples, "lr": lr, "scope": scope,
             "holdout_nll_before": before, "holdout_nll_after": after, "local_kl": local_kl}
 
 

@@ -41,6 +41,9 @@ def _misled_model(data, collator, seed: int = 0):
     torch.manual_seed(seed)
     head = SequenceClassifier(tiny_bert(num_labels=2, seed=seed))
     model = get_bara_model(head, BaRAConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    with torch.no_grad():  # an input dependence for the affine refit to rescale (W_g starts at 0)
+        for _, layer in model.bara_layers():
+            layer.local_gate.weight.normal_(0.0, 0.3)
     flipped = EncodedDataset([EncodedExample(it.input_ids, 1 - it.label, 2, None) for it in data.items], data.head, 2)
     batch = collator(flipped.items)
     optimizer = torch.optim.Adam([p for n, p in model.named_parameters() if p.requires_grad and "_gate." not in n], lr=0.02)
@@ -52,7 +55,8 @@ def _misled_model(data, collator, seed: int = 0):
     return model
 
 
-def test_refit_lowers_the_held_out_predictive_nll_and_moves_only_the_local_gates():
+@pytest.mark.parametrize("scope", ["affine", "full"])
+def test_refit_lowers_the_held_out_predictive_nll_and_moves_only_the_local_gates(scope):
     data, collator = token_dataset(24)
     model = _misled_model(data, collator)
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".local_gate." not in n}
@@ -60,16 +64,30 @@ def test_refit_lowers_the_held_out_predictive_nll_and_moves_only_the_local_gates
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     model.train()
 
-    log = refit_local_gates(model, data, collator, epochs=15, lr=0.05, samples=8, batch_size=8, seed=2)
+    log = refit_local_gates(model, data, collator, epochs=15, lr=0.05, samples=8, batch_size=8, seed=2, scope=scope)
 
-    assert log["steps"] == 45 and log["holdout_size"] == 24
+    assert log["steps"] == 45 and log["holdout_size"] == 24 and log["scope"] == scope
     assert log["holdout_nll_after"] < log["holdout_nll_before"] - 0.05
+    after = dict(model.named_parameters())
+    assert set(after) == set(trainable)  # same tensors as before (the affine parametrization is folded away)
     for name, value in frozen_before.items():
-        assert torch.equal(dict(model.named_parameters())[name], value), name
-    assert any(not torch.equal(dict(model.named_parameters())[n], v) for n, v in gates_before.items())
+        assert torch.equal(after[name], value), name
+    assert any(not torch.equal(after[n], v) for n, v in gates_before.items())
+    if scope == "affine":  # each layer's gate weight only rescaled (a negative scale reverses it), never turned
+        for name, value in gates_before.items():
+            if name.endswith("weight"):
+                cosine = torch.nn.functional.cosine_similarity(after[name].detach().flatten(), value.flatten(), dim=0)
+                assert abs(float(cosine)) == pytest.approx(1.0, abs=1e-5), name
     assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable  # restored
     assert model.training  # the caller's mode is restored too
     assert all(not layer.straight_through for _, layer in model.bara_layers())
+
+
+def test_refit_rejects_an_unknown_scope():
+    data, collator = token_dataset(8)
+    model = _misled_model(data, collator)
+    with pytest.raises(ValueError, match="refit scope 'everything' is unknown; allowed: affine, full"):
+        refit_local_gates(model, data, collator, scope="everything")
 
 
 def test_predictive_nll_is_the_log_of_the_averaged_likelihood():
@@ -97,5 +115,7 @@ def test_bara_gate_holdout_option_splits_and_validates():
         get_method("bara", {"gate_holdout": 1.0})
     with pytest.raises(ValueError, match="forces open"):
         get_method("bara-global", {"gate_holdout": 0.2})
+    with pytest.raises(ValueError, match="refit_scope='half' is unknown"):
+        get_method("bara", {"gate_holdout": 0.2, "refit_scope": "half"})
     with pytest.raises(ValueError, match="refit_samples=0 must be positive"):
         get_method("bara", {"gate_holdout": 0.2, "refit_samples": 0})

@@ -14,7 +14,7 @@ from ..config import BaRAConfig
 from ..data import Collator, EncodedDataset
 from ..model import BaRAModel, fix_gates, get_bara_model
 from ..predict import Predictions, predict
-from ..refit import refit_local_gates, split_holdout
+from ..refit import SCOPES, refit_local_gates, split_holdout
 from .base import Method
 
 
@@ -28,10 +28,12 @@ class BaRA(Method):
     eval_samples: int = 10
     gate_lr_multiplier: float = 1.0
     # research option for check C7 (`bara.refit`): train the adapter on 1 − gate_holdout of the training
-    # set, then refit the local gates on the held-out rest by the predictive likelihood (0: off)
+    # set, then refit the local gates on the held-out rest by the predictive likelihood (0: off);
+    # refit_scope "affine" refits each layer's gate biases and one scale of its gate weights, "full" all of them
     gate_holdout: float = 0.0
+    refit_scope: str = "affine"
     refit_epochs: float = 10.0
-    refit_lr: float = 5e-3
+    refit_lr: float = 0.05
     refit_samples: int = 4
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -40,6 +42,8 @@ class BaRA(Method):
             raise ValueError(f"method {self.name!r}: gate_holdout={self.gate_holdout} must lie in [0, 1) (0: no refit)")
         if self.gate_holdout and self.gate_mode != "sample":
             raise ValueError(f"method {self.name!r}: gate_holdout refits the local gates, which this ablation forces open")
+        if self.refit_scope not in SCOPES:
+            raise ValueError(f"method {self.name!r}: refit_scope={self.refit_scope!r} is unknown; allowed: {', '.join(SCOPES)}")
         for name in ("refit_epochs", "refit_lr", "refit_samples"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"method {self.name!r}: {name}={getattr(self, name)} must be positive")
@@ -66,7 +70,8 @@ class BaRA(Method):
         if holdout is None:
             return None
         return {"gate_refit": refit_local_gates(model, holdout, collator, epochs=self.refit_epochs, lr=self.refit_lr,
-                                                samples=self.refit_samples, seed=torch.initial_seed())}
+                                                samples=self.refit_samples, scope=self.refit_scope,
+                                                seed=torch.initial_seed())}
 
     def predict(self, model: nn.Module, dataset, collator, *, samples: int | None = None, mode: str | None = None,
                 progress: bool = False) -> Predictions:
