@@ -117,5 +117,8 @@ def test_bara_gate_holdout_option_splits_and_validates():
         get_method("bara-global", {"gate_holdout": 0.2})
     with pytest.raises(ValueError, match="refit_scope='half' is unknown"):
         get_method("bara", {"gate_holdout": 0.2, "refit_scope": "half"})
+    with pytest.raises(ValueError, match="refit_epochs=-1 must be >= 0"):
+        get_method("bara", {"gate_holdout": 0.2, "refit_epochs": -1})
+    assert get_method("bara", {"gate_holdout": 0.2, "refit_epochs": 0}).after_training(None, data, None, holdout=held) is None
     with pytest.raises(ValueError, match="refit_samples=0 must be positive"):
         get_method("bara", {"gate_holdout": 0.2, "refit_samples": 0})

@@ -29,7 +29,8 @@ class BaRA(Method):
     gate_lr_multiplier: float = 1.0
     # research option for check C7 (`bara.refit`): train the adapter on 1 − gate_holdout of the training
     # set, then refit the local gates on the held-out rest by the predictive likelihood (0: off);
-    # refit_scope "affine" refits each layer's gate biases and one scale of its gate weights, "full" all of them
+    # refit_scope "affine" refits each layer's gate biases and one scale of its gate weights, "full" all of them;
+    # refit_epochs=0 holds the data out without refitting (the ablation that separates the two effects)
     gate_holdout: float = 0.0
     refit_scope: str = "affine"
     refit_epochs: float = 10.0
@@ -44,7 +45,9 @@ class BaRA(Method):
             raise ValueError(f"method {self.name!r}: gate_holdout refits the local gates, which this ablation forces open")
         if self.refit_scope not in SCOPES:
             raise ValueError(f"method {self.name!r}: refit_scope={self.refit_scope!r} is unknown; allowed: {', '.join(SCOPES)}")
-        for name in ("refit_epochs", "refit_lr", "refit_samples"):
+        if not self.refit_epochs >= 0:
+            raise ValueError(f"method {self.name!r}: refit_epochs={self.refit_epochs} must be >= 0 (0: hold out, do not refit)")
+        for name in ("refit_lr", "refit_samples"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"method {self.name!r}: {name}={getattr(self, name)} must be positive")
 
@@ -67,7 +70,7 @@ class BaRA(Method):
 
     def after_training(self, model: nn.Module, train_set: EncodedDataset, collator: Collator,
                        holdout: EncodedDataset | None = None) -> dict[str, Any] | None:
-        if holdout is None:
+        if holdout is None or not self.refit_epochs:  # refit_epochs=0: the ablation that only holds data out
             return None
         return {"gate_refit": refit_local_gates(model, holdout, collator, epochs=self.refit_epochs, lr=self.refit_lr,
                                                 samples=self.refit_samples, scope=self.refit_scope,
