@@ -48,7 +48,8 @@ OOD = {"obqa": ["arc_easy", "arc_challenge", "mmlu_college_chemistry", "mmlu_col
 CAUSAL_MODEL = "gemma3-270m"
 CAUSAL_TASKS = ["arc_easy", "obqa"]
 CAUSAL_METHODS = "lora,blob,bara-global,bara"
-CAUSAL_SETTINGS = dict(train_size=512, eval_size=300, epochs=2, max_length=160, batch_size=8, learning_rate=2e-4)
+# 2 epochs at lr 2e-4 (128 steps) left LoRA at chance on ARC-E (loss 1.41 → 1.35, ln 4 = 1.39): 4 epochs at 1e-3
+CAUSAL_SETTINGS = dict(train_size=512, eval_size=300, epochs=4, max_length=160, batch_size=8, learning_rate=1e-3)
 
 
 def _folder(task: str, quick: bool, causal: bool = False) -> Path:
