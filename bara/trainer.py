@@ -298,6 +298,15 @@ class BaRATrainer(Trainer):
         self.clock = TrainingClock(checkpoint or None)
         return super().train(checkpoint, *args, **kwargs)
 
+    def _run_epoch(self, *args, **kwargs):
+        """Trainer's epoch, skipped once ``max_steps`` is reached: resuming a finished run whose
+        step budget ends inside an epoch would otherwise run one more step (transformers 5.x
+        checks the stop flag only after a step)."""
+        if self.state.max_steps and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial, *args, **kwargs) -> None:
         """Write ``checkpoint-N`` atomically: into ``.partial-checkpoint-N/``, then one rename.
 

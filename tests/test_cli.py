@@ -74,6 +74,20 @@ def test_train_then_evaluate_end_to_end(tiny_model_dir, data_file, tmp_path):
     assert json.loads((out / "train_log.json").read_text())["resumed_from"].endswith("checkpoint-6")
 
 
+def test_resuming_a_finished_run_trains_no_further_step(tiny_model_dir, data_file, tmp_path):
+    """5 steps of 8 rows end inside the second epoch of 24 rows: the resume must not run step 6."""
+    args = ["train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--method", "bara",
+            "--steps", "5", "--batch-size", "8", "--out", tmp_path / "run"]
+    assert _invoke(*args).exit_code == 0
+    before = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
+    result = _invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["checkpoint-5"]
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["resumed_from"].endswith("checkpoint-5") and log["history"][-1]["step"] == 5
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
 def _train_from_yaml(model_dir: Path, data_file: Path, method: str, yaml: str, out: Path) -> dict:
     """`bara train` with a YAML config; returns the run's train_log.json."""
     config = out.with_suffix(".yaml")
