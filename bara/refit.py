@@ -7,9 +7,10 @@ is where the adapter overfits and where calibration on new data would want noise
 training set and the local-gate network is then refitted, with everything else frozen, on the
 held-out rest, to maximise the Monte-Carlo *predictive* log-likelihood
 
-    log (1/S) Σ_s p(y | x, z_s),     z_s ~ q(z | x) (binary Concrete, reparameterised),
+    log (1/S) Σ_s p(y | x, z_s),     z_s ~ q(z | x)
 
-minus the configured local KL (weight β_l, as in training). Unlike the expected log-likelihood
+(hard 0/1 draws in the forward pass, as prediction draws them, with binary-Concrete gradients:
+straight-through), minus the configured local KL (weight β_l, as in training). Unlike the expected log-likelihood
 of the ELBO, the predictive rewards spreading the S samples where the adapter is wrong, so the
 gates learn how much of each factor to drop for which input. The global gates, the factors and
 the head keep their trained values; the data-average keep-probability may move, and the C7
