@@ -285,16 +285,16 @@ def markdown(report: dict[str, Any]) -> str:
              f"{base['batch_size']}, lr {base['learning_rate']}, seeds {report['spec']['seeds']}; "
              + ("summarised from finished runs (see `train s`, `eval s`)" if report["spec"].get("report_only")
                 else f"wall time {report['wall_seconds'] / 60:.1f} min")
-             + ". Mean ± std over seeds; best per column in bold. ECE ×100.", "",
-             "| method | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             + ". Mean ± std over the finished seeds (`seeds`: how many; ± 0 for one); best per column in bold. ECE ×100.", "",
+             "| method | seeds | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in in_domain:
         lines.append(_row(name, summary[name], best))
     ood = [n for n in summary if "→" in n]
     if ood:
         lines += ["", "Out of domain (adapters trained on the task above):", "",
-                  "| method → task | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method → task | seeds | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_row(name, summary[name], {}) for name in sorted(ood)]
     lines += ["", "Rows in brackets re-evaluate the BaRA adapter: `constant gates` replaces every learned gate by "
               "input-independent factor dropout at the data-average keep-probability (check C7: BaRA should beat it), "
@@ -320,7 +320,7 @@ def _row(name: str, entry: dict[str, Any], best: dict[str, str | None]) -> str:
     cells += [_fmt(entry["joint_effective_rank"], 1, 2), _fmt(entry["effective_rank_std"], 1, 2),
               _fmt(entry.get("gate_std", (math.nan, math.nan)), 1, 3), _fmt(entry["r_glob"], 1, 1),
               f"{params:,}" if params else "—", _fmt(entry["train_seconds"], 1, 0), _fmt(entry["eval_seconds"], 1, 0)]
-    return f"| {name} | " + " | ".join(cells) + " |"
+    return f"| {name} | {entry.get('seeds', '—')} | " + " | ".join(cells) + " |"
 
 
 def plot_comparison(results: list[dict[str, Any]], spec: CompareSpec, out: Path) -> None:

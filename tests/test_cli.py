@@ -154,7 +154,7 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert report["summary"]["bara"]["seeds"] == 2
     assert "bara [constant gates, C7]" in report["summary"]
     table = (tmp_path / "cmp" / "results.md").read_text()
-    assert "| lora |" in table and "| bara |" in table and "**" in table
+    assert "| lora | 2 |" in table and "| bara | 2 |" in table and "**" in table  # the seed count beside each method
     assert (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "eval-constant" / "predictions.safetensors").exists()
     for plot in ("reliability.png", "ece_vs_samples.png"):
         assert (tmp_path / "cmp" / plot).exists()
@@ -171,7 +171,8 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "cmp" / "runs" / "bara" / "seed2" / "done.json").exists()
     assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]["bara"]["seeds"] == 1
-    assert "summarised from finished runs" in (tmp_path / "cmp" / "results.md").read_text()
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "summarised from finished runs" in table and "| bara | 1 |" in table and "| lora | 2 |" in table
     # the same folder with other settings is refused, not silently reused
     changed = [("4" if a == "3" else a) for a in args]
     result = _invoke(*changed)
