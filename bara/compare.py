@@ -320,7 +320,7 @@ def _row(name: str, entry: dict[str, Any], best: dict[str, str | None]) -> str:
     cells += [_fmt(entry["joint_effective_rank"], 1, 2), _fmt(entry["effective_rank_std"], 1, 2),
               _fmt(entry.get("gate_std", (math.nan, math.nan)), 1, 3), _fmt(entry["r_glob"], 1, 1),
               f"{params:,}" if params else "—", _fmt(entry["train_seconds"], 1, 0), _fmt(entry["eval_seconds"], 1, 0)]
-    return f"| {name} | {entry.get('seeds', '—')} | " + " | ".join(cells) + " |"
+    return f"| {name} | {entry['seeds']} | " + " | ".join(cells) + " |"
 
 
 def plot_comparison(results: list[dict[str, Any]], spec: CompareSpec, out: Path) -> None:
