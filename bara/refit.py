@@ -70,8 +70,10 @@ class _Scaled(nn.Module):
 
 
 @contextmanager
-def _refit_parameters(model: BaRAModel, scope: str) -> Iterator[list[nn.Parameter]]:
+def _refit_parameters(model: BaRAModel, scope: str, moves: dict[str, Any]) -> Iterator[list[nn.Parameter]]:
     """Within the block only the refitted gate parameters require gradients; everything is restored after.
+    ``moves`` receives, per layer, how far the refit moved the gate biases (mean change) and, for
+    ``affine``, the scale it gave the weights.
 
     ``full``: every local-gate weight and bias. ``affine``: per layer, the r biases and one scale
     of the trained weight, ``ℓ(x) = s · W LN(x̄) + b`` (r + 1 numbers; s < 0 reverses the learned
@@ -84,6 +86,7 @@ def _refit_parameters(model: BaRAModel, scope: str) -> Iterator[list[nn.Paramete
     for p in model.parameters():
         p.requires_grad_(False)
     gates = [layer.local_gate for _, layer in model.bara_layers()]
+    biases = [gate.bias.detach().clone() for gate in gates]
     params: list[nn.Parameter] = []
     for gate in gates:
         if scope == "full":
@@ -96,7 +99,9 @@ def _refit_parameters(model: BaRAModel, scope: str) -> Iterator[list[nn.Paramete
     try:
         yield params
     finally:
+        moves["bias_shifts"] = [float((gate.bias.detach() - bias).mean()) for gate, bias in zip(gates, biases)]
         if scope == "affine":
+            moves["scales"] = [float(gate.parametrizations.weight[0].scale) for gate in gates]
             for gate in gates:
                 parametrize.remove_parametrizations(gate, "weight", leave_parametrized=True)
         for name, p in model.named_parameters():
@@ -154,8 +159,9 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
             fitted is that of the gates prediction draws; ``False`` keeps the configured relaxation.
 
     Returns:
-        ``steps``, the held-out predictive NLL (S samples) before and after, and the local KL
-        after the last step.
+        ``steps``, the held-out predictive NLL (S samples) before and after, the local KL after
+        the last step, each layer's mean bias change (``bias_shifts``) and, for ``affine``, each
+        layer's weight scale (``scales``).
     """
     if not isinstance(model, BaRAModel):
         raise TypeError(f"refit_local_gates needs a BaRAModel, got {type(model).__name__}")
@@ -165,7 +171,8 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
     loader = DataLoader(holdout, batch_size=batch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(seed))
     steps = max(1, math.ceil(epochs * len(loader)))
-    with torch.random.fork_rng(), _refit_parameters(model, scope) as params, _relaxed_gates_without_dropout(model, straight_through):
+    moves: dict[str, Any] = {}
+    with torch.random.fork_rng(), _refit_parameters(model, scope, moves) as params, _relaxed_gates_without_dropout(model, straight_through):
         torch.manual_seed(seed)
         before = _mean_nll(model, holdout, collator, samples, batch_size)
         optimizer = torch.optim.Adam(params, lr=lr)
@@ -184,7 +191,7 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
                     break
         after = _mean_nll(model, holdout, collator, samples, batch_size)
     return {"steps": steps, "holdout_size": len(holdout), "samples": samples, "lr": lr, "scope": scope,
-            "holdout_nll_before": before, "holdout_nll_after": after, "local_kl": local_kl}
+            "holdout_nll_before": before, "holdout_nll_after": after, "local_kl": local_kl} | moves
 
 
 def _mean_nll(model: BaRAModel, dataset: EncodedDataset, collator: Collator, samples: int, batch_size: int) -> float:

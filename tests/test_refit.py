@@ -78,6 +78,17 @@ def test_refit_lowers_the_held_out_predictive_nll_and_moves_only_the_local_gates
             if name.endswith("weight"):
                 cosine = torch.nn.functional.cosine_similarity(after[name].detach().flatten(), value.flatten(), dim=0)
                 assert abs(float(cosine)) == pytest.approx(1.0, abs=1e-5), name
+    # the log says how far each layer moved: bias shifts and (affine) the weight scales, layer by layer
+    weights = [n for n in gates_before if n.endswith("weight")]
+    assert len(log["bias_shifts"]) == len(weights) == 4
+    for name, shift in zip(weights, log["bias_shifts"]):
+        bias = name[: -len("weight")] + "bias"
+        assert shift == pytest.approx(float((after[bias] - gates_before[bias]).mean()), abs=1e-6)
+    if scope == "affine":
+        for name, scale in zip(weights, log["scales"]):
+            assert torch.allclose(after[name].detach(), scale * gates_before[name], atol=1e-6), name
+    else:
+        assert "scales" not in log
     assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable  # restored
     assert model.training  # the caller's mode is restored too
     assert all(not layer.straight_through for _, layer in model.bara_layers())
