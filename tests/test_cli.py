@@ -88,9 +88,22 @@ def test_resuming_a_finished_run_trains_no_further_step(tiny_model_dir, data_fil
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
+def _benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _train_from_yaml(model_dir: Path, data_file: Path, method: str, yaml: str, out: Path) -> dict:
     """`bara train` with a YAML config; returns the run's train_log.json."""
     config = out.with_suffix(".yaml")
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml)
     result = _invoke("train", "--model", model_dir, "--task", "classification", "--data", data_file,
                      "--method", method, "--config", config, "--out", out)
@@ -109,15 +122,20 @@ def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
 
 
 def test_bara_with_gate_holdout_trains_on_the_rest_and_refits_the_gates(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "runs" / "bara" / "seed1"  # laid out as `bara compare` does, for benchmarks/c7.py below
     log = _train_from_yaml(tiny_model_dir, data_file, "bara",
-                           "max_steps: 2\nbatch_size: 6\nmethod_options:\n  gate_holdout: 0.25\n  refit_epochs: 2\n",
-                           tmp_path / "refit")
+                           "max_steps: 2\nbatch_size: 6\nmethod_options:\n  gate_holdout: 0.25\n  refit_epochs: 2\n", out)
     refit = log["after_training"]["gate_refit"]
     assert refit["holdout_size"] == 6 and refit["steps"] == 2  # 6 of the 24 rows held out, batches of 16
     epochs = [h["epoch"] for h in log["history"] if "epoch" in h]
     assert epochs[-1] == pytest.approx(12 / 18, abs=0.01)  # 2 steps × 6 rows over the 18 kept rows (not 24)
-    result = _invoke("evaluate", "--adapter", tmp_path / "refit", "--samples", "2")
+    result = _invoke("evaluate", "--adapter", out, "--samples", "2")
     assert result.exit_code == 0, result.output
+    # the C7 page's refit table reads the same log: scope, held-out size, NLL before → after, bias shift, scales
+    (row,) = _benchmark("c7").refit_rows(tmp_path, ["bara", "lora"], [1, 2])
+    shift = sum(refit["bias_shifts"]) / len(refit["bias_shifts"])
+    assert row == (f"| bara | 1 | affine | 6 | {refit['holdout_nll_before']:.3f} → {refit['holdout_nll_after']:.3f} | "
+                   f"{shift:+.2f} | {min(refit['scales']):.2f} – {max(refit['scales']):.2f} |")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -228,17 +246,11 @@ def test_mixture_reports_each_domain_and_tests_the_gates_across_domains(tiny_mod
 @pytest.mark.skipif(not (resolve_data_dir() / "boolq").is_dir(), reason="benchmark data folder not found")
 def test_gate_profile_benchmark_reports_each_domain_of_a_trained_mixture_run(tiny_model_dir, tmp_path):
     """benchmarks/gates.py on a real (tiny) run: one row per domain, a figure, and a clear error for no run."""
-    import importlib.util
-    import sys
-
     out = tmp_path / "runs" / "bara" / "seed1"
     result = _invoke("train", "--model", tiny_model_dir, "--task", "sst2+boolq", "--train-size", "8",
                      "--method", "bara", "--steps", "2", "--batch-size", "8", "--max-length", "64", "--out", out)
     assert result.exit_code == 0, result.output
-    spec = importlib.util.spec_from_file_location("gates_bench", Path(__file__).parents[1] / "benchmarks" / "gates.py")
-    gates = importlib.util.module_from_spec(spec)
-    sys.modules["gates_bench"] = gates
-    spec.loader.exec_module(gates)
+    gates = _benchmark("gates")
     gates.main(["--runs", str(tmp_path / "runs" / "*" / "seed*"), "--name", "g", "--results", str(tmp_path / "res"),
                 "--eval-size", "5"])
     page = (tmp_path / "res" / "g.md").read_text()
