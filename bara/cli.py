@@ -239,6 +239,9 @@ def compare(
     workers: int = typer.Option(2, help="Parallel runs (processes with one torch thread each)."),
     ece_curve: bool = typer.Option(True, help="Report ECE with the first 1, 2, 4, 10 Monte-Carlo samples (no extra passes)."),
     report_only: bool = typer.Option(False, help="Only summarise the runs that already finished (train nothing)."),
+    archive: Optional[Path] = typer.Option(
+        None, help="Folder to keep each finished run's results, settings, log and predictions in (no weights; small "
+        "enough to commit). Runs missing from --out are restored from it instead of retrained."),
 ) -> None:
     """Train and evaluate several methods on the same data, steps and seeds; writes a mean ± std table.
 
@@ -257,7 +260,8 @@ def compare(
                        max_steps=steps, batch_size=batch_size, learning_rate=lr, max_length=max_length)
         base.validate()
         spec = CompareSpec(base=base, methods=method_list, seeds=seed_list, ood=[t for t in ood.split(",") if t],
-                           ood_eval_size=ood_eval_size, ece_curve=ece_curve, workers=workers, report_only=report_only)
+                           ood_eval_size=ood_eval_size, ece_curve=ece_curve, workers=workers, report_only=report_only,
+                           archive=str(archive) if archive else None)
         report = run_compare(spec, out, console=console)
     except _user_errors() as err:
         _fail(str(err))

@@ -5,6 +5,12 @@ evaluations; a run whose ``done.json`` exists is skipped, so an interrupted comp
 where it stopped. Runs go to a pool of worker processes (one torch thread each). For BaRA the
 report also scores the C7 controls: the same adapter with constant gates (input-independent
 factor dropout at the data-average keep-probabilities) and the one-pass ``mean`` mode.
+
+With ``CompareSpec.archive`` set, each finished run's small records (``ARCHIVED``: the result,
+its settings, the training log and the in-domain predictions, no weights) are copied to
+``ARCHIVE/runs/<method>/seed<k>``, a folder meant to be committed. A run folder that is missing
+(a new machine, a deleted ``OUT``) is restored from there, so a report can be rebuilt and new
+seeds or methods added without retraining what the archive holds.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +49,35 @@ class CompareSpec:
     ece_curve: bool = True
     workers: int = 2
     report_only: bool = False  # summarise the finished runs, train nothing
+    archive: str | None = None  # keep each finished run's records here, and restore missing runs from it
+
+
+# what `archive_run` keeps of a finished run: enough to rebuild every report, no weights
+ARCHIVED = ("done.json", "run.json", "train_log.json", "eval/predictions.safetensors",
+            "eval-constant/predictions.safetensors")
+
+
+def archive_run(folder: Path, archived: Path) -> None:
+    """Copy the `ARCHIVED` records of the finished run ``folder`` to ``archived`` (same layout)."""
+    if not (folder / "done.json").exists():
+        raise ValueError(f"{folder} is not a finished run (no done.json)")
+    for name in ARCHIVED:
+        if (folder / name).exists():
+            (archived / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, archived / name)
+
+
+def restore_run(archived: Path, folder: Path) -> bool:
+    """Copy an archived run's records into ``folder`` unless it holds a finished run; True if restored.
+
+    The restored run has results but no adapter: a report can use it, an evaluation cannot."""
+    if (folder / "done.json").exists() or not (archived / "done.json").exists():
+        return False
+    for name in ARCHIVED:
+        if (archived / name).exists():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(archived / name, folder / name)
+    return True
 
 
 def split_methods(text: str) -> list[str]:
@@ -204,7 +240,10 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     jobs = [dict(dataclasses.asdict(dataclasses.replace(spec.base, method=parsed[m][0], method_options=parsed[m][1], seed=s)), label=m)
             for s in spec.seeds for m in spec.methods]
     for job in jobs:  # before anything trains: a folder of runs made with other settings is refused
-        _check_same_spec(run_dir(out, job["label"], job["seed"]), RunSpec(**{k: v for k, v in job.items() if k != "label"}))
+        folder = run_dir(out, job["label"], job["seed"])
+        if spec.archive and restore_run(run_dir(Path(spec.archive), job["label"], job["seed"]), folder) and console:
+            console.print(f"restored from the archive: {job['label']} seed {job['seed']}", markup=False)
+        _check_same_spec(folder, RunSpec(**{k: v for k, v in job.items() if k != "label"}))
     if spec.report_only:
         jobs = [job for job in jobs if (run_dir(out, job["label"], job["seed"]) / "done.json").exists()]
         if not jobs:
@@ -213,6 +252,8 @@ def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     def finished(job: dict[str, Any], result: dict[str, Any]) -> None:
         results.append(result)
+        if spec.archive:
+            archive_run(run_dir(out, job["label"], job["seed"]), run_dir(Path(spec.archive), job["label"], job["seed"]))
         if console:
             console.print(f"done: {job['label']} seed {job['seed']} ({len(results)}/{len(jobs)})", markup=False)
 

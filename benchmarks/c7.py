@@ -253,7 +253,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     out = args.out / args.task
-    report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only), out)
+    archive = ROOT / "results" / "runs" / "c7" / args.task  # committed records of the finished runs (no weights)
+    report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only,
+                                 archive=str(archive)), out)
     seeds_done = sorted({run["seed"] for run in report["runs"]})
     wall = time.perf_counter() - start
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()

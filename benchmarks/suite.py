@@ -25,6 +25,7 @@ from bara.pipeline import RunSpec
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "suite"
 RESULTS = ROOT / "results"
+ARCHIVE = RESULTS / "runs" / "suite"  # committed: every finished run's results and predictions (`CompareSpec.archive`)
 
 ALL_METHODS = "lora,map,mcdropout,ensemble,blob,laplace,bara-global,bara"
 # Budgets chosen so that plain LoRA fits its training set (training loss near 0), the regime
@@ -56,6 +57,12 @@ def _folder(task: str, quick: bool, causal: bool = False) -> Path:
     return OUT / "quick" / task if quick else OUT / "causal" / task if causal else OUT / task
 
 
+def _archive(folder: Path) -> Path:
+    """Where the finished runs of ``folder`` are kept in git (results and predictions, no weights):
+    a new machine rebuilds the page from there and trains only what is missing."""
+    return ARCHIVE / folder.relative_to(OUT)
+
+
 def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, workers: int, quick: bool,
         causal: bool = False, report_only: bool = False) -> dict:
     """Compare ``methods`` on each task; ``causal`` switches to the causal-LM protocol's settings and folders."""
@@ -66,10 +73,10 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
             settings |= dict(train_size=512, epochs=5, eval_size=500)
         base = RunSpec(model=model, task=task, **settings)
         ood = [] if quick or causal else OOD.get(task, [])
-        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=ood, ood_eval_size=OOD_EVAL_SIZE, workers=workers,
-                           report_only=report_only)
         folder = _folder(task, quick, causal)
-        if report_only and not (folder / "runs").exists():
+        spec = CompareSpec(base=base, methods=methods, seeds=seeds, ood=ood, ood_eval_size=OOD_EVAL_SIZE, workers=workers,
+                           report_only=report_only, archive=str(_archive(folder)))
+        if report_only and not (folder / "runs").exists() and not (_archive(folder) / "runs").exists():
             continue  # nothing finished for this task yet
         start = time.perf_counter()
         report = compare(spec, folder)

@@ -198,6 +198,39 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert "max_steps=3 (asked 4)" in " ".join(result.output.split())
 
 
+def test_compare_archive_rebuilds_a_lost_comparison_without_retraining(tiny_model_dir, data_file, tmp_path):
+    """--archive keeps each finished run's records (no weights); with --out deleted, the report comes
+    back from the archive alone, identical, and only a new seed trains."""
+    import shutil
+
+    args = ["compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--methods", "lora,bara",
+            "--steps", "2", "--batch-size", "8", "--workers", "1", "--out", tmp_path / "cmp", "--archive", tmp_path / "kept"]
+    assert (result := _invoke(*args, "--seeds", "1")).exit_code == 0, result.output
+    kept = tmp_path / "kept" / "runs" / "bara" / "seed1"
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()) == sorted(
+        ["done.json", "run.json", "train_log.json", "eval/predictions.safetensors", "eval-constant/predictions.safetensors"])
+    assert not list((tmp_path / "kept").rglob("*adapter*")), "weights must not be archived"
+    before = json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]
+    shutil.rmtree(tmp_path / "cmp")  # a new machine
+    assert (result := _invoke(*args, "--seeds", "1", "--report-only")).exit_code == 0, result.output
+    assert "restored from the archive: bara seed 1" in result.output
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"] == before
+    assert not (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "adapter").exists()  # restored: records, not weights
+    stamp = (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "done.json").stat().st_mtime_ns
+    assert (result := _invoke(*args, "--seeds", "1,2")).exit_code == 0, result.output  # adds seed 2, keeps seed 1
+    assert (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "done.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "kept" / "runs" / "lora" / "seed2" / "done.json").exists()
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]["bara"]["seeds"] == 2
+
+
+def test_archive_run_refuses_an_unfinished_run(tmp_path):
+    from bara.compare import archive_run, restore_run
+
+    with pytest.raises(ValueError, match="not a finished run"):
+        archive_run(tmp_path / "run", tmp_path / "kept")
+    assert restore_run(tmp_path / "kept", tmp_path / "run") is False  # nothing archived: nothing restored
+
+
 def test_method_lists_keep_commas_inside_options():
     from bara.compare import split_methods
 

@@ -101,3 +101,88 @@ def test_adjusted_rand_index_reference_values():
     assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([5, 5, 7, 7])) == 1.0
     assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == pytest.approx(-0.5)
     assert adjusted_rand_index(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 2, 2])) == pytest.approx(0.2424, abs=1e-4)
+
+
+# -- the calibration version (C7 with a known answer) ------------------------------------------
+def _nll(probs, labels):
+    return float(-probs.gather(-1, labels.unsqueeze(-1)).log().mean())
+
+
+def test_token_classification_task_draws_labels_from_its_true_probabilities():
+    from bara.synthetic import make_token_classification_task
+
+    task = make_token_classification_task([2, 2, 2, 2], seed=0)
+    x, labels, probs, cluster = task.sample(2000, torch.Generator().manual_seed(0))
+    assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:2]))
+    # the empirical label frequencies match the mean true probabilities
+    freq = torch.bincount(labels.flatten(), minlength=4).float() / labels.numel()
+    assert torch.allclose(freq, probs.reshape(-1, 4).mean(0), atol=0.01)
+    # the docstring's ranges over seeds 0-4 hold for seed 0: Bayes < base model (W0 alone) < one map W0 + Σ ΔW_c
+    bayes = _nll(probs, labels)
+    base = _nll(torch.softmax(task.scale * (x @ task.clusters.w0.T) @ task.head.T, -1), labels)
+    one_map = task.clusters.w0 + sum(task.clusters.deltas)
+    summed = _nll(torch.softmax(task.scale * (x @ one_map.T) @ task.head.T, -1), labels)
+    assert 0.45 < bayes < 0.57 and 0.71 < base < 0.96 and 1.08 < summed < 1.88
+    assert bayes + 0.2 < base < summed - 0.3
+
+
+def test_shared_control_uses_one_update_and_the_gain_scales_it():
+    from bara.synthetic import make_token_classification_task
+
+    shared = make_token_classification_task([2, 2, 2], shared=True, gain=3.0, seed=1)
+    plain = make_token_classification_task([2, 2, 2], gain=1.0, seed=1)
+    assert all(torch.equal(d, shared.clusters.deltas[0]) for d in shared.clusters.deltas)
+    assert torch.allclose(shared.clusters.deltas[0], 3.0 * plain.clusters.deltas[0])
+    assert not torch.allclose(plain.clusters.deltas[0], plain.clusters.deltas[1])
+    with pytest.raises(ValueError, match="n_classes"):
+        make_token_classification_task([2], n_classes=1)
+
+
+@pytest.mark.parametrize("method", ["lora", "dropout"])
+def test_controls_train_only_the_factors(method):
+    from bara.synthetic import make_token_classification_task, train_token_classifier
+
+    task = make_token_classification_task([2, 2], d=8, seed=0)
+    torch.manual_seed(0)
+    fresh = bara.get_bara_model(__import__("bara.synthetic", fromlist=["TokenClassifier"]).TokenClassifier(
+        task.clusters.w0, task.head, task.scale), _config(4))
+    model = train_token_classifier(task, _config(4), method=method, steps=30, n_train=32, keep=0.3, seed=0)
+    (name, layer), = model.bara_layers()
+    assert layer.mode == {"lora": "ones", "dropout": "constant"}[method]
+    if method == "dropout":
+        assert torch.allclose(layer.constant_keep, torch.full((4,), 0.3))
+    trained = dict(model.named_parameters())
+    for key, value in fresh.named_parameters():
+        changed = not torch.equal(value, trained[key])
+        assert changed == ("lora_" in key), key  # factors move, gate parameters stay at their init
+
+
+def test_train_token_classifier_rejects_bad_arguments():
+    from bara.synthetic import make_token_classification_task, train_token_classifier
+
+    task = make_token_classification_task([2], d=8)
+    with pytest.raises(ValueError, match="method must be one of"):
+        train_token_classifier(task, _config(2), method="blob", steps=1)
+    with pytest.raises(ValueError, match="labelled_tokens must be in"):
+        train_token_classifier(task, _config(2), labelled_tokens=17, steps=1)
+
+
+def test_one_labelled_token_ignores_the_other_labels():
+    """With labelled_tokens=1 the fit may not depend on the labels of tokens 2..T."""
+    from bara.synthetic import make_token_classification_task, train_token_classifier
+
+    task = make_token_classification_task([2, 2], d=8, seed=0)
+    first = train_token_classifier(task, _config(2), method="lora", steps=20, n_train=16, labelled_tokens=1)
+    original = task.sample
+
+    def scrambled(n, generator):
+        x, labels, probs, cluster = original(n, generator)
+        labels[:, 1:] = (labels[:, 1:] + 1) % probs.shape[-1]
+        return x, labels, probs, cluster
+
+    task.sample = scrambled
+    second = train_token_classifier(task, _config(2), method="lora", steps=20, n_train=16, labelled_tokens=1)
+    full = train_token_classifier(task, _config(2), method="lora", steps=20, n_train=16)
+    weights = lambda m: dict(m.bara_layers())["proj"].lora_B.weight  # noqa: E731
+    assert torch.equal(weights(first), weights(second))
+    assert not torch.equal(weights(first), weights(full))
