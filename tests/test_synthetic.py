@@ -186,3 +186,33 @@ def test_one_labelled_token_ignores_the_other_labels():
     weights = lambda m: dict(m.bara_layers())["proj"].lora_B.weight  # noqa: E731
     assert torch.equal(weights(first), weights(second))
     assert not torch.equal(weights(first), weights(full))
+
+
+def test_c7_synthetic_benchmark_writes_verdicts_and_resumes(tmp_path, monkeypatch):
+    """benchmarks/c7_synthetic.py end to end on a toy grid: a verdict row per BaRA variant and task,
+    the cache reused on a second call, and a clear error for a variant it cannot run."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "c7_synthetic.py"
+    spec = importlib.util.spec_from_file_location("c7_synthetic_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "result_paths", lambda name, quick: (tmp_path / "c.json", tmp_path / "c.md", tmp_path / "c"))
+    args = ["--tasks", "clusters,one-label", "--sizes", "4", "--seeds", "0", "--steps", "3", "--variants", "bara[beta_local=1]"]
+    assert module.main(args) == 0
+    cells = json.loads((tmp_path / "c.json").read_text())["cells"]
+    assert "one-label|N64|dropout|seed0" in cells  # one-label trains on 16x the instances: as many labels
+    assert set(cells["clusters|N4|bara|seed0"]["rows"]) == {"BaRA, S = 10", "BaRA, mean mode", "BaRA, constant gates (C7 control)"}
+    page = (tmp_path / "c.md").read_text()
+    for row in ("| BaRA | clusters | 4 |", "| BaRA[beta_local=1] | one-label | 64 |"):
+        assert row in page
+    assert (tmp_path / "c.png").exists()
+    stamp = (tmp_path / "c.json").read_text()
+    assert module.main(args) == 0 and json.loads((tmp_path / "c.json").read_text())["cells"] == json.loads(stamp)["cells"]
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--variants", "bara[gate_lr_multiplier=10]"])
+    assert exit_info.value.code == 2
