@@ -47,7 +47,11 @@ class BaRAConfig:
         alpha0: global prior ``π_k ~ Beta(alpha0, 1)`` (prior mean ``alpha0 / (1 + alpha0)``).
         rho0: local prior ``l_nk ~ Bernoulli(rho0)``.
         temperature: τ of the binary-Concrete relaxation used while training.
-        beta_global, beta_local: weights β_g, β_l of the global and local KL terms.
+        beta_global, beta_local: weights β_g, β_l of the global and local KL terms. β_l
+            weighs the local KL against an instance's whole likelihood: with many labels per
+            instance (tokens), DESIGN's 0.1 lets the gates invent input dependence where one map
+            suffices, and ``beta_local=1`` (the untempered ELBO) prevents it; with one label per
+            instance, 1 switches the input dependence off (`benchmarks/results/c7-synthetic.md`).
         kl_warmup: fraction of training steps over which β_t rises linearly 0 → 1.
         gate_input: ``"x"`` pools the layer input (default); ``"Ax"`` pools ``A x``.
         variant: ``"product"`` (z = g·l, default) or ``"additive"`` (one gate with
