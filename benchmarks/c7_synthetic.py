@@ -224,8 +224,11 @@ def plot(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str], meth
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False, sharey=True)
-    for ax, task in zip(axes[0], tasks):
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols) + (len(tasks) % cols == 0)  # a spare panel holds the legend
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    flat = list(axes.flat)
+    for ax, task in zip(flat, tasks):
         for method in methods:
             for label, mode in rows_of(method):
                 if mode == "mean":
@@ -236,9 +239,12 @@ def plot(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str], meth
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(task)
-        ax.set_xlabel("N_train (instances of 16 tokens)" + (" — one label each" if TASKS[task].get("labelled") else ""))
-    axes[0][0].set_ylabel("held-out NLL − Bayes NLL (median)")
-    axes[0][-1].legend(fontsize=6)
+        ax.set_xlabel("N_train (instances of 16 tokens)" + (", one label each" if TASKS[task].get("labelled") else ""))
+        ax.set_ylabel("held-out NLL − Bayes NLL (median)")
+    for ax in flat[len(tasks):]:
+        ax.axis("off")
+    handles, labels = flat[0].get_legend_handles_labels()
+    flat[-1].legend(handles, labels, loc="center", fontsize=8)
     fig.tight_layout()
     path = stem.parent / f"{stem.name}.png"
     fig.savefig(path, dpi=110)
