@@ -40,13 +40,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_meta, table, verdict, write_md  # noqa: E402
+from common import (Cache, add_grid_options, close_cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_cells,  # noqa: E402
+                    table, verdict, write_md)
 
 TASKS = {
     "clusters": {"ranks": [2, 2, 2, 2], "title": "four clusters, each its own rank-2 ΔW_c"},
@@ -255,15 +255,11 @@ def plot(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str], meth
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tasks clusters and shared, N = 128, seeds 0 and 1 (< 1 min)")
-    parser.add_argument("--sizes", default=None, help="comma-separated N_train values (default 32,128,512)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--tasks", default=None, help=f"subset of: {', '.join(TASKS)} (default all)")
+    add_grid_options(parser, quick="tasks clusters and shared, N = 128, seeds 0 and 1 (< 1 min)", sizes="32,128,512",
+                     tasks=f"subset of: {', '.join(TASKS)} (default all)", tasks_default=None,
+                     steps_help="Adam steps per run (batch 64, lr 1e-2)")
     parser.add_argument("--variants", default="", help="extra BaRA variants to train next to lora, dropout and bara, e.g. "
                         "'bara[beta_local=1],bara[local_mi_weight=1]' (keys are BaRAConfig fields)")
-    parser.add_argument("--steps", type=int, default=1500, help="Adam steps per run (batch 64, lr 1e-2)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes, 1 torch thread each (default 1)")
-    parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -293,21 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = ", ".join(f"{label}: {row['excess_nll']:.3f}" for label, row in result["rows"].items())
         print(f"  {cell_key(*cell_args)}: excess NLL {summary} ({result['seconds']:.1f} s)", flush=True)
 
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_cell, *c, args.steps): c for c in todo}
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-    else:
-        for c in todo:
-            record(c, run_cell(*c, args.steps))
+    run_cells(todo, run_cell, (args.steps,), args.jobs, record)
     wall = time.perf_counter() - start
-
     cells = cache.data["cells"]
-    meta = run_meta(cache, wall, {c["commit"] for c in cells.values()}) | {
-        "compute_seconds": sum(c["seconds"] for c in cells.values())}
-    cache.data["meta"] = meta | {"wall_seconds": wall, "sizes": sizes, "seeds": seeds, "tasks": tasks}
-    cache.save()
+    meta = close_cache(cache, wall, commit, sizes=sizes, seeds=seeds, tasks=tasks)
 
     decided = verdicts(cells, sizes, seeds, tasks, methods)
     command = "python benchmarks/c7_synthetic.py" + (" --quick" if args.quick else "") + (f" --variants '{args.variants}'" if args.variants else "")

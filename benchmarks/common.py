@@ -160,6 +160,45 @@ def run_meta(cache: Cache, wall: float, cell_commits: set[str]) -> dict[str, Any
             "wall_total": cache.add_wall(wall), "cell_commits": sorted(cell_commits)}
 
 
+def add_grid_options(parser, *, quick: str, sizes: str, tasks: str, tasks_default: str | None, steps_help: str) -> None:
+    """The options every synthetic grid script shares: the grid (--sizes, --seeds, --tasks), --quick,
+    --steps, --jobs and --fresh."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--sizes", default=None, help=f"comma-separated N_train values (default {sizes})")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--tasks", default=tasks_default, help=tasks)
+    parser.add_argument("--steps", type=int, default=1500, help=steps_help)
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, 1 torch thread each (default 1)")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
+
+
+def run_cells(todo: list[tuple], work, extra: tuple, jobs: int, record) -> None:
+    """``work(*cell, *extra)`` for every cell of ``todo``, in ``jobs`` worker processes (1: in this
+    process); ``record(cell, result)`` as each one finishes, so the cache grows run by run."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = {pool.submit(work, *cell, *extra): cell for cell in todo}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    else:
+        for cell in todo:
+            record(cell, work(*cell, *extra))
+
+
+def close_cache(cache: Cache, wall: float, default_commit: str, **extra: Any) -> dict[str, Any]:
+    """The run metadata of a finished invocation (see `run_meta`) plus the summed per-cell
+    ``seconds``; stored in the cache with ``extra`` and saved. ``default_commit`` stands in for cells
+    older than the per-cell commit field."""
+    cells = cache.data["cells"]
+    meta = run_meta(cache, wall, {c.get("commit", default_commit) for c in cells.values()}) | {
+        "compute_seconds": sum(c["seconds"] for c in cells.values())}
+    cache.data["meta"] = meta | {"wall_seconds": wall} | extra
+    cache.save()
+    return meta
+
+
 def result_paths(name: str, quick: bool) -> tuple[Path, Path, Path]:
     stem = f"{name}_quick" if quick else name
     return RESULTS / f"{stem}.json", RESULTS / f"{stem}.md", RESULTS / stem

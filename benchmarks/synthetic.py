@@ -31,14 +31,14 @@ import argparse
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_meta, table, verdict, write_md  # noqa: E402
+from common import (Cache, add_grid_options, close_cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_cells,  # noqa: E402
+                    table, verdict, write_md)
 
 TASKS = {
     "equal": {"ranks": [2, 2, 2, 2], "bara_r": 8, "title": "equal rank [2,2,2,2], BaRA r = 8"},
@@ -341,13 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Outputs: benchmarks/results/synthetic[_quick].{json,md,_mse.png,_ranks.png}. Re-running resumes: "
         "cells already in the JSON (same settings) are skipped; --fresh recomputes everything.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="reduced run: N_train = 1024 only, seeds 0 and 1 (< 2 min)")
-    parser.add_argument("--sizes", default=None, help="comma-separated N_train values (default 256,1024,4096)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--tasks", default="equal,variable,control", help="subset of: equal, variable, control")
-    parser.add_argument("--steps", type=int, default=1500, help="Adam steps per run (batch 64, lr 1e-2; default 1500 as in the tests)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes, 1 torch thread each (default 1)")
-    parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
+    add_grid_options(parser, quick="reduced run: N_train = 1024 only, seeds 0 and 1 (< 2 min)", sizes="256,1024,4096",
+                     tasks="subset of: equal, variable, control", tasks_default="equal,variable,control",
+                     steps_help="Adam steps per run (batch 64, lr 1e-2; default 1500 as in the tests)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -373,21 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {cell_key(*cell_args)}: excess MSE {result['excess_mse']:.4f}, max angle {result['max_angle_deg']:.1f}°"
               f"{extra} ({result['seconds']:.1f} s)", flush=True)
 
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_cell, *c, args.steps): c for c in todo}
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-    else:
-        for c in todo:
-            record(c, run_cell(*c, args.steps))
+    run_cells(todo, run_cell, (args.steps,), args.jobs, record)
     wall = time.perf_counter() - start
-
     cells = cache.data["cells"]
-    meta = run_meta(cache, wall, {c.get("commit", "6548f2b") for c in cells.values()}) | {
-        "compute_seconds": sum(c["seconds"] for c in cells.values())}
-    cache.data["meta"] = meta | {"wall_seconds": wall, "sizes": sizes, "seeds": seeds, "tasks": tasks}
-    cache.save()
+    meta = close_cache(cache, wall, "6548f2b", sizes=sizes, seeds=seeds, tasks=tasks)
 
     body, targets = summarise(cells, sizes, seeds, tasks)
     images = plots(cells, sizes, seeds, tasks, stem)
