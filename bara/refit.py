@@ -153,8 +153,9 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
             weights (r + 1 numbers: how much keep-probability, and how strongly to follow the
             input dependence the ELBO learned); ``"full"`` refits every gate weight, which can
             fit a small held-out set by heart (on the SST-2+BoolQ mixture, seed 1, its held-out NLL
-            fell from 0.69 to 0.42, the affine refit's to 0.64, yet both gave the same test NLL,
-            0.680 and 0.682, from 0.716 without a refit; `benchmarks/results/c7-mixture-refit.md`).
+            fell from 0.70 to 0.42, the affine refit's to 0.64, yet both gave the same test NLL,
+            0.680 and 0.682, from 0.716 without a refit; `benchmarks/results/c7-mixture-refit.md` and
+            `c7-mixture-refit-log.md`).
         straight_through: hard gates in the forward pass (relaxed gradients), so the likelihood
             fitted is that of the gates prediction draws; ``False`` keeps the configured relaxation.
 
