@@ -139,15 +139,20 @@ def predictive_nll(model: BaRAModel, batch: dict[str, Tensor], samples: int) -> 
     return -(torch.logsumexp(picked, dim=0) - math.log(samples)).mean()
 
 
+# the default refit learning rates: the affine scope moves few numbers, the full scope every gate weight
+REFIT_LR = {"affine": 0.05, "full": 5e-3}
+
+
 def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Collator, *, epochs: float = 10.0,
-                      lr: float = 5e-3, samples: int = 4, batch_size: int = 16, seed: int = 1,
+                      lr: float | None = None, samples: int = 4, batch_size: int = 16, seed: int = 1,
                       scope: str = "affine", straight_through: bool = True, progress: bool = False) -> dict[str, Any]:
     """Refit the local gates of ``model`` on ``holdout`` (everything else frozen).
 
     Args:
         holdout: examples the adapter was not trained on.
         epochs: passes over ``holdout`` (fractions allowed; at least one step).
-        lr: Adam learning rate of the gate parameters.
+        lr: Adam learning rate of the gate parameters; by default ``REFIT_LR[scope]``: 0.05 for
+            ``affine`` (r + 1 numbers per layer), 5e-3 for ``full`` (every gate weight).
         samples: S, the relaxed gate draws per example in the predictive likelihood.
         scope: ``"affine"`` refits, per layer, the gate biases and one scale of the trained gate
             weights (r + 1 numbers: how much keep-probability, and how strongly to follow the
@@ -166,6 +171,9 @@ def refit_local_gates(model: BaRAModel, holdout: EncodedDataset, collator: Colla
     """
     if not isinstance(model, BaRAModel):
         raise TypeError(f"refit_local_gates needs a BaRAModel, got {type(model).__name__}")
+    if scope not in SCOPES:
+        raise ValueError(f"refit scope {scope!r} is unknown; allowed: {', '.join(SCOPES)}")
+    lr = REFIT_LR[scope] if lr is None else lr
     if samples < 1 or epochs <= 0 or lr <= 0:
         raise ValueError(f"refit needs samples >= 1, epochs > 0 and lr > 0 (got {samples}, {epochs}, {lr})")
     beta_local = model.bara_config.beta_local

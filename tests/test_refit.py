@@ -133,3 +133,15 @@ def test_bara_gate_holdout_option_splits_and_validates():
     assert get_method("bara", {"gate_holdout": 0.2, "refit_epochs": 0}).after_training(None, data, None, holdout=held) is None
     with pytest.raises(ValueError, match="refit_samples=0 must be positive"):
         get_method("bara", {"gate_holdout": 0.2, "refit_samples": 0})
+
+
+@pytest.mark.parametrize("scope", ["affine", "full"])
+def test_refit_learning_rate_defaults_to_the_scope_s_own(scope):
+    """A direct API call without ``lr`` uses the scope's own rate, the one `bara[gate_holdout=...]` uses."""
+    from bara.methods.bara import BaRA
+    from bara.refit import REFIT_LR
+
+    data, collator = token_dataset(8)
+    log = refit_local_gates(_misled_model(data, collator), data, collator, epochs=1, batch_size=8, scope=scope)
+    assert log["lr"] == REFIT_LR[scope] == {"affine": 0.05, "full": 5e-3}[scope]
+    assert BaRA().refit_lr == REFIT_LR[BaRA().refit_scope]
