@@ -15,7 +15,8 @@ Tasks (d = 32, K = 4 clusters, 16 tokens per instance, 4 classes, BaRA/LoRA r = 
   nothing to add and should not cost anything either;
 * ``one-label`` — as ``clusters``, but training uses one token label per instance (all 16 tokens
   are context): the regime of the real tasks, where one label per input faces the gate KL. Its
-  N_train is 16 × the grid's, so that each size sees as many labels as the other tasks do.
+  N_train is 16 × the grid's, so that each size sees as many labels as the other tasks do;
+* ``one-label-shared`` — the ``shared`` control in the one-label regime.
 
 Methods, each trained with Adam (lr 1e-2, batch 64) on N_train instances:
 
@@ -55,6 +56,8 @@ TASKS = {
     "shared": {"ranks": [2, 2, 2, 2], "shared": True, "title": "control: one rank-2 ΔW shared by all clusters"},
     "one-label": {"ranks": [2, 2, 2, 2], "labelled": 1, "size_factor": 16,
                   "title": "as `clusters`, but training sees one token label per instance (as sequence classification)"},
+    "one-label-shared": {"ranks": [2, 2, 2, 2], "shared": True, "labelled": 1, "size_factor": 16,
+                         "title": "the `shared` control with one token label per instance"},
 }
 BASE_METHODS = ["lora", "dropout", "bara"]
 CONTROL_LABELS = ("LoRA", "factor dropout (trained)")
