@@ -61,10 +61,7 @@ def archive_run(folder: Path, archived: Path) -> None:
     """Copy the `ARCHIVED` records of the finished run ``folder`` to ``archived`` (same layout)."""
     if not (folder / "done.json").exists():
         raise ValueError(f"{folder} is not a finished run (no done.json)")
-    for name in ARCHIVED:
-        if (folder / name).exists():
-            (archived / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / name, archived / name)
+    _copy_records(folder, archived)
 
 
 def restore_run(archived: Path, folder: Path) -> bool:
@@ -73,11 +70,16 @@ def restore_run(archived: Path, folder: Path) -> bool:
     The restored run has results but no adapter: a report can use it, an evaluation cannot."""
     if (folder / "done.json").exists() or not (archived / "done.json").exists():
         return False
-    for name in ARCHIVED:
-        if (archived / name).exists():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(archived / name, folder / name)
+    _copy_records(archived, folder)
     return True
+
+
+def _copy_records(source: Path, target: Path) -> None:
+    """Copy whichever `ARCHIVED` files ``source`` holds to the same places under ``target``."""
+    for name in ARCHIVED:
+        if (source / name).exists():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
 
 
 def split_methods(text: str) -> list[str]:

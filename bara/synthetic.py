@@ -252,9 +252,8 @@ def train_token_classifier(task: TokenClassificationTask, config: BaRAConfig, *,
     for step in range(steps):
         idx = torch.randint(n_train, (batch_size,))
         logits = model(x_train[idx])
-        nll = nn.functional.cross_entropy(logits[:, :labelled].flatten(0, 1), y_train[idx, :labelled].flatten(),
-                                          reduction="sum") / batch_size
-        loss = nll
+        loss = nn.functional.cross_entropy(logits[:, :labelled].flatten(0, 1), y_train[idx, :labelled].flatten(),
+                                           reduction="sum") / batch_size
         if method == "bara":
             loss = loss + kl_warmup_factor(step, steps, config.kl_warmup) * kl_divergence(model, n_train)
         optimizer.zero_grad(set_to_none=True)

@@ -60,7 +60,6 @@ TASKS = {
                          "title": "the `shared` control with one token label per instance"},
 }
 BASE_METHODS = ["lora", "dropout", "bara"]
-CONTROL_LABELS = ("LoRA", "factor dropout (trained)")
 RANK = 8
 KEEP = 0.5
 
@@ -307,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         f"d = 32, K = 4 clusters, 4 classes, ΔW gain 2, r = {RANK}; Adam lr 1e-2, batch 64, {args.steps} steps; "
         f"factor dropout keeps each factor with probability {KEEP}; BaRA uses DESIGN §2's defaults (τ = 1, β_l = 0.1, "
         "ρ0 = 0.5, α0 = 1/3), the ELBO summing the 16 token NLLs of an instance. Seeds draw the task, the data and the "
-        f"init: {seeds}. Sum of per-run training and evaluation times: {fmt_seconds(meta['compute_seconds'])}.",
+        f"init: {seeds}. Sum of per-run training times (evaluation not counted): {fmt_seconds(meta['compute_seconds'])}.",
         "",
         "## Verdict per task and training size",
         "",
