@@ -294,3 +294,21 @@ def test_gate_profile_benchmark_reports_each_domain_of_a_trained_mixture_run(tin
     assert 0 < cells["bara seed 1"]["profile"]["sst2"]["keep"] < 1
     with pytest.raises(SystemExit, match="no trained run"):
         gates.main(["--runs", str(tmp_path / "nothing*"), "--results", str(tmp_path / "res")])
+
+
+def test_mc_noise_benchmark_redraws_the_gates_per_seed_and_reproduces_each_draw(tiny_model_dir, data_file, tmp_path):
+    """benchmarks/mc_noise.py: one draw per sampling seed and mode; a seed reproduces its draw, another seed
+    gives other samples, constant gates differ from learned ones, and the page tables ΔNLL per draw."""
+    out = tmp_path / "runs" / "bara" / "seed1"
+    _train_from_yaml(tiny_model_dir, data_file, "bara", "max_steps: 3\nbatch_size: 8\n", out)
+    noise = _benchmark("mc_noise")
+    noise.main([str(out), "--mc-seeds", "5,6", "--samples", "2", "--name", "n", "--results", str(tmp_path / "res")])
+    cells = json.loads((tmp_path / "res" / "n.json").read_text())["cells"]
+    assert sorted(cells) == sorted(f"{out}|{m}|{s}" for m in ("default", "constant") for s in (5, 6))
+    assert noise.example_nll(out, "default", 5, 2) == pytest.approx(cells[f"{out}|default|5"], abs=1e-6)
+    assert cells[f"{out}|default|5"] != cells[f"{out}|default|6"]
+    assert cells[f"{out}|default|5"] != cells[f"{out}|constant|5"]
+    page = (tmp_path / "res" / "n.md").read_text()
+    learned, constant = (sum(cells[f"{out}|{m}|6"]) / len(cells[f"{out}|{m}|6"]) for m in ("default", "constant"))
+    assert f"| {out} | 6 | {learned:.3f} | {constant:.3f} | {learned - constant:+.4f} |" in page
+    assert "draws with ΔNLL < 0" in page

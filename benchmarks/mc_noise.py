@@ -1,0 +1,103 @@
+"""Is a C7 difference larger than the Monte-Carlo noise of the evaluation?
+
+`c7.py` compares a BaRA adapter's learned gates with its constant gates on one draw of S sampled
+gate sets per example, so its bootstrap interval covers the choice of examples but not the choice
+of samples. This script re-evaluates the same adapters in both modes under several sampling seeds
+and reports how much ΔNLL = NLL(learned) − NLL(constant) moves from one draw to the next. A C7
+verdict stands only if ΔNLL keeps its sign across draws.
+
+    python benchmarks/mc_noise.py benchmarks/out/c7/<task>/runs/bara/seed1 --mc-seeds 101,102,103
+    python benchmarks/mc_noise.py RUN [RUN ...] --samples 10 --name c7-multitask-mc-noise
+
+Results: ``benchmarks/results/<name>.{json,md}``; finished (run, mode, seed) cells are cached in the
+JSON and skipped on a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, Cache, fmt, git_commit, header, run_meta, table, write_md  # noqa: E402
+
+from bara.pipeline import encode_split, load_trained  # noqa: E402
+
+MODES = ("default", "constant")  # learned gates (S sampled gate sets) and the C7 control
+
+
+def example_nll(run: Path, mode: str, mc_seed: int, samples: int) -> list[float]:
+    """Per-example NLL of the S-sample predictive of ``run`` in ``mode``, gates drawn under ``mc_seed``."""
+    built, model = load_trained(run)
+    eval_set = encode_split(built, "eval")
+    with torch.random.fork_rng():
+        torch.manual_seed(mc_seed)
+        preds = built.method.predict(model, eval_set, built.collator, samples=samples,
+                                     mode=None if mode == "default" else mode, progress=False)
+    picked = preds.probs.gather(1, preds.labels[:, None]).squeeze(1)
+    return (-picked.clamp_min(1e-12).log()).tolist()
+
+
+def summary_rows(cache: Cache, runs: list[Path], seeds: list[int]) -> tuple[list[list], list[list]]:
+    per_draw, per_run = [], []
+    for run in runs:
+        deltas = []
+        for seed in seeds:
+            learned, constant = (cache.get(f"{run}|{m}|{seed}") for m in MODES)
+            nll_l, nll_c = statistics.fmean(learned), statistics.fmean(constant)
+            deltas.append(nll_l - nll_c)
+            per_draw.append([str(run), str(seed), nll_l, nll_c, f"{nll_l - nll_c:+.4f}"])
+        spread = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
+        signs = sum(d < 0 for d in deltas)
+        per_run.append([str(run), f"{statistics.fmean(deltas):+.4f}", fmt(spread, 4), f"{min(deltas):+.4f}",
+                        f"{max(deltas):+.4f}", f"{signs} of {len(deltas)}"])
+    return per_draw, per_run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="BaRA run folders written by `bara train` / `bara compare`")
+    parser.add_argument("--mc-seeds", default="101,102,103", help="sampling seeds (each one full draw of S samples)")
+    parser.add_argument("--samples", type=int, default=10, help="Monte-Carlo samples S per draw (c7.py uses 10)")
+    parser.add_argument("--name", default="mc-noise", help="results file benchmarks/results/<name>.{json,md}")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)  # tests write elsewhere
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    for run in args.runs:
+        if not (run / "run.json").exists():
+            parser.error(f"{run}: not a run folder (no run.json)")
+    seeds = [int(s) for s in args.mc_seeds.split(",")]
+    cache = Cache(args.results / f"{args.name}.json", {"samples": args.samples})
+    start = time.perf_counter()
+    for run in args.runs:
+        for seed in seeds:
+            for mode in MODES:
+                key = f"{run}|{mode}|{seed}"
+                if key not in cache:
+                    began = time.perf_counter()
+                    nll = example_nll(run, mode, seed, args.samples)
+                    print(f"{key}: NLL {statistics.fmean(nll):.4f} ({time.perf_counter() - began:.0f} s)", flush=True)
+                    cache.put(key, nll)
+    wall = time.perf_counter() - start
+    per_draw, per_run = summary_rows(cache, args.runs, seeds)
+    meta = run_meta(cache, wall, {git_commit()})
+    cache.save()
+    command = "python benchmarks/mc_noise.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = header("C7 against Monte-Carlo noise: learned − constant gates under fresh gate draws", meta, wall, command)
+    lines += [f"Each draw evaluates the adapter twice with S = {args.samples} sampled gate sets per example, seeded by "
+              "the draw's seed: once with its learned gates, once with constant gates at the data-average "
+              "keep-probabilities (C7's control). ΔNLL < 0 favours the learned gates; the spread across draws is "
+              "the Monte-Carlo noise that `c7.py`'s bootstrap interval leaves out.", "",
+              *table(["run", "mean ΔNLL", "std across draws", "min", "max", "draws with ΔNLL < 0"], per_run), "",
+              *table(["run", "draw seed", "NLL learned", "NLL constant", "ΔNLL"], per_draw), ""]
+    write_md(args.results / f"{args.name}.md", lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
