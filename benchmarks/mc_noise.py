@@ -10,7 +10,7 @@ verdict stands only if ΔNLL keeps its sign across draws.
     python benchmarks/mc_noise.py RUN [RUN ...] --samples 10 --name c7-multitask-mc-noise
 
 Results: ``benchmarks/results/<name>.{json,md}``; finished (run, mode, seed) cells are cached in the
-JSON and skipped on a restart.
+JSON and skipped on a restart, and the page tables every run and draw in the cache.
 """
 
 from __future__ import annotations
@@ -43,11 +43,17 @@ def example_nll(run: Path, mode: str, mc_seed: int, samples: int) -> list[float]
     return (-picked.clamp_min(1e-12).log()).tolist()
 
 
-def summary_rows(cache: Cache, runs: list[Path], seeds: list[int]) -> tuple[list[list], list[list]]:
+def summary_rows(cache: Cache) -> tuple[list[list], list[list]]:
+    """Every (run, draw) in the cache with both modes, so the page grows as later invocations add runs or draws."""
+    draws: dict[str, list[int]] = {}
+    for key in cache.data["cells"]:
+        run, mode, seed = key.rsplit("|", 2)
+        if mode == MODES[0] and f"{run}|{MODES[1]}|{seed}" in cache:
+            draws.setdefault(run, []).append(int(seed))
     per_draw, per_run = [], []
-    for run in runs:
+    for run, seeds in draws.items():
         deltas = []
-        for seed in seeds:
+        for seed in sorted(seeds):
             learned, constant = (cache.get(f"{run}|{m}|{seed}") for m in MODES)
             nll_l, nll_c = statistics.fmean(learned), statistics.fmean(constant)
             deltas.append(nll_l - nll_c)
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{key}: NLL {statistics.fmean(nll):.4f} ({time.perf_counter() - began:.0f} s)", flush=True)
                     cache.put(key, nll)
     wall = time.perf_counter() - start
-    per_draw, per_run = summary_rows(cache, args.runs, seeds)
+    per_draw, per_run = summary_rows(cache)
     meta = run_meta(cache, wall, {git_commit()})
     cache.save()
     command = "python benchmarks/mc_noise.py " + " ".join(sys.argv[1:] if argv is None else argv)
