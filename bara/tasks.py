@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -603,25 +604,22 @@ def _load_mixture(name: str, *, disjoint_labels: bool = False, **kwargs: Any) ->
     if len(kinds) > 1:
         raise TaskError(f"mixture {shown!r}: parts must be of one kind, got "
                         + ", ".join(f"{p.name}={p.kind}" for p in parts))
-    offsets = [0] * len(parts)
+    offsets = [0] * len(parts)  # added to each part's labels: nonzero only when the parts keep their own classes
     if disjoint_labels:
         if parts[0].kind != "classification":
             raise TaskError(f"mixture {shown!r}: 'multitask:' needs classification parts (multiple-choice parts "
                             f"already share their answer slots); drop the prefix")
         label_names = [f"{p.name}:{c}" for p in parts for c in p.label_names]
-        for i in range(1, len(parts)):
-            offsets[i] = offsets[i - 1] + len(parts[i - 1].label_names)
-        matched = "labels kept per part"
+        offsets = [0, *itertools.accumulate(len(p.label_names) for p in parts[:-1])]
     elif parts[0].kind == "classification":
         sizes = {p.name: len(p.label_names) for p in parts}
         if len(set(sizes.values())) > 1:
             raise TaskError(f"mixture {shown!r}: classification parts need the same number of classes, got {sizes}; "
                             f"'{MULTITASK}{name}' keeps each part's classes instead")
         label_names = ["|".join(dict.fromkeys(names_k)) for names_k in zip(*(p.label_names for p in parts))]
-        matched = f"labels matched by index ({', '.join(label_names)})"
     else:
         label_names = list(LETTERS[:max(len(p.label_names) for p in parts)])
-        matched = f"labels matched by index ({', '.join(label_names)})"
+    matched = "labels kept per part" if disjoint_labels else f"labels matched by index ({', '.join(label_names)})"
 
     def tagged(split: str) -> list[Example]:
         return [replace(e, domain=p.name, label=e.label + offset)

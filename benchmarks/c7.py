@@ -256,8 +256,8 @@ def main() -> None:
                    batch_size=16, learning_rate=1e-3)
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    folder = args.task.replace(":", "-")  # multitask:a+b -> multitask-a+b (no ':' in committed paths)
-    folder += "" if args.train_size == 512 else f"-n{args.train_size}"
+    slug = args.task.replace(":", "-")  # multitask:a+b -> multitask-a+b: no ':' in committed paths
+    folder = slug if args.train_size == 512 else f"{slug}-n{args.train_size}"
     out = args.out / folder
     archive = ROOT / "results" / "runs" / "c7" / folder  # committed records of the finished runs (no weights)
     report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only,
@@ -317,7 +317,7 @@ def main() -> None:
                   "Small p with learned gates and p = 1 with constant gates is what context-dependent gating looks like.", "",
                   "| run | seed | per domain | p (rank differs) | p (gate pattern differs) |", "|---|---|---|---|---|"] + by_domain + [""]
     (ROOT / "results").mkdir(exist_ok=True)
-    name = args.name or f"c7{'' if args.task == 'sst2' else '-' + args.task.replace(':', '-')}"
+    name = args.name or f"c7{'' if args.task == 'sst2' else '-' + slug}"
     if by_domain:
         lines += rank_plots(out, variants, seeds, name)
     (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))

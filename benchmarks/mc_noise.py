@@ -31,9 +31,13 @@ from bara.pipeline import encode_split, load_trained  # noqa: E402
 MODES = ("default", "constant")  # learned gates (S sampled gate sets) and the C7 control
 
 
+def cell_key(run: Path | str, mode: str, mc_seed: int | str) -> str:
+    return f"{run}|{mode}|{mc_seed}"
+
+
 def example_nll(run: Path, mode: str, mc_seed: int, samples: int) -> list[float]:
     """Per-example NLL of the S-sample predictive of ``run`` in ``mode``, gates drawn under ``mc_seed``."""
-    built, model = load_trained(run)
+    built, model = load_trained(run)  # fresh per cell: the constant mode fixes the gates inside the model
     eval_set = encode_split(built, "eval")
     with torch.random.fork_rng():
         torch.manual_seed(mc_seed)
@@ -48,13 +52,13 @@ def summary_rows(cache: Cache) -> tuple[list[list], list[list]]:
     draws: dict[str, list[int]] = {}
     for key in cache.data["cells"]:
         run, mode, seed = key.rsplit("|", 2)
-        if mode == MODES[0] and f"{run}|{MODES[1]}|{seed}" in cache:
+        if mode == MODES[0] and cell_key(run, MODES[1], seed) in cache:
             draws.setdefault(run, []).append(int(seed))
     per_draw, per_run = [], []
     for run, seeds in draws.items():
         deltas = []
         for seed in sorted(seeds):
-            learned, constant = (cache.get(f"{run}|{m}|{seed}") for m in MODES)
+            learned, constant = (cache.get(cell_key(run, m, seed)) for m in MODES)
             nll_l, nll_c = statistics.fmean(learned), statistics.fmean(constant)
             deltas.append(nll_l - nll_c)
             per_draw.append([str(run), str(seed), nll_l, nll_c, f"{nll_l - nll_c:+.4f}"])
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         for seed in seeds:
             for mode in MODES:
-                key = f"{run}|{mode}|{seed}"
+                key = cell_key(run, mode, seed)
                 if key not in cache:
                     began = time.perf_counter()
                     nll = example_nll(run, mode, seed, args.samples)
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"Each draw evaluates the adapter twice with S = {args.samples} sampled gate sets per example, seeded by "
               "the draw's seed: once with its learned gates, once with constant gates at the data-average "
               "keep-probabilities (C7's control). ΔNLL < 0 favours the learned gates; the spread across draws is "
-              "the Monte-Carlo noise that `c7.py`'s bootstrap interval leaves out.", "",
+              "the Monte-Carlo noise that `c7.py`'s bootstrap interval leaves out. The tables hold every run and draw "
+              "in the cache, including those added by earlier invocations with other arguments.", "",
               *table(["run", "mean ΔNLL", "std across draws", "min", "max", "draws with ΔNLL < 0"], per_run), "",
               *table(["run", "draw seed", "NLL learned", "NLL constant", "ΔNLL"], per_draw), ""]
     write_md(args.results / f"{args.name}.md", lines)
