@@ -173,6 +173,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
             done.write_text(json.dumps(result, indent=2) + "\n")
         if _train_time_unknown(folder / "train_log.json"):
             result["train_seconds"] = None  # it counted only the last session
+        result["train_nll"] = final_train_nll(folder / "train_log.json")
         return result
     log = train(spec_obj, folder, resume=True, progress=False)
     result: dict[str, Any] = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
@@ -186,6 +187,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
         result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
     result["version"] = RESULT_VERSION
     done.write_text(json.dumps(result, indent=2) + "\n")
+    result["train_nll"] = final_train_nll(folder / "train_log.json")
     return result
 
 
@@ -213,6 +215,25 @@ def _train_time_unknown(log_path: Path) -> bool:
     log = json.loads(log_path.read_text())
     logs = log.get("members", [log])  # an ensemble logs each member
     return any(member.get("resumed_from") and not member.get("clocked") for member in logs)
+
+
+def final_train_nll(log_path: Path) -> float | None:
+    """Training NLL over the last epoch's logged steps (mean over an ensemble's members), or None.
+
+    It tells the regime a comparison ran in: near 0 the adapter has fitted its training set, where
+    overconfidence appears; well above 0 it is underfit. Methods whose loss carries a KL term log
+    the data term as ``nll``; for the others the loss is the NLL.
+    """
+    if not log_path.is_file():
+        return None
+    log = json.loads(log_path.read_text())
+    values = []
+    for member in log.get("members", [log]):
+        steps = [h for h in member.get("history", []) if "loss" in h and "epoch" in h]
+        if steps:
+            last_epoch = max(h["epoch"] for h in steps) - 1
+            values += [h.get("nll", h["loss"]) for h in steps if h["epoch"] > last_epoch]
+    return sum(values) / len(values) if values else None
 
 
 def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_curve: bool) -> dict[str, Any]:
@@ -292,7 +313,8 @@ def summarise(results: list[dict[str, Any]], spec: CompareSpec) -> dict[str, dic
     rows: dict[str, list[dict[str, Any]]] = {}
     for run in results:
         rows.setdefault(run["method"], []).append(run["eval"] | {"train_seconds": run["train_seconds"],
-                                                                 "trainable_parameters": run["trainable_parameters"]})
+                                                                 "trainable_parameters": run["trainable_parameters"],
+                                                                 "train_nll": run.get("train_nll")})
         for name, metrics in run.get("extra", {}).items():
             rows.setdefault(name, []).append(metrics)
         for task, metrics in run.get("ood", {}).items():
@@ -305,6 +327,7 @@ def summarise(results: list[dict[str, Any]], spec: CompareSpec) -> dict[str, dic
         entry["gate_std"] = _mean_std([r.get("gate_std") for r in runs])
         entry["r_glob"] = _mean_std([r.get("r_glob") for r in runs])
         entry["train_seconds"] = _mean_std([r.get("train_seconds") for r in runs])
+        entry["train_nll"] = _mean_std([r.get("train_nll") for r in runs])
         entry["trainable_parameters"] = runs[0].get("trainable_parameters")
         entry["seeds"] = len(runs)
         summary[name] = entry
@@ -329,21 +352,23 @@ def markdown(report: dict[str, Any]) -> str:
              + ("summarised from finished runs (see `train s`, `eval s`)" if report["spec"].get("report_only")
                 else f"wall time {report['wall_seconds'] / 60:.1f} min")
              + ". Mean ± std over the finished seeds (`seeds`: how many; ± 0 for one); best per column in bold. ECE ×100.", "",
-             "| method | seeds | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | seeds | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train NLL | train s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in in_domain:
         lines.append(_row(name, summary[name], best))
     ood = [n for n in summary if "→" in n]
     if ood:
         lines += ["", "Out of domain (adapters trained on the task above):", "",
-                  "| method → task | seeds | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train s | eval s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method → task | seeds | ACC ×100 | ECE ×100 | NLL | Brier | s̄ (rank) | s̄ spread | gate spread | r_glob | trainable params | train NLL | train s | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_row(name, summary[name], {}) for name in sorted(ood)]
     lines += ["", "Rows in brackets re-evaluate the BaRA adapter: `constant gates` replaces every learned gate by "
               "input-independent factor dropout at the data-average keep-probability (check C7: BaRA should beat it), "
               "`mean mode` is one pass with the expected gates. `s̄ spread`: std across inputs of the effective rank; "
               "`gate spread`: std across inputs of each factor's gate probability E_q[z_k(x)], averaged over factors "
-              "and layers (the choice of factors can depend on the input while their number does not).", ""]
+              "and layers (the choice of factors can depend on the input while their number does not). "
+              "`train NLL`: the training NLL over the last epoch's logged steps (near 0: the adapter fits its "
+              "training set, the regime where overconfidence shows).", ""]
     return "\n".join(lines)
 
 
@@ -362,7 +387,8 @@ def _row(name: str, entry: dict[str, Any], best: dict[str, str | None]) -> str:
     params = entry.get("trainable_parameters")
     cells += [_fmt(entry["joint_effective_rank"], 1, 2), _fmt(entry["effective_rank_std"], 1, 2),
               _fmt(entry.get("gate_std", (math.nan, math.nan)), 1, 3), _fmt(entry["r_glob"], 1, 1),
-              f"{params:,}" if params else "—", _fmt(entry["train_seconds"], 1, 0), _fmt(entry["eval_seconds"], 1, 0)]
+              f"{params:,}" if params else "—", _fmt(entry.get("train_nll", (math.nan, math.nan)), 1, 3),
+              _fmt(entry["train_seconds"], 1, 0), _fmt(entry["eval_seconds"], 1, 0)]
     return f"| {name} | {entry['seeds']} | " + " | ".join(cells) + " |"
 
 

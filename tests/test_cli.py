@@ -173,6 +173,7 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     assert "bara [constant gates, C7]" in report["summary"]
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "| lora | 2 |" in table and "| bara | 2 |" in table and "**" in table  # the seed count beside each method
+    assert "train NLL" in table and report["summary"]["bara"]["train_nll"][0] > 0  # the regime each run ended in
     assert (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "eval-constant" / "predictions.safetensors").exists()
     for plot in ("reliability.png", "ece_vs_samples.png"):
         assert (tmp_path / "cmp" / plot).exists()
@@ -221,6 +222,25 @@ def test_compare_archive_rebuilds_a_lost_comparison_without_retraining(tiny_mode
     assert (tmp_path / "cmp" / "runs" / "bara" / "seed1" / "done.json").stat().st_mtime_ns == stamp
     assert (tmp_path / "kept" / "runs" / "lora" / "seed2" / "done.json").exists()
     assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]["bara"]["seeds"] == 2
+
+
+def test_final_train_nll_reads_the_data_term_of_the_last_epoch(tmp_path):
+    from bara.compare import final_train_nll
+
+    def log(*steps):  # (epoch, loss, nll or None)
+        return {"history": [{"epoch": e, "loss": l} | ({"nll": n} if n is not None else {}) for e, l, n in steps]
+                + [{"epoch": steps[-1][0], "train_runtime": 1.0}]}
+
+    plain = tmp_path / "lora.json"
+    plain.write_text(json.dumps(log((1, 0.9, None), (2, 0.5, None), (2.5, 0.3, None), (3, 0.1, None))))
+    assert final_train_nll(plain) == pytest.approx(0.2)  # epochs (2, 3]: the loss is the NLL
+    kl = tmp_path / "bara.json"
+    kl.write_text(json.dumps(log((1, 2.0, 0.8), (2, 1.5, 0.4))))
+    assert final_train_nll(kl) == pytest.approx(0.4)  # the NLL term, not NLL + KL
+    ensemble = tmp_path / "ensemble.json"
+    ensemble.write_text(json.dumps({"members": [log((1, 0.2, None)), log((1, 0.4, None))]}))
+    assert final_train_nll(ensemble) == pytest.approx(0.3)
+    assert final_train_nll(tmp_path / "missing.json") is None
 
 
 def test_archive_run_refuses_an_unfinished_run(tmp_path):
