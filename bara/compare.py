@@ -171,22 +171,22 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
         if result.get("version", 1) < RESULT_VERSION:
             result = _rescore(result, folder, label, spec_obj.method, ece_curve)
             done.write_text(json.dumps(result, indent=2) + "\n")
-        if _train_time_unknown(folder / "train_log.json"):
-            result["train_seconds"] = None  # it counted only the last session
-        result["train_nll"] = final_train_nll(folder / "train_log.json")
-        return result
-    log = train(spec_obj, folder, resume=True, progress=False)
-    result: dict[str, Any] = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
-                              "trainable_parameters": log["trainable_parameters"], "steps": log["steps"]}
-    result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
-    result["extra"] = {f"{label} {name}": evaluate(folder, out=folder / f"eval-{kw['mode']}", progress=False, plots=False, **kw)
-                       for name, kw in _extra_modes(spec_obj.method).items()}
-    result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False,
-                                    eval_size=_capped_eval_size(task, ood_eval_size)) for task in ood}
-    if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
-        result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
-    result["version"] = RESULT_VERSION
-    done.write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        log = train(spec_obj, folder, resume=True, progress=False)
+        result = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
+                  "trainable_parameters": log["trainable_parameters"], "steps": log["steps"]}
+        result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
+        result["extra"] = {f"{label} {name}": evaluate(folder, out=folder / f"eval-{kw['mode']}", progress=False, plots=False, **kw)
+                           for name, kw in _extra_modes(spec_obj.method).items()}
+        result["ood"] = {task: evaluate(folder, task=task, out=folder / f"ood-{task}", progress=False, plots=False,
+                                        eval_size=_capped_eval_size(task, ood_eval_size)) for task in ood}
+        if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
+            result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
+        result["version"] = RESULT_VERSION
+        done.write_text(json.dumps(result, indent=2) + "\n")
+    # read from the training log on every report, so runs finished before these fields existed get them too
+    if _train_time_unknown(folder / "train_log.json"):
+        result["train_seconds"] = None  # it counted only the last session
     result["train_nll"] = final_train_nll(folder / "train_log.json")
     return result
 
