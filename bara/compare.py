@@ -217,23 +217,36 @@ def _train_time_unknown(log_path: Path) -> bool:
     return any(member.get("resumed_from") and not member.get("clocked") for member in logs)
 
 
+def train_nll_by_epoch(log_path: Path) -> list[float]:
+    """Mean training NLL of each epoch's logged steps (epoch k covers steps logged in (k − 1, k]).
+
+    An ensemble's members are averaged epoch by epoch; a missing log gives ``[]``. Methods whose
+    loss carries a KL term log the data term as ``nll``; for the others the loss is the NLL.
+    The curve says whether, and when, an adapter fitted its training set.
+    """
+    if not log_path.is_file():
+        return []
+    log = json.loads(log_path.read_text())
+    curves = []
+    for member in log.get("members", [log]):
+        by_epoch: dict[int, list[float]] = {}
+        for h in member.get("history", []):
+            if "loss" in h and "epoch" in h:
+                by_epoch.setdefault(max(math.ceil(h["epoch"]) - 1, 0), []).append(h.get("nll", h["loss"]))
+        if by_epoch:
+            curves.append([sum(v) / len(v) for _, v in sorted(by_epoch.items())])
+    epochs = min((len(c) for c in curves), default=0)  # members of one ensemble train equally long
+    return [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
+
+
 def final_train_nll(log_path: Path) -> float | None:
     """Training NLL over the last epoch's logged steps (mean over an ensemble's members), or None.
 
     It tells the regime a comparison ran in: near 0 the adapter has fitted its training set, where
-    overconfidence appears; well above 0 it is underfit. Methods whose loss carries a KL term log
-    the data term as ``nll``; for the others the loss is the NLL.
+    overconfidence appears; well above 0 it is underfit.
     """
-    if not log_path.is_file():
-        return None
-    log = json.loads(log_path.read_text())
-    values = []
-    for member in log.get("members", [log]):
-        steps = [h for h in member.get("history", []) if "loss" in h and "epoch" in h]
-        if steps:
-            last_epoch = max(h["epoch"] for h in steps) - 1
-            values += [h.get("nll", h["loss"]) for h in steps if h["epoch"] > last_epoch]
-    return sum(values) / len(values) if values else None
+    curve = train_nll_by_epoch(log_path)
+    return curve[-1] if curve else None
 
 
 def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_curve: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from bara.metrics import expected_calibration_error, reliability_bins
 
-__all__ = ["ece_vs_samples", "global_gate_bars", "rank_histogram", "reliability_diagram"]
+__all__ = ["ece_vs_samples", "global_gate_bars", "rank_histogram", "reliability_diagram", "training_curves"]
 
 PathLike = str | os.PathLike[str]
 
@@ -459,6 +459,43 @@ def ece_vs_samples(
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title(title or "Calibration vs number of MC samples")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# training curves
+# --------------------------------------------------------------------------------------
+
+def training_curves(
+    curves: Mapping[str, Sequence[float]],
+    path: PathLike,
+    ylabel: str = "training NLL",
+    title: str | None = None,
+) -> Path:
+    """One value per epoch for each method (e.g. the mean training NLL), epochs 1, 2, … on x.
+
+    The y axis is logarithmic, so that the approach to 0 (an adapter fitting its training set,
+    the regime where overconfidence appears) stays readable next to underfit methods.
+    """
+    if not curves:
+        raise ValueError("training_curves: curves is empty")
+    parsed = {name: _to_numpy(list(values), f"curves[{name!r}]") for name, values in curves.items()}
+    for name, values in parsed.items():
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"training_curves: curves[{name!r}] must be a non-empty list of numbers")
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError(f"training_curves: curves[{name!r}] values must be positive and finite (log axis)")
+    fig = _new_figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    for i, (name, values) in enumerate(parsed.items()):
+        epochs = np.arange(1, values.size + 1)
+        ax.plot(epochs, values, marker="o", ms=4, color=_color(i), lw=1.8, label=f"{name}  ({values[-1]:.3f} last)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{ylabel} (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    ax.set_title(title or "Training curves")
     return _save(fig, path)
 
 

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare, run_dir, split_methods, summarise
+from bara.compare import CompareSpec, compare, run_dir, split_methods, summarise, train_nll_by_epoch
 from bara.pipeline import RunSpec
 
 ROOT = Path(__file__).resolve().parent
@@ -154,6 +154,30 @@ def rank_plots(out: Path, names: list[str], seeds: list[int], stem: str) -> list
             lines += [f"Per-instance rank by domain, {name} (seed {seed}):", "",
                       f"![rank by domain, {name.replace('[', ' ').replace(']', '')}]({target.name})", ""]
     return lines
+
+
+def train_curve_plot(out: Path, names: list[str], seeds: list[int], stem: str) -> list[str]:
+    """Plot each method's training NLL per epoch (mean over its finished seeds) next to the results page.
+
+    It shows whether BaRA fits its training set as fast as the adapters it is compared with: a
+    gated adapter that trails LoRA in training NLL is limited by capacity, whatever its gates do.
+    """
+    from bara.plots import training_curves
+
+    curves, counts = {}, {}
+    for name in names:
+        found = [c for c in (train_nll_by_epoch(run_dir(out, name, seed) / "train_log.json") for seed in seeds) if c]
+        if found:
+            epochs = min(len(c) for c in found)
+            curves[name] = [sum(c[e] for c in found) / len(found) for e in range(epochs)]
+            counts[name] = len(found)
+    if not curves:
+        return []
+    target = training_curves(curves, ROOT / "results" / f"{stem}-train-nll.png",
+                             title="Training NLL per epoch (data term; mean over seeds)")
+    seeds_text = ", ".join(f"{name} {n}" for name, n in counts.items())
+    return [f"Training NLL per epoch (the data term of the loss, mean of each epoch's logged steps; seeds: {seeds_text}):", "",
+            f"![training NLL per epoch]({target.name})", ""]
 
 
 def _p_value(p: float) -> str:
@@ -336,6 +360,7 @@ def main() -> None:
     name = args.name or f"c7{'' if args.task == 'sst2' else '-' + slug}"
     if by_domain:
         lines += rank_plots(out, variants, seeds, name)
+    lines += train_curve_plot(out, list(dict.fromkeys(methods + others)), seeds, name)
     (ROOT / "results" / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

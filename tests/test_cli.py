@@ -224,8 +224,8 @@ def test_compare_archive_rebuilds_a_lost_comparison_without_retraining(tiny_mode
     assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]["bara"]["seeds"] == 2
 
 
-def test_final_train_nll_reads_the_data_term_of_the_last_epoch(tmp_path):
-    from bara.compare import final_train_nll
+def test_train_nll_per_epoch_reads_the_data_term(tmp_path):
+    from bara.compare import final_train_nll, train_nll_by_epoch
 
     def log(*steps):  # (epoch, loss, nll or None)
         return {"history": [{"epoch": e, "loss": l} | ({"nll": n} if n is not None else {}) for e, l, n in steps]
@@ -241,6 +241,11 @@ def test_final_train_nll_reads_the_data_term_of_the_last_epoch(tmp_path):
     ensemble.write_text(json.dumps({"members": [log((1, 0.2, None)), log((1, 0.4, None))]}))
     assert final_train_nll(ensemble) == pytest.approx(0.3)
     assert final_train_nll(tmp_path / "missing.json") is None
+    assert train_nll_by_epoch(plain) == pytest.approx([0.9, 0.5, 0.2])  # one value per epoch
+    ragged = tmp_path / "ragged.json"  # members are averaged over the epochs they all logged
+    ragged.write_text(json.dumps({"members": [log((1, 0.2, None), (2, 0.1, None)), log((1, 0.4, None))]}))
+    assert train_nll_by_epoch(ragged) == pytest.approx([0.3])
+    assert train_nll_by_epoch(tmp_path / "missing.json") == []
 
 
 def test_archive_run_refuses_an_unfinished_run(tmp_path):
@@ -343,7 +348,7 @@ def test_c7_run_folders_name_every_setting_off_the_defaults():
     assert len({run_folder("sst2", 512, e) for e in (5, 10, 20)}) == 3  # a run is never reused for other epochs
 
 
-def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, data_file, tmp_path):
+def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, data_file, tmp_path, monkeypatch):
     common = ["compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--steps", "2",
               "--batch-size", "8", "--workers", "1", "--out", tmp_path]
     for methods, seeds in (("bara,mcdropout", "1"), ("bara", "2")):  # MC-dropout only on seed 1
@@ -356,3 +361,7 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     assert cells[5].endswith("(1 seed)") and cells[6].endswith("(1 seed)")  # vs MC-dropout: seed 1 only, said so
     (row,) = c7.paired_rows(tmp_path, ["bara"], [2], compute_missing=set())
     assert [c.strip() for c in row.strip("|").split("|")][-2:] == ["—", "—"]  # no MC-dropout run on seed 2
+    monkeypatch.setattr(c7, "ROOT", tmp_path / "bench")  # the page and its figures go under ROOT / "results"
+    lines = c7.train_curve_plot(tmp_path, ["bara", "mcdropout", "lora"], [1, 2], "page")
+    assert "seeds: bara 2, mcdropout 1)" in lines[0]  # lora never ran: no curve, and not named
+    assert (tmp_path / "bench" / "results" / "page-train-nll.png").stat().st_size > 5_000

@@ -156,6 +156,20 @@ def test_ece_vs_samples_errors(tmp_path):
         ece_vs_samples({"a": [1, 2]}, p)
 
 
+def test_training_curves(tmp_path):
+    from bara.plots import training_curves
+
+    curves = {"lora": [0.9, 0.4, 0.1, 0.04], "bara": [1.2, 0.7, 0.5, 0.33], "blob": [0.8]}
+    _check_png(training_curves(curves, tmp_path / "t.png"))
+    with pytest.raises(ValueError, match="empty"):
+        training_curves({}, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="non-empty"):
+        training_curves({"a": []}, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="positive"):  # a log axis cannot show 0
+        training_curves({"a": [0.5, 0.0]}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_gate_profile_plot_one_panel_per_run(tmp_path):
     from bara.metrics import gate_profile
     from bara.plots import gate_profile_plot
