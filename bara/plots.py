@@ -24,7 +24,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from torch import Tensor
 
 from bara.metrics import expected_calibration_error, reliability_bins
@@ -491,6 +491,7 @@ def training_curves(
         epochs = np.arange(1, values.size + 1)
         ax.plot(epochs, values, marker="o", ms=4, color=_color(i), lw=1.8, label=f"{name}  ({values[-1]:.3f} last)")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{ylabel} (log scale)")
     ax.grid(True, which="both", alpha=0.3)
