@@ -148,6 +148,24 @@ def warn_if_fsdp_on_cpu() -> bool:
     return False
 
 
+def warn_if_weight_decay_vanishes(learning_rate: float, weight_decay: float, dtype: torch.dtype = torch.float32) -> bool:
+    """Warn when AdamW's decoupled weight decay cannot change the weights at all.
+
+    AdamW shrinks each weight by the factor ``1 − lr·wd`` per step. When ``lr·wd`` is at most half
+    the gap between 1 and the next smaller number of the weights' dtype (``eps / 4``: 2⁻²⁵ ≈ 3e-8
+    in float32), that factor rounds to exactly 1. BLoB's MAP setting (wd 1e-5) at lr 1e-3 is such a
+    case: the ``map`` method then trains bit for bit as ``lora``.
+    """
+    import warnings
+
+    if 0 < learning_rate * weight_decay <= torch.finfo(dtype).eps / 4:
+        warnings.warn(f"weight_decay={weight_decay:g} at learning_rate={learning_rate:g} has no effect in {dtype}: "
+                      f"AdamW's factor 1 - lr*wd rounds to exactly 1, so the weights train as with no weight decay "
+                      f"(use lr*wd > {torch.finfo(dtype).eps / 4:.1e})", stacklevel=2)
+        return True
+    return False
+
+
 def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``spec`` into ``out`` (``out/adapter``, ``out/run.json``, ``out/train_log.json``).
 
@@ -187,6 +205,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
         dataloader_num_workers=0, **method.training_overrides(),
     )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    warn_if_weight_decay_vanishes(args.learning_rate, args.weight_decay, trainable[0].dtype if trainable else torch.float32)
     trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
                                      **method.trainer_kwargs())
     main = trainer.is_world_process_zero()

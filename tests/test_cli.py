@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from bara.cli import app
@@ -119,6 +120,34 @@ def test_lora_run_and_yaml_config(tiny_model_dir, data_file, tmp_path):
     result = _invoke("evaluate", "--adapter", tmp_path / "lora")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "lora" / "eval-train-task" / "metrics.json").read_text())["joint_effective_rank"] is None
+
+
+def test_map_at_blobs_weight_decay_trains_bit_for_bit_as_lora(tiny_model_dir, data_file, tmp_path):
+    """AdamW's factor 1 - lr*wd rounds to exactly 1 in float32 at BLoB's wd 1e-5 and lr 1e-3: MAP is LoRA, and says so."""
+    from safetensors.torch import load_file
+
+    def adapter(method: str, options: str) -> dict:
+        _train_from_yaml(tiny_model_dir, data_file, method, f"max_steps: 3\nbatch_size: 4\n{options}", tmp_path / method / options[-8:])
+        (weights,) = (tmp_path / method / options[-8:] / "adapter").glob("*.safetensors")
+        return load_file(weights)
+
+    lora = adapter("lora", "")
+    with pytest.warns(UserWarning, match="weight_decay=1e-05 at learning_rate=0.001 has no effect"):
+        map_default = adapter("map", "")
+    assert lora.keys() == map_default.keys() and all(torch.equal(lora[k], map_default[k]) for k in lora)
+    decayed = adapter("map", "method_options:\n  weight_decay: 0.1\n")  # lr*wd = 1e-4: the decay acts
+    assert any(not torch.equal(lora[k], decayed[k]) for k in lora)
+
+
+def test_weight_decay_warning_follows_the_dtype():
+    from bara.pipeline import warn_if_weight_decay_vanishes
+
+    with pytest.warns(UserWarning, match="no effect"):
+        assert warn_if_weight_decay_vanishes(1e-4, 1e-5)  # BLoB's own setting: 1e-9
+    assert not warn_if_weight_decay_vanishes(1e-3, 1e-4)  # 1e-7 > 2**-25
+    assert not warn_if_weight_decay_vanishes(1e-3, 0.0)  # no decay asked: nothing to warn about
+    with pytest.warns(UserWarning, match="bfloat16"):
+        assert warn_if_weight_decay_vanishes(1e-3, 1e-2, torch.bfloat16)  # 1e-5 < 2**-9
 
 
 def test_bara_with_gate_holdout_trains_on_the_rest_and_refits_the_gates(tiny_model_dir, data_file, tmp_path):
