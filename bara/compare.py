@@ -235,7 +235,12 @@ def train_nll_by_epoch(log_path: Path) -> list[float]:
                 by_epoch.setdefault(max(math.ceil(h["epoch"]) - 1, 0), []).append(h.get("nll", h["loss"]))
         if by_epoch:
             curves.append([sum(v) / len(v) for _, v in sorted(by_epoch.items())])
-    epochs = min((len(c) for c in curves), default=0)  # members of one ensemble train equally long
+    return mean_curve(curves)  # members of one ensemble train equally long
+
+
+def mean_curve(curves: list[list[float]]) -> list[float]:
+    """Epoch-by-epoch mean of several per-epoch curves, over the epochs they all reached ([] for none)."""
+    epochs = min((len(c) for c in curves), default=0)
     return [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
 
 

@@ -205,8 +205,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
         remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
         dataloader_num_workers=0, **method.training_overrides(),
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    warn_if_weight_decay_vanishes(args.learning_rate, args.weight_decay, trainable[0].dtype if trainable else torch.float32)
+    warn_if_weight_decay_vanishes(args.learning_rate, args.weight_decay,
+                                  next((p.dtype for p in model.parameters() if p.requires_grad), torch.float32))
     trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
                                      **method.trainer_kwargs())
     main = trainer.is_world_process_zero()

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare, run_dir, split_methods, summarise, train_nll_by_epoch
+from bara.compare import CompareSpec, compare, mean_curve, run_dir, split_methods, summarise, train_nll_by_epoch
 from bara.pipeline import RunSpec
 
 ROOT = Path(__file__).resolve().parent
@@ -168,9 +168,7 @@ def train_curve_plot(out: Path, names: list[str], seeds: list[int], stem: str) -
     for name in names:
         found = [c for c in (train_nll_by_epoch(run_dir(out, name, seed) / "train_log.json") for seed in seeds) if c]
         if found:
-            epochs = min(len(c) for c in found)
-            curves[name] = [sum(c[e] for c in found) / len(found) for e in range(epochs)]
-            counts[name] = len(found)
+            curves[name], counts[name] = mean_curve(found), len(found)
     if not curves:
         return []
     target = training_curves(curves, ROOT / "results" / f"{stem}-train-nll.png",

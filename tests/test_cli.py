@@ -126,16 +126,16 @@ def test_map_at_blobs_weight_decay_trains_bit_for_bit_as_lora(tiny_model_dir, da
     """AdamW's factor 1 - lr*wd rounds to exactly 1 in float32 at BLoB's wd 1e-5 and lr 1e-3: MAP is LoRA, and says so."""
     from safetensors.torch import load_file
 
-    def adapter(method: str, options: str) -> dict:
-        _train_from_yaml(tiny_model_dir, data_file, method, f"max_steps: 3\nbatch_size: 4\n{options}", tmp_path / method / options[-8:])
-        (weights,) = (tmp_path / method / options[-8:] / "adapter").glob("*.safetensors")
+    def adapter(run: str, method: str, options: str = "") -> dict:
+        _train_from_yaml(tiny_model_dir, data_file, method, f"max_steps: 3\nbatch_size: 4\n{options}", tmp_path / run)
+        (weights,) = (tmp_path / run / "adapter").glob("*.safetensors")
         return load_file(weights)
 
-    lora = adapter("lora", "")
+    lora = adapter("lora", "lora")
     with pytest.warns(UserWarning, match="weight_decay=1e-05 at learning_rate=0.001 has no effect"):
-        map_default = adapter("map", "")
+        map_default = adapter("map", "map")
     assert lora.keys() == map_default.keys() and all(torch.equal(lora[k], map_default[k]) for k in lora)
-    decayed = adapter("map", "method_options:\n  weight_decay: 0.1\n")  # lr*wd = 1e-4: the decay acts
+    decayed = adapter("map-decayed", "map", "method_options:\n  weight_decay: 0.1\n")  # lr*wd = 1e-4: the decay acts
     assert any(not torch.equal(lora[k], decayed[k]) for k in lora)
 
 
