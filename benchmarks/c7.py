@@ -84,7 +84,8 @@ def ece_vs_samples_rows(report: dict, names: list[str]) -> list[str]:
 
 
 PAIRED_HEADER = ["| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
-                 "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout |", "|---|---|---|---|---|---|---|"]
+                 "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout | ΔNLL per seed: vs constant · vs MC-dropout |",
+                 "|---|---|---|---|---|---|---|---|"]
 SIGNAL_HEADER = ["| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
                  "|---|---|---|---|---|"]
 
@@ -209,6 +210,7 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
     computed for the variants in ``compute_missing`` (one extra evaluation per run)."""
     import torch
 
+    from bara.metrics import negative_log_likelihood as nll
     from bara.metrics import paired_bootstrap
     from bara.pipeline import evaluate
 
@@ -218,6 +220,9 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
             r = paired_bootstrap(metric, a, b, y, n_boot=1000)
             out.append(f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]")
         return out
+
+    def per_seed(pairs) -> str:  # one mean difference per training seed: does every seed agree on the sign?
+        return ", ".join(f"{nll(a, y) - nll(b, y):+.3f}" for a, b, y in pairs) if pairs else "—"
 
     rows = []
     for name in names:
@@ -250,6 +255,7 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
             row += [cell + seeds_note for cell in cells(pm, mc, ym, (("nll", 1.0), ("ece", 100.0)))]
         else:
             row += ["—", "—"]
+        row.append(f"{per_seed(list(zip(learned, constant, labels)))} · {per_seed(with_mc)}")
         rows.append(f"| {name} | {len(learned)} | " + " | ".join(row) + " |")
     return rows
 
@@ -334,7 +340,9 @@ def main() -> None:
                   "same evaluation examples for MC-dropout), with 95% bootstrap intervals (1000 resamples). "
                   "ΔNLL, ΔECE negative / ΔAUROC positive: the learned, input-dependent gates are better. AUROC: how well "
                   "the confidence separates right from wrong predictions (selective prediction). An interval that "
-                  "contains 0 means the evaluation cannot tell them apart.", "",
+                  "contains 0 means the evaluation cannot tell them apart. The intervals resample evaluation examples, "
+                  "not training runs; the last column gives each seed's own mean ΔNLL, in seed order, so a sign that "
+                  "flips between seeds shows there.", "",
                   *PAIRED_HEADER] + paired + [""]
     if signal := rank_signal_rows(out, variants + others, seeds):
         lines += ["What the per-input effective rank s̄(x) says about the input, pooled over seeds: the AUROC with "

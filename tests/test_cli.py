@@ -388,8 +388,15 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:2] == ["bara", "2"]  # learned vs constant gates pooled over both seeds
     assert cells[5].endswith("(1 seed)") and cells[6].endswith("(1 seed)")  # vs MC-dropout: seed 1 only, said so
+    vs_constant, vs_mc = cells[7].split(" · ")  # per seed: two against constant gates, one against MC-dropout
+    assert len(vs_constant.split(", ")) == 2 and len(vs_mc.split(", ")) == 1
+    from bara.metrics import negative_log_likelihood
+    predictions = [c7._predictions(tmp_path / "runs" / m / "seed1" / "eval") for m in ("bara", "mcdropout")]
+    (p, y), (m, _) = predictions
+    assert vs_mc == f"{negative_log_likelihood(p, y) - negative_log_likelihood(m, y):+.3f}"
     (row,) = c7.paired_rows(tmp_path, ["bara"], [2], compute_missing=set())
-    assert [c.strip() for c in row.strip("|").split("|")][-2:] == ["—", "—"]  # no MC-dropout run on seed 2
+    assert [c.strip() for c in row.strip("|").split("|")][-3:-1] == ["—", "—"]  # no MC-dropout run on seed 2
+    assert row.rstrip(" |").endswith(" · —")
     monkeypatch.setattr(c7, "ROOT", tmp_path / "bench")  # the page and its figures go under ROOT / "results"
     lines = c7.train_curve_plot(tmp_path, ["bara", "mcdropout", "lora"], [1, 2], "page")
     assert "seeds: bara 2, mcdropout 1)" in lines[0]  # lora never ran: no curve, and not named
