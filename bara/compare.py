@@ -55,6 +55,8 @@ class CompareSpec:
 # what `archive_run` keeps of a finished run: enough to rebuild every report, no weights
 ARCHIVED = ("done.json", "run.json", "train_log.json", "eval/predictions.safetensors",
             "eval-constant/predictions.safetensors")
+# plus each out-of-domain evaluation's predictions (~16 KB each), so OOD differences can be bootstrapped later
+ARCHIVED_OOD = "ood-*/predictions.safetensors"
 
 
 def archive_run(folder: Path, archived: Path) -> None:
@@ -75,8 +77,9 @@ def restore_run(archived: Path, folder: Path) -> bool:
 
 
 def _copy_records(source: Path, target: Path) -> None:
-    """Copy whichever `ARCHIVED` files ``source`` holds to the same places under ``target``."""
-    for name in ARCHIVED:
+    """Copy whichever `ARCHIVED` (and `ARCHIVED_OOD`) files ``source`` holds to the same places under ``target``."""
+    ood = [str(path.relative_to(source)) for path in sorted(source.glob(ARCHIVED_OOD))]
+    for name in (*ARCHIVED, *ood):
         if (source / name).exists():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target / name)

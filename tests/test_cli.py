@@ -285,6 +285,21 @@ def test_archive_run_refuses_an_unfinished_run(tmp_path):
     assert restore_run(tmp_path / "kept", tmp_path / "run") is False  # nothing archived: nothing restored
 
 
+def test_archive_keeps_records_and_ood_predictions_but_no_weights(tmp_path):
+    from bara.compare import archive_run, restore_run
+
+    run, kept, fresh = tmp_path / "run", tmp_path / "kept", tmp_path / "fresh"
+    for name in ("done.json", "eval/predictions.safetensors", "ood-arc_easy/predictions.safetensors",
+                 "ood-arc_easy/metrics.json", "adapter/adapter_model.safetensors"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    archive_run(run, kept)
+    kept_files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert kept_files == ["done.json", "eval/predictions.safetensors", "ood-arc_easy/predictions.safetensors"]
+    assert restore_run(kept, fresh) is True
+    assert (fresh / "ood-arc_easy/predictions.safetensors").read_text() == "ood-arc_easy/predictions.safetensors"
+
+
 def test_method_lists_keep_commas_inside_options():
     from bara.compare import split_methods
 
