@@ -52,11 +52,10 @@ class CompareSpec:
     archive: str | None = None  # keep each finished run's records here, and restore missing runs from it
 
 
-# what `archive_run` keeps of a finished run: enough to rebuild every report, no weights
+# what `archive_run` keeps of a finished run (glob patterns): enough to rebuild every report, no weights;
+# the out-of-domain predictions (~16 KB each) too, so OOD differences can be bootstrapped later
 ARCHIVED = ("done.json", "run.json", "train_log.json", "eval/predictions.safetensors",
-            "eval-constant/predictions.safetensors")
-# plus each out-of-domain evaluation's predictions (~16 KB each), so OOD differences can be bootstrapped later
-ARCHIVED_OOD = "ood-*/predictions.safetensors"
+            "eval-constant/predictions.safetensors", "ood-*/predictions.safetensors")
 
 
 def archive_run(folder: Path, archived: Path) -> None:
@@ -77,12 +76,12 @@ def restore_run(archived: Path, folder: Path) -> bool:
 
 
 def _copy_records(source: Path, target: Path) -> None:
-    """Copy whichever `ARCHIVED` (and `ARCHIVED_OOD`) files ``source`` holds to the same places under ``target``."""
-    ood = [str(path.relative_to(source)) for path in sorted(source.glob(ARCHIVED_OOD))]
-    for name in (*ARCHIVED, *ood):
-        if (source / name).exists():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / name, target / name)
+    """Copy whichever `ARCHIVED` files ``source`` holds to the same places under ``target``."""
+    for pattern in ARCHIVED:
+        for path in sorted(source.glob(pattern)):
+            copy = target / path.relative_to(source)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
 
 
 def split_methods(text: str) -> list[str]:
