@@ -135,9 +135,11 @@ def evaluate(
     task: Optional[str] = typer.Option(None, help="Evaluate on another task (e.g. out of domain); default: the training task."),
     data: Optional[str] = typer.Option(None, help="Data file/folder for generic tasks."),
     samples: Optional[int] = typer.Option(None, help="Monte-Carlo samples S for sampling methods (BaRA default 10)."),
-    mode: Optional[str] = typer.Option(None, help="sample (MC average) | mean (one pass with expected gates) | ones (plain LoRA)."),
+    mode: Optional[str] = typer.Option(None, help="sample (MC average) | mean (one pass with expected gates) | ones (plain LoRA) | constant (C7 control: input-independent gates)."),
     eval_size: Optional[int] = typer.Option(None, help="Seeded subsample of the evaluation split."),
     out: Optional[Path] = typer.Option(None, help="Where to write metrics.json and plots; default ADAPTER/eval-TASK."),
+    option: list[str] = typer.Option([], "--option", help="KEY=VALUE evaluation option of the method, repeatable "
+                                     "(e.g. [bold]--option eval_dropout=true[/bold]: BaRA's gates with the backbone's dropout on)."),
     threads: int = typer.Option(1),
 ) -> None:
     """Measure accuracy, ECE, NLL, Brier and effective ranks; writes metrics.json and plots.
@@ -150,12 +152,27 @@ def evaluate(
     if samples is not None and samples <= 0:
         _fail(f"--samples={samples} must be positive")
     try:
+        options = parse_options(option)
         target = out or (adapter / f"eval-{task or 'train-task'}")
-        metrics = run_evaluate(adapter, task=task, data=data, samples=samples, mode=mode, eval_size=eval_size, out=target)
+        metrics = run_evaluate(adapter, task=task, data=data, samples=samples, mode=mode, eval_size=eval_size, out=target,
+                               method_options=options)
     except _user_errors() as err:
         _fail(str(err))
     print_metrics({metrics["method"]: metrics}, title=f"{metrics['method']} on {metrics['task']}")
     console.print(f"metrics and plots in {target}")
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["eval_dropout=true", "eval_samples=20"]`` → ``{"eval_dropout": True, "eval_samples": 20}`` (values read as YAML)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE, e.g. eval_dropout=true")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
 
 
 def print_metrics(rows: dict[str, dict[str, Any]], title: str) -> None:

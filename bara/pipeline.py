@@ -275,11 +275,17 @@ def find_run(adapter: str | Path) -> tuple[RunSpec, Path]:
     raise ValueError(f"{adapter}: not a bara run folder (expected {RUN_FILE} and adapter/ written by `bara train`)")
 
 
-def load_trained(adapter: str | Path, *, task: str | None = None, data: str | None = None, eval_size: int | None = None):
-    """Rebuild a trained run for evaluation, optionally on another task (e.g. out of domain)."""
+def load_trained(adapter: str | Path, *, task: str | None = None, data: str | None = None, eval_size: int | None = None,
+                 method_options: dict[str, Any] | None = None):
+    """Rebuild a trained run for evaluation, optionally on another task (e.g. out of domain).
+
+    ``method_options`` override the method's trained options for this evaluation only (e.g.
+    ``{"eval_samples": 20}`` or BaRA's ``{"eval_dropout": True}``); options that shape the adapter
+    itself are read from the saved adapter, not from here."""
     spec, adapter_dir = find_run(adapter)
     eval_spec = dataclasses.replace(spec, task=task or spec.task, data=data if task else (data or spec.data),
-                                    eval_size=eval_size if eval_size is not None else spec.eval_size)
+                                    eval_size=eval_size if eval_size is not None else spec.eval_size,
+                                    method_options=spec.method_options | (method_options or {}))
     built = build(eval_spec)
     log_file = adapter_dir.parent / "train_log.json"
     if built.head_kind == "sequence_classification" and log_file.exists():
@@ -292,13 +298,16 @@ def load_trained(adapter: str | Path, *, task: str | None = None, data: str | No
 
 def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None = None, samples: int | None = None,
              mode: str | None = None, eval_size: int | None = None, out: str | Path | None = None,
-             plots: bool = True, progress: bool = True, sample_counts: tuple[int, ...] = ()) -> dict[str, Any]:
+             plots: bool = True, progress: bool = True, sample_counts: tuple[int, ...] = (),
+             method_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a trained run; writes ``metrics.json`` (and plots) into ``out``.
+
+    ``method_options`` override evaluation options of the method (see `load_trained`).
 
     ``sample_counts`` adds ``metrics["by_samples"][k]``: the metrics of the first k of the S
     Monte-Carlo samples (an ECE-vs-S curve at no extra cost).
     """
-    built, model = load_trained(adapter, task=task, data=data, eval_size=eval_size)
+    built, model = load_trained(adapter, task=task, data=data, eval_size=eval_size, method_options=method_options)
     eval_set = encode_split(built, "eval")
     # sampled predictions (gates, dropout, weight noise) are seeded by the run's seed, so evaluating the
     # same adapter twice gives the same numbers; the caller's random state is left as it was
@@ -311,6 +320,8 @@ def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None =
                                  for k in sample_counts if k <= preds.sample_probs.shape[0]}
     metrics |= {"task": built.task.name, "method": built.method.name, "mode": mode or "default",
                 "samples": samples if samples is not None else built.method.eval_samples}
+    if method_options:
+        metrics["method_options"] = method_options
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

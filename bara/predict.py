@@ -30,6 +30,13 @@ except ImportError:  # pragma: no cover
         return it
 
 
+def enable_dropout(model: nn.Module) -> None:
+    """Put every dropout layer of ``model`` in training mode (the rest stays in eval): MC-dropout."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) or module.__class__.__name__.endswith("Dropout"):
+            module.train()
+
+
 @dataclass
 class Predictions:
     """Predictions on one split. ``probs`` is the mean predictive ``[N, K]``."""
@@ -133,6 +140,8 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
                     _collect_gates(model, batch, reps, n, all_gates)
                 done += reps
             all_samples.append(torch.cat(chunks).cpu())
+    if sample_fn is not None:
+        model.eval()  # switch off what sample_fn switched on (e.g. MC-dropout's dropout layers)
     sample_probs = torch.cat(all_samples, dim=1)
     return Predictions(
         probs=sample_probs.mean(0),

@@ -172,6 +172,7 @@ def test_bara_with_gate_holdout_trains_on_the_rest_and_refits_the_gates(tiny_mod
     (["train", "--task", "sst2", "--method", "magic", "--out", "x"], "unknown method 'magic'; known methods: lora"),
     (["evaluate", "--adapter", "nowhere"], "not a bara run folder"),
     (["evaluate", "--adapter", "nowhere", "--samples", "0"], "--samples=0 must be positive"),
+    (["evaluate", "--adapter", "nowhere", "--option", "eval_dropout"], "--option 'eval_dropout': expected KEY=VALUE"),
     (["compare", "--task", "sst2", "--out", "x", "--seeds", "1,two"], "expected comma-separated integers"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
@@ -416,3 +417,34 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     lines = c7.train_curve_plot(tmp_path, ["bara", "mcdropout", "lora"], [1, 2], "page")
     assert "seeds: bara 2, mcdropout 1)" in lines[0]  # lora never ran: no curve, and not named
     assert (tmp_path / "bench" / "results" / "page-train-nll.png").stat().st_size > 5_000
+
+
+def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropout(tiny_model_dir, data_file, tmp_path, monkeypatch):
+    from bara.compare import archive_run, run_dir
+    from bara.metrics import negative_log_likelihood
+
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    result = _invoke("compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--steps", "2",
+                     "--batch-size", "8", "--workers", "1", "--methods", "bara,mcdropout", "--seeds", "1",
+                     "--out", out / "classification")
+    assert result.exit_code == 0, result.output
+    for method in ("bara", "mcdropout"):
+        archive_run(run_dir(out / "classification", method, 1), run_dir(archive / "classification", method, 1))
+    bench = _benchmark("c7_dropout")
+    monkeypatch.setattr(bench, "OUT", out)
+    monkeypatch.setattr(bench, "ARCHIVE", archive)
+    assert "Incomplete" in " ".join(bench.task_section("classification", 1))  # nothing evaluated with dropout yet
+    bench.evaluate_missing("classification", 1)
+    kept = run_dir(archive / "classification", "bara", 1)
+    for sub in ("eval-dropout", "eval-constant-dropout"):
+        assert (kept / sub / "predictions.safetensors").exists()
+    metrics = json.loads((run_dir(out / "classification", "bara", 1) / "eval-dropout" / "metrics.json").read_text())
+    assert metrics["method_options"] == {"eval_dropout": True}
+    lines = bench.task_section("classification", 1)
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert {"bara", "bara [constant gates]", "bara + dropout", "bara [constant gates] + dropout", "mcdropout"} <= set(rows)
+    (p, y), (q, _) = (bench._load(kept / sub) for sub in ("eval-dropout", "eval"))
+    assert not torch.equal(p, q)  # the dropout changed the predictions
+    what_dropout_adds = rows["gates + dropout − gates (what the dropout adds)"].split("|")[2].strip()
+    assert what_dropout_adds.startswith(f"{negative_log_likelihood(p, y) - negative_log_likelihood(q, y):+.3f} [")
+    assert any(line.startswith("C7 with dropout on, classification:") for line in lines)

@@ -680,6 +680,28 @@ def test_every_sampled_gate_mode_is_averaged_over_samples(bara_heads, mode, stoc
         assert preds.sample_probs.shape[0] == 3
 
 
+def test_bara_eval_dropout_samples_the_backbones_dropout_with_the_gates(tok):
+    """``eval_dropout``: sampled predictions keep the backbone's dropout on; mean mode and the model afterwards do not."""
+    from bara.methods import get_method
+
+    model, ds, collator = build_head("sequence_classification", tok)
+    saturate(model)  # every gate open in every sample: only dropout can make two samples differ
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+    plain, noisy = get_method("bara"), get_method("bara", {"eval_dropout": True})
+    quiet = plain.predict(model, ds, collator, samples=3)
+    loud = noisy.predict(model, ds, collator, samples=3)
+    torch.testing.assert_close(quiet.sample_probs[0], quiet.sample_probs[2])
+    assert not torch.allclose(loud.sample_probs[0], loud.sample_probs[2])
+    assert not any(module.training for module in model.modules())  # predict switched the dropout off again
+    for mode in ("mean", "constant"):  # one deterministic pass / dropout on at the fixed keep-probabilities
+        a, b = plain.predict(model, ds, collator, samples=3, mode=mode), noisy.predict(model, ds, collator, samples=3, mode=mode)
+        assert torch.equal(a.probs, b.probs) == (mode == "mean")
+    with pytest.raises(ValueError, match="eval_dropout='yes' must be true or false"):
+        get_method("bara", {"eval_dropout": "yes"})
+
+
 def test_multiple_choice_whose_choice_alone_exceeds_max_length_is_cut_not_an_error(tok):
     """The tokenizer refuses 'only_first' truncation when the choice leaves no room; both parts are cut instead."""
     task = TaskData("t", "multiple_choice", list("AB"), [Example("why?", 0, choices=(LONG, "short"))], [], [])

@@ -13,7 +13,7 @@ from torch import nn
 from ..config import BaRAConfig
 from ..data import Collator, EncodedDataset
 from ..model import BaRAModel, fix_gates, get_bara_model
-from ..predict import Predictions, predict
+from ..predict import Predictions, enable_dropout, predict
 from ..refit import SCOPES, refit_local_gates, split_holdout
 from .base import Method
 
@@ -27,6 +27,9 @@ class BaRA(Method):
     gate_mode: ClassVar[str] = "sample"  # the mode used in training and for sampled prediction
     eval_samples: int = 10
     gate_lr_multiplier: float = 1.0
+    # evaluation only: keep the backbone's dropout on in sampled predictions (gates and MC-dropout together;
+    # check C7 asks whether the gates add anything on top of the dropout the backbone already trained with)
+    eval_dropout: bool = False
     # research option for check C7 (`bara.refit`): train the adapter on 1 − gate_holdout of the training
     # set, then refit the local gates on the held-out rest by the predictive likelihood (0: off);
     # refit_scope "affine" refits each layer's gate biases and one scale of its gate weights, "full" all of them;
@@ -47,6 +50,8 @@ class BaRA(Method):
             raise ValueError(f"method {self.name!r}: refit_scope={self.refit_scope!r} is unknown; allowed: {', '.join(SCOPES)}")
         if not self.refit_epochs >= 0:
             raise ValueError(f"method {self.name!r}: refit_epochs={self.refit_epochs} must be >= 0 (0: hold out, do not refit)")
+        if not isinstance(self.eval_dropout, bool):
+            raise ValueError(f"method {self.name!r}: eval_dropout={self.eval_dropout!r} must be true or false")
         for name in ("refit_lr", "refit_samples"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"method {self.name!r}: {name}={getattr(self, name)} must be positive")
@@ -87,7 +92,8 @@ class BaRA(Method):
                               samples=1)
             fix_gates(model, {name: probs.mean(0) for name, probs in average.gate_probs.items()})
         stochastic = mode in ("sample", "global", "local", "constant")
-        return predict(model, dataset, collator, mode=mode, samples=samples if stochastic else 1, progress=progress)
+        return predict(model, dataset, collator, mode=mode, samples=samples if stochastic else 1, progress=progress,
+                       sample_fn=enable_dropout if self.eval_dropout and stochastic else None)
 
     def save(self, model: nn.Module, path: Path) -> None:
         model.save_pretrained(str(path))

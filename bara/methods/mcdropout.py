@@ -9,17 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from torch import nn
-
-from ..predict import Predictions, predict
+from ..predict import Predictions, enable_dropout, predict
 from .lora import LoRA
-
-
-def enable_dropout(model: nn.Module) -> None:
-    """Put every dropout layer in training mode (the rest of the model stays in eval)."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout) or module.__class__.__name__.endswith("Dropout"):
-            module.train()
 
 
 @dataclasses.dataclass
