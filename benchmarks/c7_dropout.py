@@ -61,9 +61,9 @@ def evaluate_missing(task: str, seed: int) -> None:
         shutil.copyfile(run / sub / "predictions.safetensors", kept / sub / "predictions.safetensors")
 
 
-def _interval(metric: str, a, b, y, scale: float = 1.0) -> str:
+def _interval(metric: str, a, b, y, scale: float = 1.0, digits: int = 3) -> str:
     r = paired_bootstrap(metric, a, b, y, n_boot=1000)
-    return f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]"
+    return f"{scale * r['diff']:+.{digits}f} [{scale * r['low']:+.{digits}f}, {scale * r['high']:+.{digits}f}]"
 
 
 def task_section(task: str, seed: int) -> list[str]:
@@ -90,7 +90,7 @@ def task_section(task: str, seed: int) -> list[str]:
     for name, other in (("gates + dropout − constant gates + dropout (C7, first half)", cd),
                         ("gates + dropout − MC-dropout (C7, second half)", mc),
                         ("gates + dropout − gates (what the dropout adds)", plain)):
-        lines.append(f"| {name} | {_interval('nll', gd, other, labels)} | {_interval('ece', gd, other, labels, 100)} | "
+        lines.append(f"| {name} | {_interval('nll', gd, other, labels)} | {_interval('ece', gd, other, labels, 100, 1)} | "
                      f"{_interval('auroc', gd, other, labels)} |")
     first = paired_bootstrap("nll", gd, cd, labels, n_boot=1000)
     second = paired_bootstrap("nll", gd, mc, labels, n_boot=1000)
