@@ -16,6 +16,7 @@ can be rebuilt without the weights (``--report-only``).
 from __future__ import annotations
 
 import argparse
+import platform
 import shutil
 import sys
 import time
@@ -116,8 +117,10 @@ def main() -> None:
     from common import git_commit
 
     lines = ["## Check C7 with the backbone's dropout on (`benchmarks/c7_dropout.py`)", "",
-             f"`python benchmarks/c7_dropout.py {' '.join(sys.argv[1:])}` · commit `{git_commit()}` · wall "
-             f"{(time.perf_counter() - start) / 60:.1f} min (evaluations already archived are reused) · x86_64 CPU, one torch thread. "
+             f"`python benchmarks/c7_dropout.py {' '.join(sys.argv[1:])}` · commit `{git_commit()}` · "
+             + ("report of the archived evaluations (without `--report-only` the script evaluates what is missing)"
+                if args.report_only else f"wall {(time.perf_counter() - start) / 60:.1f} min (archived evaluations are reused)")
+             + f" · {platform.machine()} CPU, one torch thread. "
              "The suite's BaRA adapters (MiniLM-L6, r = 8, the suite's settings for each task), evaluated with S = 10 "
              "samples four ways: as trained (backbone dropout off), with constant gates, and each of those with the "
              "backbone's dropout on (`bara evaluate --option eval_dropout=true`), next to the suite's MC-dropout LoRA "
