@@ -97,6 +97,11 @@ def _predictions(folder: Path) -> tuple:
     return t["probs"].double(), t["labels"]
 
 
+def interval_text(result: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
+    """A `bara.metrics.paired_bootstrap` result as ``"+d [+low, +high]"``, times ``scale``."""
+    return f"{scale * result['diff']:+.{digits}f} [{scale * result['low']:+.{digits}f}, {scale * result['high']:+.{digits}f}]"
+
+
 def rank_signal_rows(out: Path, names: list[str], seeds: list[int]) -> list[str]:
     """Does the per-input effective rank s̄(x) carry information? Pooled over seeds: how well a *low*
     rank picks out the wrong predictions (AUROC, 0.5 = none), and its correlation with the confidence."""
@@ -215,11 +220,7 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
     from bara.pipeline import evaluate
 
     def cells(a, b, y, metrics) -> list[str]:
-        out = []
-        for metric, scale in metrics:
-            r = paired_bootstrap(metric, a, b, y, n_boot=1000)
-            out.append(f"{scale * r['diff']:+.3f} [{scale * r['low']:+.3f}, {scale * r['high']:+.3f}]")
-        return out
+        return [interval_text(paired_bootstrap(metric, a, b, y, n_boot=1000), scale) for metric, scale in metrics]
 
     def per_seed(pairs) -> str:  # one mean difference per training seed: does every seed agree on the sign?
         return ", ".join(f"{nll(a, y) - nll(b, y):+.3f}" for a, b, y in pairs) if pairs else "—"

@@ -38,13 +38,6 @@ EVALS = {  # row label -> (evaluation folder of the BaRA run, mode, backbone dro
 }
 
 
-def _load(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "predictions.safetensors"))
-    return tensors["probs"].double(), tensors["labels"]
-
-
 def evaluate_missing(task: str, seed: int) -> None:
     """Evaluate the dropout-on rows of one BaRA run that neither the run folder nor the archive holds."""
     from bara.pipeline import evaluate
@@ -62,18 +55,15 @@ def evaluate_missing(task: str, seed: int) -> None:
         shutil.copyfile(run / sub / "predictions.safetensors", kept / sub / "predictions.safetensors")
 
 
-def _interval(metric: str, a, b, y, scale: float = 1.0, digits: int = 3) -> str:
-    r = paired_bootstrap(metric, a, b, y, n_boot=1000)
-    return f"{scale * r['diff']:+.{digits}f} [{scale * r['low']:+.{digits}f}, {scale * r['high']:+.{digits}f}]"
-
-
 def task_section(task: str, seed: int) -> list[str]:
     """The metrics of the four BaRA evaluations and MC-dropout, then the paired differences that decide C7."""
+    from c7 import _predictions, interval_text  # the sibling script's reader of saved predictions and interval format
+
     kept = run_dir(ARCHIVE / task, "bara", seed)
-    preds = {label: _load(kept / sub) for label, (sub, _, _) in EVALS.items() if (kept / sub / "predictions.safetensors").exists()}
+    preds = {label: _predictions(kept / sub) for label, (sub, _, _) in EVALS.items() if (kept / sub / "predictions.safetensors").exists()}
     mc_folder = run_dir(ARCHIVE / task, "mcdropout", seed) / "eval"
     if (mc_folder / "predictions.safetensors").exists():
-        preds["mcdropout"] = _load(mc_folder)
+        preds["mcdropout"] = _predictions(mc_folder)
     if len(preds) < len(EVALS) + 1:
         return [f"### {task}, seed {seed}", "", f"Incomplete: have {sorted(preds)}; run this script without `--report-only`.", ""]
     labels = preds["bara"][1]
@@ -88,13 +78,14 @@ def task_section(task: str, seed: int) -> list[str]:
                      f"{float(error_detection_auroc(probs, y)):.3f} |")
     gd, cd, mc, plain = (preds[k][0] for k in ("bara + dropout", "bara [constant gates] + dropout", "mcdropout", "bara"))
     lines += ["", "| paired difference (95% bootstrap) | ΔNLL | ΔECE ×100 | ΔAUROC |", "|---|---|---|---|"]
+    nll_diffs = []  # learned vs constant gates, vs MC-dropout: the two halves of C7
     for name, other in (("gates + dropout − constant gates + dropout (C7, first half)", cd),
                         ("gates + dropout − MC-dropout (C7, second half)", mc),
                         ("gates + dropout − gates (what the dropout adds)", plain)):
-        lines.append(f"| {name} | {_interval('nll', gd, other, labels)} | {_interval('ece', gd, other, labels, 100, 1)} | "
-                     f"{_interval('auroc', gd, other, labels)} |")
-    first = paired_bootstrap("nll", gd, cd, labels, n_boot=1000)
-    second = paired_bootstrap("nll", gd, mc, labels, n_boot=1000)
+        nll, ece, auroc = (paired_bootstrap(metric, gd, other, labels, n_boot=1000) for metric in ("nll", "ece", "auroc"))
+        nll_diffs.append(nll)
+        lines.append(f"| {name} | {interval_text(nll)} | {interval_text(ece, 100, 1)} | {interval_text(auroc)} |")
+    first, second = nll_diffs[:2]
     lines += ["", f"C7 with dropout on, {task}: learned gates beat constant gates (ΔNLL interval below 0): "
                   f"{'PASS' if first['high'] < 0 else 'MISS'}; NLL at most MC-dropout's: {'PASS' if second['diff'] <= 0 else 'MISS'}.", ""]
     return lines

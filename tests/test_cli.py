@@ -90,11 +90,14 @@ def test_resuming_a_finished_run_trains_no_further_step(tiny_model_dir, data_fil
 
 
 def _benchmark(name: str):
-    """Import ``benchmarks/<name>.py`` (the scripts are not a package)."""
+    """Import ``benchmarks/<name>.py`` (the scripts are not a package; as when one runs, its siblings import by name)."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    folder = Path(__file__).parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -443,7 +446,7 @@ def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropou
     lines = bench.task_section("classification", 1)
     rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
     assert {"bara", "bara [constant gates]", "bara + dropout", "bara [constant gates] + dropout", "mcdropout"} <= set(rows)
-    (p, y), (q, _) = (bench._load(kept / sub) for sub in ("eval-dropout", "eval"))
+    (p, y), (q, _) = (_benchmark("c7")._predictions(kept / sub) for sub in ("eval-dropout", "eval"))
     assert not torch.equal(p, q)  # the dropout changed the predictions
     what_dropout_adds = rows["gates + dropout − gates (what the dropout adds)"].split("|")[2].strip()
     assert what_dropout_adds.startswith(f"{negative_log_likelihood(p, y) - negative_log_likelihood(q, y):+.3f} [")
