@@ -77,6 +77,8 @@ class BaRALinear(nn.Module):
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+        # peft's lora_dropout: on the factors' input only; the gates pool the undropped input
+        self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         if r > 0:
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as LoRA/peft
         nn.init.zeros_(self.lora_B.weight)  # ΔW = 0 at start
@@ -195,11 +197,11 @@ class BaRALinear(nn.Module):
         x_lora = x if x.dtype == self.lora_A.weight.dtype else x.to(self.lora_A.weight.dtype)
         if self.mode == "ones":
             self._stats = {}
-            return result + (self.scaling * self.lora_B(self.lora_A(x_lora))).to(result.dtype)
+            return result + (self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x_lora)))).to(result.dtype)
         if self.r == 0:
             self._stats = {}
             return result
-        h = self.lora_A(x_lora)
+        h = self.lora_A(self.lora_dropout(x_lora))
         tokens = self._instance_view(x_lora)
         if self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]:
             z = self._cached_gate

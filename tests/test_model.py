@@ -23,6 +23,7 @@ from conftest import padded_batch, tiny_bert, tiny_gemma3, tiny_llama
     ("gate_input", "h", "'x', 'Ax'"), ("variant", "sum", "'product', 'additive'"),
     ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"), ("local_kl", "total", "'instance', 'marginal', 'ceiling'"),
     ("local_mi_weight", 1.5, "[0, 1]"), ("local_mi_weight", 0.5, "local_kl='marginal'"),
+    ("lora_dropout", 1.0, "[0, 1)"), ("lora_dropout", -0.1, "lora_dropout"),
     ("kuma_a_init", 0, "kuma_a_init"), ("kuma_b_init", -1, "kuma_b_init"),
     ("local_bias_init", float("nan"), "local_bias_init"), ("prune_threshold", 1.0, "prune_threshold"),
     ("modules_to_save", "classifier", "modules_to_save"), ("rank_pattern", {"q": 99}, "rank_pattern"),
@@ -210,6 +211,30 @@ def test_local_mi_weight_interpolates_between_marginal_and_instance_kl(weight):
     # mean_n KL(q_n ‖ ρ0) = KL(q̄ ‖ ρ0) + mean_n KL(q_n ‖ q̄): weight 1 recovers the ELBO's term
     expected = marginal + weight * (instance - marginal)
     assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected, atol=1e-6)
+
+
+def test_lora_dropout_drops_the_factors_input_in_training_only_and_not_the_gates_input(tmp_path):
+    torch.manual_seed(0)
+    config = bara.BaRAConfig(r=3, target_modules=["proj"], lora_dropout=0.5)
+    model = bara.get_bara_model(MaskedToy(), config)
+    layer = model.proj
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+        layer.local_gate.weight.normal_()
+    x = torch.randn(4, 5, 6)
+    model.set_gate_mode("mean")  # deterministic gates: any difference between passes is the dropout
+    model.train()
+    first, second = model(x), model(x)
+    assert not torch.allclose(first, second)
+    gate_probs = layer._stats["gate_probs"]
+    model.eval()
+    assert torch.equal(model(x), model(x))  # off at evaluation
+    assert torch.allclose(layer._stats["gate_probs"], gate_probs)  # the gates saw the undropped input
+    model.set_gate_mode("ones")
+    model.train()
+    assert not torch.allclose(model(x), model(x))  # plain-LoRA mode drops the same input
+    model.save_pretrained(str(tmp_path))
+    assert bara.BaRAConfig.load(tmp_path / "bara_config.json").lora_dropout == 0.5
 
 
 def test_ceiling_local_kl_adds_to_the_marginal_kl_only_factors_kept_above_the_prior():
