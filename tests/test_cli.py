@@ -428,10 +428,10 @@ def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropou
 
     out, archive = tmp_path / "out", tmp_path / "archive"
     result = _invoke("compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--steps", "2",
-                     "--batch-size", "8", "--workers", "1", "--methods", "bara,mcdropout", "--seeds", "1",
+                     "--batch-size", "8", "--workers", "1", "--methods", "bara,mcdropout,bara[lora_dropout=0.5]", "--seeds", "1",
                      "--out", out / "classification")
     assert result.exit_code == 0, result.output
-    for method in ("bara", "mcdropout"):
+    for method in ("bara", "mcdropout", "bara[lora_dropout=0.5]"):
         archive_run(run_dir(out / "classification", method, 1), run_dir(archive / "classification", method, 1))
     bench = _benchmark("c7_dropout")
     monkeypatch.setattr(bench, "OUT", out)
@@ -441,13 +441,22 @@ def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropou
     kept = run_dir(archive / "classification", "bara", 1)
     for sub in ("eval-dropout", "eval-constant-dropout"):
         assert (kept / sub / "predictions.safetensors").exists()
+    assert (run_dir(archive / "classification", "mcdropout", 1) / "eval-mean" / "predictions.safetensors").exists()
     metrics = json.loads((run_dir(out / "classification", "bara", 1) / "eval-dropout" / "metrics.json").read_text())
     assert metrics["method_options"] == {"eval_dropout": True}
     lines = bench.task_section("classification", 1)
     rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
-    assert {"bara", "bara [constant gates]", "bara + dropout", "bara [constant gates] + dropout", "mcdropout"} <= set(rows)
+    assert {"bara", "bara [constant gates]", "bara + dropout", "bara [constant gates] + dropout", "mcdropout",
+            "mcdropout [mean mode]"} <= set(rows)
     (p, y), (q, _) = (_benchmark("c7")._predictions(kept / sub) for sub in ("eval-dropout", "eval"))
     assert not torch.equal(p, q)  # the dropout changed the predictions
     what_dropout_adds = rows["gates + dropout − gates (what the dropout adds)"].split("|")[2].strip()
     assert what_dropout_adds.startswith(f"{negative_log_likelihood(p, y) - negative_log_likelihood(q, y):+.3f} [")
     assert any(line.startswith("C7 with dropout on, classification:") for line in lines)
+    mc, mc_alone = (_benchmark("c7")._predictions(run_dir(archive / "classification", "mcdropout", 1) / sub) for sub in ("eval", "eval-mean"))
+    its_dropout = rows["MC-dropout − its adapter in one pass (what MC-dropout's dropout adds)"].split("|")[2].strip()
+    assert its_dropout.startswith(f"{negative_log_likelihood(mc[0], y) - negative_log_likelihood(mc_alone[0], y):+.3f} [")
+    variant = "bara[lora_dropout=0.5]"  # another BaRA run of the suite: its own rows, the same MC-dropout
+    bench.evaluate_missing("classification", 1, variant)
+    rows = {line.split("|")[1].strip() for line in bench.task_section("classification", 1, variant) if line.startswith("| ")}
+    assert {variant, f"{variant} [constant gates] + dropout", "mcdropout [mean mode]"} <= rows and "bara" not in rows
