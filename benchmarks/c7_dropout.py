@@ -103,7 +103,9 @@ def task_section(task: str, seed: int, variant: str = "bara") -> list[str]:
     lines += ["", "| paired difference (95% bootstrap) | ΔNLL | ΔECE ×100 | ΔAUROC |", "|---|---|---|---|"]
     pairs = [("gates + dropout − constant gates + dropout (C7, first half)", gd, cd),
              ("gates + dropout − MC-dropout (C7, second half)", gd, mc),
-             ("gates + dropout − gates (what the dropout adds)", gd, plain)]
+             ("gates + dropout − gates (what the dropout adds)", gd, plain),
+             ("gates − constant gates, dropout off (C7 as the suite evaluates it)", plain, preds[variant + " [constant gates]"][0]),
+             ("gates − MC-dropout, BaRA's dropout off", plain, mc)]
     if MC_MEAN[0] in preds:  # whether MC-dropout's edge comes from its evaluation-time noise or from its adapter
         pairs.append(("MC-dropout − its adapter in one pass (what MC-dropout's dropout adds)", mc, preds[MC_MEAN[0]][0]))
     nll_diffs = []  # learned vs constant gates, vs MC-dropout: the two halves of C7

@@ -452,6 +452,9 @@ def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropou
     assert not torch.equal(p, q)  # the dropout changed the predictions
     what_dropout_adds = rows["gates + dropout − gates (what the dropout adds)"].split("|")[2].strip()
     assert what_dropout_adds.startswith(f"{negative_log_likelihood(p, y) - negative_log_likelihood(q, y):+.3f} [")
+    constant = _benchmark("c7")._predictions(kept / "eval-constant")[0]
+    gates_vs_constant = rows["gates − constant gates, dropout off (C7 as the suite evaluates it)"].split("|")[2].strip()
+    assert gates_vs_constant.startswith(f"{negative_log_likelihood(q, y) - negative_log_likelihood(constant, y):+.3f} [")
     assert any(line.startswith("C7 with dropout on, classification:") for line in lines)
     mc, mc_alone = (_benchmark("c7")._predictions(run_dir(archive / "classification", "mcdropout", 1) / sub) for sub in ("eval", "eval-mean"))
     its_dropout = rows["MC-dropout − its adapter in one pass (what MC-dropout's dropout adds)"].split("|")[2].strip()
