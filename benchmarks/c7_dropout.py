@@ -138,7 +138,8 @@ def main() -> None:
                 evaluate_missing(task, seed, args.variant)
     from common import git_commit
 
-    lines = ["## Check C7 with the backbone's dropout on (`benchmarks/c7_dropout.py`)", "",
+    subject = "" if args.variant == "bara" else f": `{args.variant}`"
+    lines = [f"## Check C7 with the backbone's dropout on{subject} (`benchmarks/c7_dropout.py`)", "",
              f"`python benchmarks/c7_dropout.py {shlex.join(sys.argv[1:])}` · commit `{git_commit()}` · "
              + ("report of the archived evaluations (without `--report-only` the script evaluates what is missing)"
                 if args.report_only else f"wall {(time.perf_counter() - start) / 60:.1f} min (archived evaluations are reused)")
