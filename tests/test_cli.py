@@ -463,3 +463,26 @@ def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropou
     bench.evaluate_missing("classification", 1, variant)
     rows = {line.split("|")[1].strip() for line in bench.task_section("classification", 1, variant) if line.startswith("| ")}
     assert {variant, f"{variant} [constant gates] + dropout", "mcdropout [mean mode]"} <= rows and "bara" not in rows
+
+
+def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
+    """A task where LoRA's loss stays at chance (WinoGrande-S on MiniLM) must not count as a pass."""
+    suite = _benchmark("suite")
+
+    def entry(name, losses, bara_ece, lora_ece):
+        folder = tmp_path / name
+        log = folder / "runs" / "lora" / "seed1" / "train_log.json"
+        log.parent.mkdir(parents=True)
+        log.write_text(json.dumps({"history": [{"loss": v} for v in losses]}))
+        rows = {m: {"ece": (e, 0.0), "nll": (0.69, 0.0), "accuracy": (0.5, 0.0)}
+                for m, e in (("bara", bara_ece), ("lora", lora_ece), ("blob", 0.5), ("bara-global", 0.5))}
+        return {"summary": rows, "folder": folder, "seeds": [1]}
+
+    summaries = {"fits": entry("fits", [0.69, 0.3, 0.1, 0.05], 0.05, 0.20),
+                 "chance": entry("chance", [0.6931, 0.6932, 0.6930, 0.6931], 0.01, 0.05)}
+    assert suite._learned(summaries["fits"]) and not suite._learned(summaries["chance"])
+    lines = suite._targets(summaries)
+    assert lines[0].startswith("- BaRA ECE ≤ 0.5 × LoRA's: 1/1 tasks (fits)")
+    assert any(line.startswith("- left out of the counts above: chance") for line in lines)
+    assert any("left out of the targets" in line for line in suite._fit_lines(summaries["chance"]))
+    assert not any("left out" in line for line in suite._fit_lines(summaries["fits"]))
