@@ -486,3 +486,29 @@ def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
     assert any(line.startswith("- left out of the counts above: chance") for line in lines)
     assert any("left out of the targets" in line for line in suite._fit_lines(summaries["chance"]))
     assert not any("left out" in line for line in suite._fit_lines(summaries["fits"]))
+
+
+def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
+    """C7's verdict on the suite page follows the paired ΔNLL intervals, not the point estimates."""
+    import torch
+    from safetensors.torch import save_file
+
+    suite = _benchmark("suite")
+    labels = torch.arange(400) % 2
+    sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1  # right with probability 0.9
+    flat = torch.full((400, 2), 0.5)
+
+    def save(method, sub, probs):
+        folder = tmp_path / "runs" / method / "seed1" / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"probs": probs.contiguous(), "labels": labels}, str(folder / "predictions.safetensors"))
+
+    entry = {"folder": tmp_path, "seeds": [1]}
+    save("bara", "eval", sharp)
+    save("bara", "eval-constant", flat)
+    assert suite._c7_target_line("t", entry).endswith("MISS")  # no MC-dropout run: the second half is unknown
+    save("mcdropout", "eval", flat)
+    line = suite._c7_target_line("t", entry)
+    assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.588") and line.endswith("PASS")
+    save("bara", "eval-constant", sharp + torch.tensor([0.001, -0.001]))  # a tie with constant gates
+    assert suite._c7_target_line("t", entry).endswith("MISS")
