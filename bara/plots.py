@@ -29,7 +29,7 @@ from torch import Tensor
 
 from bara.metrics import expected_calibration_error, reliability_bins
 
-__all__ = ["ece_vs_samples", "global_gate_bars", "rank_histogram", "reliability_diagram", "training_curves"]
+__all__ = ["ece_vs_samples", "global_gate_bars", "grouped_bars", "rank_histogram", "reliability_diagram", "training_curves"]
 
 PathLike = str | os.PathLike[str]
 
@@ -497,6 +497,62 @@ def training_curves(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title(title or "Training curves")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# methods side by side, per task
+# --------------------------------------------------------------------------------------
+
+
+def grouped_bars(
+    panels: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: PathLike,
+    title: str | None = None,
+    reference: Mapping[str, float] | None = None,
+) -> Path:
+    """One panel per metric: for each group (task) on x, one bar per method.
+
+    ``panels`` maps a panel's y label to ``{group: {method: value}}``; a method missing from a group
+    leaves a gap, so the same method keeps the same colour and slot everywhere. ``reference`` maps a
+    panel's label to a horizontal line (e.g. 1.0 for a ratio to LoRA). NaN values are skipped.
+
+    Example:
+        >>> grouped_bars({"ECE (%)": {"sst2": {"lora": 18.8, "bara": 11.9}}}, "ece.png")  # doctest: +SKIP
+    """
+    if not panels:
+        raise ValueError("grouped_bars: panels is empty")
+    methods: list[str] = []
+    for label, groups in panels.items():
+        if not groups:
+            raise ValueError(f"grouped_bars: panel {label!r} has no groups")
+        for group, values in groups.items():
+            for method, value in values.items():
+                if not isinstance(value, (int, float)) or math.isinf(value):
+                    raise ValueError(f"grouped_bars: {label!r}/{group!r}/{method!r} must be a finite number, got {value!r}")
+                if method not in methods:
+                    methods.append(method)
+    n_groups = max(len(groups) for groups in panels.values())
+    fig = _new_figure(max(6.5, 0.22 * len(methods) * n_groups + 2.5), 2.9 * len(panels), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(methods)
+    for ax, (label, groups) in zip(axes, panels.items()):
+        x = np.arange(len(groups))
+        for i, method in enumerate(methods):
+            values = np.asarray([groups[g].get(method, math.nan) for g in groups], dtype=np.float64)
+            shown = ~np.isnan(values)
+            ax.bar((x - 0.4 + (i + 0.5) * width)[shown], values[shown], width * 0.92, color=_color(i),
+                   edgecolor="black" if method == "bara" else "none", linewidth=0.8)
+        if reference and label in reference:
+            ax.axhline(reference[label], color="black", lw=0.9, ls="--")
+        ax.set_xlim(-0.5, len(groups) - 0.5)  # a gap at either end keeps the slots of the other panels
+        ax.set_xticks(x)
+        ax.set_xticklabels(list(groups), fontsize=9)
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    handles = [Patch(facecolor=_color(i), edgecolor="black" if m == "bara" else "none", label=m) for i, m in enumerate(methods)]
+    fig.legend(handles=handles, fontsize=7, ncol=min(len(methods), 6), loc="outside lower center")
+    fig.suptitle(title or "Methods side by side", fontsize=10)
     return _save(fig, path)
 
 

@@ -240,6 +240,25 @@ def _c7_lines(entry: dict) -> list[str]:
     return lines
 
 
+def _figure(summaries: dict, name: str) -> Path | None:
+    """Grouped bars of ECE and NLL (relative to LoRA's) per in-domain task LoRA learned, one bar per method."""
+    from bara.plots import grouped_bars
+
+    ece, nll = {}, {}
+    for task, entry in summaries.items():
+        rows = {m: row for m, row in entry["summary"].items() if "[" not in m and "→" not in m}
+        if entry.get("causal") or not _learned(entry) or "lora" not in rows:
+            continue
+        ece[task] = {m: 100 * row["ece"][0] for m, row in rows.items()}
+        nll[task] = {m: row["nll"][0] / rows["lora"]["nll"][0] for m, row in rows.items()}
+    if not ece:
+        return None
+    path = RESULTS / name
+    grouped_bars({"ECE ×100": ece, "NLL / LoRA's NLL": nll}, path, reference={"NLL / LoRA's NLL": 1.0},
+                 title="Calibration suite: MiniLM-L6, r = 8 (benchmarks/suite.py)")
+    return path
+
+
 def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -247,6 +266,10 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
              f"Command: `python benchmarks/suite.py {' '.join(args.argv)}` · commit `{commit}` · "
              f"{platform.processor() or platform.machine()} CPU, {args.workers} worker processes × 1 torch thread · "
              f"wall {wall / 60:.1f} min (finished runs are reused, so this counts only what ran this time).", ""]
+    if figure := _figure(summaries, "suite-quick.png" if args.quick else "suite.png"):
+        lines += [f"ECE and NLL of every method (seed mean) on the tasks plain LoRA learned; BaRA outlined. NLL is "
+                  f"divided by LoRA's on the same task, so the tasks share one scale (below the dashed line: better than "
+                  f"LoRA). The tables below have the numbers.", "", f"![methods side by side]({figure.name})", ""]
     for task, entry in summaries.items():
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""

@@ -184,3 +184,15 @@ def test_gate_profile_plot_one_panel_per_run(tmp_path):
         gate_profile_plot(profiles, names[:2], tmp_path / "bad.png")
     with pytest.raises(ValueError, match="profiles is empty"):
         gate_profile_plot({}, names, tmp_path / "empty.png")
+
+
+def test_grouped_bars_with_gaps_and_a_reference(tmp_path):
+    from bara.plots import grouped_bars
+
+    panels = {"ECE (%)": {"sst2": {"lora": 18.8, "blob": 5.1, "bara": 11.9}, "obqa": {"lora": 6.8, "bara": 4.3}},
+              "NLL / LoRA's": {"sst2": {"lora": 1.0, "blob": 0.42, "bara": 0.56}, "obqa": {"lora": 1.0, "bara": float("nan")}}}
+    _check_png(grouped_bars(panels, tmp_path / "bars.png", reference={"NLL / LoRA's": 1.0}))
+    with pytest.raises(ValueError, match="panels is empty"):
+        grouped_bars({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="'ECE'/'sst2'/'bara' must be a finite number"):
+        grouped_bars({"ECE": {"sst2": {"bara": "high"}}}, tmp_path / "x.png")
