@@ -207,58 +207,73 @@ def domain_rows(report: dict) -> list[str]:
     return rows
 
 
-def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: set[str]) -> list[str]:
-    """Per-example paired differences, pooled over seeds: learned gates − constant gates (same adapter),
-    and learned gates − MC-dropout (same evaluation examples), with 95% bootstrap intervals.
+def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: bool = False) -> dict | None:
+    """One BaRA variant's per-example paired differences, pooled over the finished seeds, with 95%
+    bootstrap intervals: learned gates − constant gates (same adapter) and learned gates − MC-dropout
+    (same evaluation examples, pooled over the seeds that have both). Negative means the learned gates
+    are better. Returns None where no seed has both predictions; otherwise ``seeds`` and ``mc_seeds``
+    (counts), ``vs_constant`` (nll, ece, auroc) and ``vs_mc`` (nll, ece; None without MC-dropout runs),
+    each a `bara.metrics.paired_bootstrap` result, and ``per_seed`` (mean ΔNLL of each seed, both ways).
 
-    Negative means BaRA's learned gates are better. Constant-gate predictions missing from older runs are
-    computed for the variants in ``compute_missing`` (one extra evaluation per run)."""
+    Constant-gate predictions missing from older runs are computed when ``compute_missing`` (one extra
+    evaluation per run)."""
     import torch
 
     from bara.metrics import negative_log_likelihood as nll
     from bara.metrics import paired_bootstrap
     from bara.pipeline import evaluate
 
-    def cells(a, b, y, metrics) -> list[str]:
-        return [interval_text(paired_bootstrap(metric, a, b, y, n_boot=1000), scale) for metric, scale in metrics]
+    def boot(a, b, y, metrics) -> dict[str, dict[str, float]]:
+        return {metric: paired_bootstrap(metric, a, b, y, n_boot=1000) for metric in metrics}
 
     def per_seed(pairs) -> str:  # one mean difference per training seed: does every seed agree on the sign?
         return ", ".join(f"{nll(a, y) - nll(b, y):+.3f}" for a, b, y in pairs) if pairs else "—"
 
-    rows = []
-    for name in names:
-        learned, constant, labels = [], [], []
-        with_mc = []  # (learned, MC-dropout, labels) of the seeds that have both
-        for seed in seeds:
-            folder = run_dir(out, name, seed)
-            if not (folder / "done.json").exists():
-                continue
-            if not (folder / "eval-constant" / "predictions.safetensors").exists():
-                if name not in compute_missing:
-                    continue
-                evaluate(folder, out=folder / "eval-constant", mode="constant", plots=False, progress=False)
-            p, y = _predictions(folder / "eval")
-            c, y2 = _predictions(folder / "eval-constant")
-            assert torch.equal(y, y2), f"{folder}: evaluations disagree on the labels"
-            learned.append(p), constant.append(c), labels.append(y)
-            mc_folder = run_dir(out, "mcdropout", seed) / "eval"
-            if (mc_folder / "predictions.safetensors").exists():
-                m, y3 = _predictions(mc_folder)
-                assert torch.equal(y, y3), f"{mc_folder}: MC-dropout was evaluated on other examples"
-                with_mc.append((p, m, y))
-        if not learned:
+    with_constant, with_mc = [], []  # (learned, other, labels) of each seed that has both
+    for seed in seeds:
+        folder = run_dir(out, name, seed)
+        if not (folder / "done.json").exists():
             continue
-        p, c, y = torch.cat(learned), torch.cat(constant), torch.cat(labels)
-        row = cells(p, c, y, (("nll", 1.0), ("ece", 100.0), ("auroc", 1.0)))
-        if with_mc:  # pooled over the seeds both have; the count is stated when it is fewer
-            pm, mc, ym = (torch.cat(part) for part in zip(*with_mc))
-            seeds_note = "" if len(with_mc) == len(learned) else f" ({len(with_mc)} seed{'s' * (len(with_mc) > 1)})"
-            row += [cell + seeds_note for cell in cells(pm, mc, ym, (("nll", 1.0), ("ece", 100.0)))]
-        else:
-            row += ["—", "—"]
-        row.append(f"{per_seed(list(zip(learned, constant, labels)))} · {per_seed(with_mc)}")
-        rows.append(f"| {name} | {len(learned)} | " + " | ".join(row) + " |")
-    return rows
+        if not (folder / "eval-constant" / "predictions.safetensors").exists():
+            if not compute_missing:
+                continue
+            evaluate(folder, out=folder / "eval-constant", mode="constant", plots=False, progress=False)
+        p, y = _predictions(folder / "eval")
+        c, y2 = _predictions(folder / "eval-constant")
+        assert torch.equal(y, y2), f"{folder}: evaluations disagree on the labels"
+        with_constant.append((p, c, y))
+        mc_folder = run_dir(out, "mcdropout", seed) / "eval"
+        if (mc_folder / "predictions.safetensors").exists():
+            m, y3 = _predictions(mc_folder)
+            assert torch.equal(y, y3), f"{mc_folder}: MC-dropout was evaluated on other examples"
+            with_mc.append((p, m, y))
+    if not with_constant:
+        return None
+    pooled = lambda pairs: (torch.cat(part) for part in zip(*pairs))  # noqa: E731
+    return {"seeds": len(with_constant), "mc_seeds": len(with_mc),
+            "vs_constant": boot(*pooled(with_constant), ("nll", "ece", "auroc")),
+            "vs_mc": boot(*pooled(with_mc), ("nll", "ece")) if with_mc else None,
+            "per_seed": f"{per_seed(with_constant)} · {per_seed(with_mc)}"}
+
+
+def paired_row(name: str, comparison: dict) -> str:
+    """A `paired_comparison` as one row under ``PAIRED_HEADER``."""
+    constant, mc = comparison["vs_constant"], comparison["vs_mc"]
+    row = [interval_text(constant["nll"]), interval_text(constant["ece"], 100.0), interval_text(constant["auroc"])]
+    if mc is not None:  # pooled over the seeds both have; the count is stated when it is fewer
+        n = comparison["mc_seeds"]
+        note = "" if n == comparison["seeds"] else f" ({n} seed{'s' * (n > 1)})"
+        row += [interval_text(mc["nll"]) + note, interval_text(mc["ece"], 100.0) + note]
+    else:
+        row += ["—", "—"]
+    return f"| {name} | {comparison['seeds']} | " + " | ".join(row) + f" | {comparison['per_seed']} |"
+
+
+def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: set[str]) -> list[str]:
+    """`paired_row` of each variant in ``names`` that has a comparison; constant-gate predictions missing
+    from older runs are computed for the variants in ``compute_missing``."""
+    comparisons = ((name, paired_comparison(out, name, seeds, name in compute_missing)) for name in names)
+    return [paired_row(name, comparison) for name, comparison in comparisons if comparison is not None]
 
 
 DEFAULT_TRAIN_SIZE, DEFAULT_EPOCHS = 512, 10.0

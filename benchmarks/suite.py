@@ -127,30 +127,29 @@ def _targets(summaries: dict) -> list[str]:
     return lines
 
 
+def _c7_comparisons(entry: dict) -> dict[str, dict]:
+    """Each BaRA variant's paired C7 comparison on this task (`c7.paired_comparison`), computed once per
+    entry: the task's C7 table and its target line read the same numbers."""
+    if "c7" not in entry:
+        from c7 import paired_comparison  # the sibling script; run as `python benchmarks/suite.py`
+
+        suffix = " [constant gates, C7]"
+        names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)]
+        comparisons = {name: paired_comparison(entry["folder"], name, entry["seeds"]) for name in names}
+        entry["c7"] = {name: c for name, c in comparisons.items() if c is not None}
+    return entry["c7"]
+
+
 def _c7_target_line(task: str, entry: dict) -> str | None:
     """Check C7 for default BaRA on one task: its per-example ΔNLL against the same adapter with constant
     gates and against MC-dropout, pooled over the seeds that have both, with 95% bootstrap intervals.
     PASS needs both intervals below 0 (better beyond the evaluation noise), not just the point estimates."""
-    import torch
-    from c7 import _predictions, interval_text
+    from c7 import interval_text
 
-    from bara.compare import run_dir
-    from bara.metrics import paired_bootstrap
-
-    def pooled(baseline: str, subfolder: str) -> dict[str, float] | None:
-        pairs = []
-        for seed in entry["seeds"]:
-            ours, theirs = run_dir(entry["folder"], "bara", seed) / "eval", run_dir(entry["folder"], baseline, seed) / subfolder
-            if (ours / "predictions.safetensors").exists() and (theirs / "predictions.safetensors").exists():
-                pairs.append((_predictions(ours), _predictions(theirs)))
-        if not pairs:
-            return None
-        learned, other = torch.cat([p for (p, _), _ in pairs]), torch.cat([q for _, (q, _) in pairs])
-        return paired_bootstrap("nll", learned, other, torch.cat([y for (_, y), _ in pairs]), n_boot=1000)
-
-    constant, mc = pooled("bara", "eval-constant"), pooled("mcdropout", "eval")
-    if constant is None:
+    comparison = _c7_comparisons(entry).get("bara")
+    if comparison is None:
         return None
+    constant, mc = comparison["vs_constant"]["nll"], comparison["vs_mc"] and comparison["vs_mc"]["nll"]
     halves = [f"ΔNLL vs constant gates {interval_text(constant)}"]
     if mc is not None:
         halves.append(f"vs MC-dropout (all dropout on) {interval_text(mc)}")
@@ -224,11 +223,11 @@ def _confidence_lines(entry: dict) -> list[str]:
 def _c7_lines(entry: dict) -> list[str]:
     """Check C7 on this task (as `benchmarks/c7.py` reports it for SST-2): paired per-example differences of
     the learned gates against constant gates and MC-dropout, and whether the per-input rank tracks errors."""
-    from c7 import PAIRED_HEADER, SIGNAL_HEADER, paired_rows, rank_signal_rows  # the sibling script; run as `python benchmarks/suite.py`
+    from c7 import PAIRED_HEADER, SIGNAL_HEADER, paired_row, rank_signal_rows  # the sibling script
 
-    suffix = " [constant gates, C7]"
-    names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)]
-    paired = paired_rows(entry["folder"], names, entry["seeds"], compute_missing=set())
+    comparisons = _c7_comparisons(entry)
+    names = list(comparisons)
+    paired = [paired_row(name, comparison) for name, comparison in comparisons.items()]
     if not paired:
         return []
     lines = ["C7 on this task: learned gates − constant gates (same adapter) and − MC-dropout (same examples), per "

@@ -503,12 +503,19 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"probs": probs.contiguous(), "labels": labels}, str(folder / "predictions.safetensors"))
 
-    entry = {"folder": tmp_path, "seeds": [1]}
+    def target_line() -> str:  # a fresh entry each time: an entry keeps the comparisons it computed
+        entry = {"folder": tmp_path, "seeds": [1], "summary": {"bara": {}, "bara [constant gates, C7]": {}}}
+        line = suite._c7_target_line("t", entry)
+        interval = line.split("constant gates ")[1].split(";")[0].split(" —")[0]
+        assert any(row.startswith(f"| bara | 1 | {interval} |") for row in suite._c7_lines(entry))
+        return line  # the task's C7 table shows the same interval as its target line
+
     save("bara", "eval", sharp)
+    (tmp_path / "runs" / "bara" / "seed1" / "done.json").write_text("{}")
     save("bara", "eval-constant", flat)
-    assert suite._c7_target_line("t", entry).endswith("MISS")  # no MC-dropout run: the second half is unknown
+    assert target_line().endswith("MISS")  # no MC-dropout run: the second half is unknown
     save("mcdropout", "eval", flat)
-    line = suite._c7_target_line("t", entry)
+    line = target_line()
     assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.588") and line.endswith("PASS")
     save("bara", "eval-constant", sharp + torch.tensor([0.001, -0.001]))  # a tie with constant gates
-    assert suite._c7_target_line("t", entry).endswith("MISS")
+    assert target_line().endswith("MISS")
