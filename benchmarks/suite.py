@@ -108,6 +108,9 @@ def _targets(summaries: dict) -> list[str]:
                  f"({', '.join(nll_best) or 'none'}) — target ≥ 4 of 6")
     if acc_gap:
         lines.append(f"- accuracy BaRA − LoRA, mean over tasks: {sum(acc_gap) / len(acc_gap):+.1f} points — target ≥ −1")
+    if uneven := _uneven_seeds(in_domain, ("bara", "blob", "bara-global") + rivals):
+        lines.append(f"- seed counts differ between the rows compared above ({uneven}): each row is the mean over its "
+                     "own finished seeds, so a row with fewer seeds carries more seed noise")
     if vacuous:
         lines.append(f"- left out of the counts above: {', '.join(vacuous)} (LoRA did not learn it: its training loss stayed "
                      "at chance, so every method ties at the prior and a pass there would be vacuous); the targets ask "
@@ -125,6 +128,17 @@ def _targets(summaries: dict) -> list[str]:
         lines += ["", "C7 passes on a task only where both paired intervals lie below 0: a point estimate inside the "
                   "evaluation noise is not a pass (the task's paired table above has ECE and AUROC too)."]
     return lines
+
+
+def _uneven_seeds(in_domain: dict, methods: tuple[str, ...]) -> str:
+    """Tasks where the methods the targets compare finished different numbers of seeds, e.g.
+    ``sst2: laplace 1, lora 3`` (empty when every compared row has the same count)."""
+    parts = []
+    for task, summary in in_domain.items():
+        counts = {m: summary[m]["seeds"] for m in dict.fromkeys(methods) if m in summary}
+        if len(set(counts.values())) > 1:
+            parts.append(f"{task}: " + ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: kv[1])))
+    return "; ".join(parts)
 
 
 def _c7_comparisons(entry: dict) -> dict[str, dict]:

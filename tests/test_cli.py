@@ -474,7 +474,7 @@ def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
         log = folder / "runs" / "lora" / "seed1" / "train_log.json"
         log.parent.mkdir(parents=True)
         log.write_text(json.dumps({"history": [{"loss": v} for v in losses]}))
-        rows = {m: {"ece": (e, 0.0), "nll": (0.69, 0.0), "accuracy": (0.5, 0.0)}
+        rows = {m: {"ece": (e, 0.0), "nll": (0.69, 0.0), "accuracy": (0.5, 0.0), "seeds": 1}
                 for m, e in (("bara", bara_ece), ("lora", lora_ece), ("blob", 0.5), ("bara-global", 0.5))}
         return {"summary": rows, "folder": folder, "seeds": [1]}
 
@@ -486,6 +486,11 @@ def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
     assert any(line.startswith("- left out of the counts above: chance") for line in lines)
     assert any("left out of the targets" in line for line in suite._fit_lines(summaries["chance"]))
     assert not any("left out" in line for line in suite._fit_lines(summaries["fits"]))
+    assert not any(line.startswith("- seed counts differ") for line in lines)  # every row has 1 seed
+    for name, row in summaries["fits"]["summary"].items():
+        row["seeds"] = 1 if name == "blob" else 3
+    uneven = [line for line in suite._targets(summaries) if line.startswith("- seed counts differ")]
+    assert uneven and "(fits: blob 1, bara 3, bara-global 3, lora 3)" in uneven[0]  # fewest first; chance is left out
 
 
 def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
