@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -498,20 +499,22 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     import torch
     from safetensors.torch import save_file
 
+    from bara.compare import run_dir
+
     suite = _benchmark("suite")
     labels = torch.arange(400) % 2
     sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1  # right with probability 0.9
     flat = torch.full((400, 2), 0.5)
 
     def save(method, sub, probs):
-        folder = tmp_path / "runs" / method / "seed1" / sub
+        folder = run_dir(tmp_path, method, 1) / sub
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"probs": probs.contiguous(), "labels": labels}, str(folder / "predictions.safetensors"))
 
     def target_line() -> str:  # a fresh entry each time: an entry keeps the comparisons it computed
         entry = {"folder": tmp_path, "seeds": [1], "summary": {"bara": {}, "bara [constant gates, C7]": {}}}
         line = suite._c7_target_line("t", entry)
-        interval = line.split("constant gates ")[1].split(";")[0].split(" —")[0]
+        interval = re.search(r"constant gates (\S+ \[[^\]]+\])", line).group(1)
         assert any(row.startswith(f"| bara | 1 | {interval} |") for row in suite._c7_lines(entry))
         return line  # the task's C7 table shows the same interval as its target line
 
@@ -522,5 +525,13 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     save("mcdropout", "eval", flat)
     line = target_line()
     assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.588") and line.endswith("PASS")
+    variant = "bara[rho0=0.8]"  # a lever's line follows the default's and says it does not count
+    save(variant, "eval", sharp)
+    (run_dir(tmp_path, variant, 1) / "done.json").write_text("{}")
+    save(variant, "eval-constant", flat)
+    entry = {"folder": tmp_path, "seeds": [1], "summary": {f"{m}{c}": {} for m in (variant, "bara") for c in ("", " [constant gates, C7]")}}
+    default_line, variant_line = suite._c7_target_lines("t", entry)
+    assert default_line == line and "(1 seed)" in line
+    assert variant_line.startswith(f"- C7 on t: the variant {variant} (not counted") and variant_line.endswith("PASS")
     save("bara", "eval-constant", sharp + torch.tensor([0.001, -0.001]))  # a tie with constant gates
     assert target_line().endswith("MISS")
