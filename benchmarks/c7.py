@@ -256,13 +256,18 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
             "per_seed": f"{per_seed(with_constant)} · {per_seed(with_mc)}"}
 
 
+def seeds_text(n: int) -> str:
+    """``"1 seed"``, ``"3 seeds"``."""
+    return f"{n} seed{'s' * (n != 1)}"
+
+
 def paired_row(name: str, comparison: dict) -> str:
     """A `paired_comparison` as one row under ``PAIRED_HEADER``."""
     constant, mc = comparison["vs_constant"], comparison["vs_mc"]
     row = [interval_text(constant["nll"]), interval_text(constant["ece"], 100.0), interval_text(constant["auroc"])]
     if mc is not None:  # pooled over the seeds both have; the count is stated when it is fewer
         n = comparison["mc_seeds"]
-        note = "" if n == comparison["seeds"] else f" ({n} seed{'s' * (n > 1)})"
+        note = "" if n == comparison["seeds"] else f" ({seeds_text(n)})"
         row += [interval_text(mc["nll"]) + note, interval_text(mc["ece"], 100.0) + note]
     else:
         row += ["—", "—"]

@@ -174,9 +174,10 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
 
 def _seed_count(comparison: dict) -> str:
     """How many seeds a paired comparison pooled: "3 seeds", or "3 seeds, 2 with MC-dropout"."""
+    from c7 import seeds_text
+
     seeds, mc = comparison["seeds"], comparison["mc_seeds"]
-    text = f"{seeds} seed{'s' * (seeds != 1)}"
-    return text if mc in (0, seeds) else f"{text}, {mc} with MC-dropout"
+    return seeds_text(seeds) if mc in (0, seeds) else f"{seeds_text(seeds)}, {mc} with MC-dropout"
 
 
 def _c7_target_lines(task: str, entry: dict) -> list[str]:

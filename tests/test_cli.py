@@ -519,7 +519,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
         return line  # the task's C7 table shows the same interval as its target line
 
     save("bara", "eval", sharp)
-    (tmp_path / "runs" / "bara" / "seed1" / "done.json").write_text("{}")
+    (run_dir(tmp_path, "bara", 1) / "done.json").write_text("{}")
     save("bara", "eval-constant", flat)
     assert target_line().endswith("MISS")  # no MC-dropout run: the second half is unknown
     save("mcdropout", "eval", flat)
