@@ -79,6 +79,13 @@ class BaRAConfig:
             ``LoraConfig.lora_dropout`` (with ``gate_input="x"`` the gates still pool the undropped input). 0 (default)
             is DESIGN §2; 0.1 trains the same adapter regulariser as the ``mcdropout``
             baseline, so check C7 can ask whether the gates add anything on top of it.
+        context_dependent: ``True`` (default) learns the local gates' input weights ``W_g``.
+            ``False`` freezes ``W_g`` at 0, so each factor's local gate is a learned constant
+            ``σ(b_g)``, the same for every input: the model keeps its whole objective, warm-up and
+            gate learning rate and loses only the dependence on the input. It is check C7's
+            control *trained as such*: swapping constant gates into an adapter trained with
+            input-dependent gates (gate mode ``constant``) also removes what the factors
+            co-adapted to, so it can lose for a reason other than the missing context.
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving.
@@ -106,6 +113,7 @@ class BaRAConfig:
     local_kl: str = "instance"
     local_mi_weight: float = 0.0
     lora_dropout: float = 0.0
+    context_dependent: bool = True
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
@@ -162,6 +170,8 @@ class BaRAConfig:
             _fail("local_mi_weight", self.local_mi_weight, "applies only with local_kl='marginal'")
         if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout < 1.0):
             _fail("lora_dropout", self.lora_dropout, "must be a probability in [0, 1)")
+        if not isinstance(self.context_dependent, bool):
+            _fail("context_dependent", self.context_dependent, "must be true or false")
         _positive_finite("kuma_a_init", self.kuma_a_init)
         _positive_finite("kuma_b_init", self.kuma_b_init)
         if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):

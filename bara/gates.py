@@ -139,11 +139,12 @@ class LocalGate(nn.Module):
     """Instance-level gate logits ``ℓ(x) = W_g · LN(x̄) + b_g`` (LN without affine parameters).
 
     ``W_g`` starts at 0, so every instance starts with the same keep-probability σ(b_g).
+    ``context_dependent=False`` keeps it there (not trained): the gate is a learned constant.
     """
 
-    def __init__(self, in_features: int, r: int, bias_init: float = 3.0):
+    def __init__(self, in_features: int, r: int, bias_init: float = 3.0, context_dependent: bool = True):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(r, in_features))
+        self.weight = nn.Parameter(torch.zeros(r, in_features), requires_grad=context_dependent)
         self.bias = nn.Parameter(torch.full((r,), float(bias_init)))
 
     def forward(self, pooled: Tensor) -> Tensor:

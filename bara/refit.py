@@ -83,14 +83,15 @@ def _refit_parameters(model: BaRAModel, scope: str, moves: dict[str, Any]) -> It
     if scope not in SCOPES:
         raise ValueError(f"refit scope {scope!r} is unknown; allowed: {', '.join(SCOPES)}")
     before = {name: p.requires_grad for name, p in model.named_parameters()}
+    gates = [layer.local_gate for _, layer in model.bara_layers()]
+    context_free = [not gate.weight.requires_grad for gate in gates]  # context_dependent=False: W_g stays 0
     for p in model.parameters():
         p.requires_grad_(False)
-    gates = [layer.local_gate for _, layer in model.bara_layers()]
     biases = [gate.bias.detach().clone() for gate in gates]
     params: list[nn.Parameter] = []
-    for gate in gates:
+    for gate, frozen in zip(gates, context_free):
         if scope == "full":
-            params += [gate.weight, gate.bias]
+            params += [gate.bias] if frozen else [gate.weight, gate.bias]
         else:
             parametrize.register_parametrization(gate, "weight", _Scaled())
             params += [gate.bias, gate.parametrizations.weight[0].scale]

@@ -264,3 +264,42 @@ def test_ceiling_local_kl_adds_to_the_marginal_kl_only_factors_kept_above_the_pr
     probs = model.proj._stats["local_probs"]
     assert (probs < 0.4).all() and probs.std() > 0
     assert torch.allclose(bara.kl_terms(model, 10).local_kl, kl_bernoulli(probs.mean(0), 0.4).sum(), atol=1e-6)
+
+
+@pytest.mark.parametrize("context_dependent", [True, False])
+def test_context_independent_gates_learn_their_keep_probabilities_but_not_the_input(tmp_path, context_dependent):
+    """``context_dependent=False`` is C7's control trained as such: the same objective and learning
+    rates, with W_g held at 0, so the local gates still move (their biases learn) but never differ
+    between inputs; the setting survives a save/load round trip."""
+    torch.manual_seed(0)
+    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.8, local_kl="marginal",
+                             context_dependent=context_dependent)
+    model = bara.get_bara_model(MaskedToy(), config).train()
+    layer = model.proj
+    x = torch.randn(32, 4, 6) + 3.0 * torch.sign(torch.randn(32, 1, 1))  # two contexts, opposite targets
+    target = x.mean((1, 2), keepdim=True).sign() * torch.ones(32, 4, 6)
+    bias_before = layer.local_gate.bias.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(60):
+        loss = ((model(x) - target) ** 2).mean() + bara.kl_divergence(model, num_examples=32)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.allclose(layer.local_gate.bias, bias_before)  # the keep-probabilities are learned either way
+    model.eval()
+    with bara.gate_mode(model, "mean"):
+        model(x)
+    spread = bara.gate_probabilities(model)["proj"].std(0).max()
+    if context_dependent:
+        assert layer.local_gate.weight.abs().max() > 0 and spread > 1e-3
+    else:
+        assert torch.equal(layer.local_gate.weight, torch.zeros_like(layer.local_gate.weight)) and spread == 0
+    model.save_pretrained(str(tmp_path))
+    loaded = bara.BaRAModel.from_pretrained(MaskedToy(), str(tmp_path))
+    assert loaded.proj.local_gate.weight.requires_grad == context_dependent
+    assert loaded.trainable_parameter_count() == model.trainable_parameter_count()
+
+
+def test_context_dependent_must_be_a_boolean():
+    with pytest.raises(ValueError, match="BaRAConfig.context_dependent='no'.*true or false"):
+        bara.BaRAConfig(context_dependent="no")
