@@ -84,8 +84,10 @@ def ece_vs_samples_rows(report: dict, names: list[str]) -> list[str]:
 
 
 PAIRED_HEADER = ["| BaRA variant | seeds | ΔNLL vs constant gates | ΔECE×100 vs constant gates | ΔAUROC vs constant gates | "
-                 "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout | ΔNLL per seed: vs constant · vs MC-dropout |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "ΔNLL vs MC-dropout | ΔECE×100 vs MC-dropout | ΔNLL vs constant gates trained as such | "
+                 "ΔECE×100 vs constant gates trained as such | "
+                 "ΔNLL per seed: vs constant · vs MC-dropout · vs trained constant |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
 SIGNAL_HEADER = ["| BaRA variant | seeds | s̄(x) mean ± std over inputs | AUROC (low rank → wrong) | corr(s̄(x), confidence) |",
                  "|---|---|---|---|---|"]
 
@@ -207,13 +209,30 @@ def domain_rows(report: dict) -> list[str]:
     return rows
 
 
+CONTEXT_FREE = "context_dependent=false"
+
+
+def context_free_twin(name: str) -> str | None:
+    """The BaRA variant ``name`` trained with ``context_dependent=false`` (W_g held at 0, every other setting
+    the same): C7's constant-gate control trained as such. None for a twin itself and for other methods.
+
+    >>> context_free_twin("bara"), context_free_twin("bara[rho0=0.8]"), context_free_twin("bara-global")
+    ('bara[context_dependent=false]', 'bara[rho0=0.8,context_dependent=false]', None)
+    """
+    if CONTEXT_FREE in name or not (name == "bara" or name.startswith("bara[")):
+        return None
+    return f"bara[{CONTEXT_FREE}]" if name == "bara" else f"{name[:-1]},{CONTEXT_FREE}]"
+
+
 def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: bool = False) -> dict | None:
     """One BaRA variant's per-example paired differences, pooled over the finished seeds, with 95%
-    bootstrap intervals: learned gates − constant gates (same adapter) and learned gates − MC-dropout
-    (same evaluation examples, pooled over the seeds that have both). Negative means the learned gates
-    are better. Returns None where no seed has both predictions; otherwise ``seeds`` and ``mc_seeds``
-    (counts), ``vs_constant`` (nll, ece, auroc) and ``vs_mc`` (nll, ece; None without MC-dropout runs),
-    each a `bara.metrics.paired_bootstrap` result, and ``per_seed`` (mean ΔNLL of each seed, both ways).
+    bootstrap intervals: learned gates − constant gates (same adapter), learned gates − MC-dropout
+    (same evaluation examples, pooled over the seeds that have both) and learned gates − the same variant
+    trained with constant gates (`context_free_twin`, where it ran). Negative means the learned gates
+    are better. Returns None where no seed has both predictions; otherwise ``seeds``, ``mc_seeds`` and
+    ``twin_seeds`` (counts), ``vs_constant`` (nll, ece, auroc), ``vs_mc`` and ``vs_twin`` (nll, ece; None
+    without such runs), each a `bara.metrics.paired_bootstrap` result, and ``per_seed`` (mean ΔNLL of
+    each seed, all three ways).
 
     Constant-gate predictions missing from older runs are computed when ``compute_missing`` (one extra
     evaluation per run)."""
@@ -229,7 +248,8 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     def per_seed(pairs) -> str:  # one mean difference per training seed: does every seed agree on the sign?
         return ", ".join(f"{nll(a, y) - nll(b, y):+.3f}" for a, b, y in pairs) if pairs else "—"
 
-    with_constant, with_mc = [], []  # (learned, other, labels) of each seed that has both
+    twin = context_free_twin(name)
+    with_constant, with_mc, with_twin = [], [], []  # (learned, other, labels) of each seed that has both
     for seed in seeds:
         folder = run_dir(out, name, seed)
         if not (folder / "done.json").exists():
@@ -247,13 +267,19 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
             m, y3 = _predictions(mc_folder)
             assert torch.equal(y, y3), f"{mc_folder}: MC-dropout was evaluated on other examples"
             with_mc.append((p, m, y))
+        twin_folder = run_dir(out, twin, seed) if twin else None
+        if twin_folder and (twin_folder / "done.json").exists():
+            t, y4 = _predictions(twin_folder / "eval")
+            assert torch.equal(y, y4), f"{twin_folder}: the trained constant-gate control was evaluated on other examples"
+            with_twin.append((p, t, y))
     if not with_constant:
         return None
     pooled = lambda pairs: (torch.cat(part) for part in zip(*pairs))  # noqa: E731
-    return {"seeds": len(with_constant), "mc_seeds": len(with_mc),
+    return {"seeds": len(with_constant), "mc_seeds": len(with_mc), "twin_seeds": len(with_twin),
             "vs_constant": boot(*pooled(with_constant), ("nll", "ece", "auroc")),
             "vs_mc": boot(*pooled(with_mc), ("nll", "ece")) if with_mc else None,
-            "per_seed": f"{per_seed(with_constant)} · {per_seed(with_mc)}"}
+            "vs_twin": boot(*pooled(with_twin), ("nll", "ece")) if with_twin else None,
+            "per_seed": f"{per_seed(with_constant)} · {per_seed(with_mc)} · {per_seed(with_twin)}"}
 
 
 def seeds_text(n: int) -> str:
@@ -263,21 +289,24 @@ def seeds_text(n: int) -> str:
 
 def paired_row(name: str, comparison: dict) -> str:
     """A `paired_comparison` as one row under ``PAIRED_HEADER``."""
-    constant, mc = comparison["vs_constant"], comparison["vs_mc"]
+    constant = comparison["vs_constant"]
     row = [interval_text(constant["nll"]), interval_text(constant["ece"], 100.0), interval_text(constant["auroc"])]
-    if mc is not None:  # pooled over the seeds both have; the count is stated when it is fewer
-        n = comparison["mc_seeds"]
+    for key, count in (("vs_mc", "mc_seeds"), ("vs_twin", "twin_seeds")):
+        other = comparison.get(key)
+        if other is None:
+            row += ["—", "—"]
+            continue
+        n = comparison[count]  # pooled over the seeds both have; the count is stated when it is fewer
         note = "" if n == comparison["seeds"] else f" ({seeds_text(n)})"
-        row += [interval_text(mc["nll"]) + note, interval_text(mc["ece"], 100.0) + note]
-    else:
-        row += ["—", "—"]
+        row += [interval_text(other["nll"]) + note, interval_text(other["ece"], 100.0) + note]
     return f"| {name} | {comparison['seeds']} | " + " | ".join(row) + f" | {comparison['per_seed']} |"
 
 
 def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: set[str]) -> list[str]:
     """`paired_row` of each variant in ``names`` that has a comparison; constant-gate predictions missing
     from older runs are computed for the variants in ``compute_missing``."""
-    comparisons = ((name, paired_comparison(out, name, seeds, name in compute_missing)) for name in names)
+    comparisons = ((name, paired_comparison(out, name, seeds, name in compute_missing)) for name in names
+                   if CONTEXT_FREE not in name)  # a trained control is a column of its variant's row
     return [paired_row(name, comparison) for name, comparison in comparisons if comparison is not None]
 
 

@@ -408,15 +408,16 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:2] == ["bara", "2"]  # learned vs constant gates pooled over both seeds
     assert cells[5].endswith("(1 seed)") and cells[6].endswith("(1 seed)")  # vs MC-dropout: seed 1 only, said so
-    vs_constant, vs_mc = cells[7].split(" · ")  # per seed: two against constant gates, one against MC-dropout
-    assert len(vs_constant.split(", ")) == 2 and len(vs_mc.split(", ")) == 1
+    vs_constant, vs_mc, vs_twin = cells[9].split(" · ")  # per seed: two against constant gates, one against MC-dropout
+    assert len(vs_constant.split(", ")) == 2 and len(vs_mc.split(", ")) == 1 and vs_twin == "—"
+    assert cells[7:9] == ["—", "—"]  # the variant was not trained with constant gates
     from bara.metrics import negative_log_likelihood
     predictions = [c7._predictions(tmp_path / "runs" / m / "seed1" / "eval") for m in ("bara", "mcdropout")]
     (p, y), (m, _) = predictions
     assert vs_mc == f"{negative_log_likelihood(p, y) - negative_log_likelihood(m, y):+.3f}"
     (row,) = c7.paired_rows(tmp_path, ["bara"], [2], compute_missing=set())
-    assert [c.strip() for c in row.strip("|").split("|")][-3:-1] == ["—", "—"]  # no MC-dropout run on seed 2
-    assert row.rstrip(" |").endswith(" · —")
+    assert [c.strip() for c in row.strip("|").split("|")][5:7] == ["—", "—"]  # no MC-dropout run on seed 2
+    assert row.rstrip(" |").endswith(" · — · —")
     monkeypatch.setattr(c7, "ROOT", tmp_path / "bench")  # the page and its figures go under ROOT / "results"
     lines = c7.train_curve_plot(tmp_path, ["bara", "mcdropout", "lora"], [1, 2], "page")
     assert "seeds: bara 2, mcdropout 1)" in lines[0]  # lora never ran: no curve, and not named
@@ -535,3 +536,44 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     assert variant_line.startswith(f"- C7 on t: the variant {variant} (not counted") and variant_line.endswith("PASS")
     save("bara", "eval-constant", sharp + torch.tensor([0.001, -0.001]))  # a tie with constant gates
     assert target_line().endswith("MISS")
+
+
+def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it_ran(tmp_path):
+    """The twin trained with `context_dependent=false` is the stricter C7 control: a tie with it is a MISS
+    even when the swapped-in constant gates and MC-dropout both lose; the twin gets no C7 line of its own."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bara.compare import run_dir
+
+    suite, c7 = _benchmark("suite"), _benchmark("c7")
+    labels = torch.arange(400) % 2
+    sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1
+    flat = torch.full((400, 2), 0.5)
+    twin = c7.context_free_twin("bara")
+    assert twin == "bara[context_dependent=false]" and c7.context_free_twin(twin) is None
+
+    def save(method, sub, probs):
+        folder = run_dir(tmp_path, method, 1)
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        save_file({"probs": probs.contiguous(), "labels": labels}, str(folder / sub / "predictions.safetensors"))
+        (folder / "done.json").write_text("{}")
+
+    def lines() -> list[str]:
+        entry = {"folder": tmp_path, "seeds": [1],
+                 "summary": {f"{m}{c}": {} for m in ("bara", twin) for c in ("", " [constant gates, C7]")}}
+        return suite._c7_target_lines("t", entry)
+
+    save("bara", "eval", sharp)
+    save("bara", "eval-constant", flat)
+    save("mcdropout", "eval", flat)
+    assert lines()[0].endswith("PASS") and "trained as such" not in lines()[0]
+    save(twin, "eval", sharp)  # trained with constant gates, it does as well: the input dependence bought nothing
+    (line,) = lines()
+    assert "vs constant gates trained as such +0.000 [+0.000, +0.000] (1 seed)" in line and line.endswith("MISS")
+    save(twin, "eval", flat)
+    (line,) = lines()
+    assert line.endswith("PASS")
+    (row,) = c7.paired_rows(tmp_path, ["bara", twin], [1], compute_missing=set())
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[9].endswith(" · -0.588")
