@@ -30,9 +30,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare, mean_curve, run_dir, split_methods, summarise, train_nll_by_epoch
+from bara.compare import CompareSpec, compare, mean_curve, parse_method, run_dir, split_methods, summarise, train_nll_by_epoch
 from bara.pipeline import RunSpec
 
 ROOT = Path(__file__).resolve().parent
@@ -210,25 +211,79 @@ def domain_rows(report: dict) -> list[str]:
 
 
 CONTEXT_FREE = "context_dependent=false"
+# Options a trained constant-gate control may set on top of its variant's: only where its gates start. The default
+# BaRA's gates fall from σ(3) ≈ 0.95 to ρ0 = 0.5 within its first epoch because W_g's common mode (the mean
+# direction of LN(x̄), shared by every input) moves them as a bias with Adam steps on ~din coordinates; frozen at
+# 0, W_g cannot, and the bias alone moves ~lr per step, so a control started at σ(3) would keep ~0.9 of every
+# factor and compare keep-probabilities, not context. `local_bias_init=0` starts it at 0.5.
+TWIN_FREE_OPTIONS = frozenset({"local_bias_init"})
 
 
-def context_free_twin(name: str) -> str | None:
-    """The BaRA variant ``name`` trained with ``context_dependent=false`` (W_g held at 0, every other setting
-    the same): C7's constant-gate control trained as such. None for a twin itself and for other methods.
-
-    >>> context_free_twin("bara"), context_free_twin("bara[rho0=0.8]"), context_free_twin("bara-global")
-    ('bara[context_dependent=false]', 'bara[rho0=0.8,context_dependent=false]', None)
-    """
-    if CONTEXT_FREE in name or not (name == "bara" or name.startswith("bara[")):
+def _flat_options(label: str) -> dict | None:
+    """A BaRA label's options and config fields in one mapping (None for another method or a bad label)."""
+    try:
+        method, options = parse_method(label)
+    except ValueError:
         return None
-    return f"bara[{CONTEXT_FREE}]" if name == "bara" else f"{name[:-1]},{CONTEXT_FREE}]"
+    return None if method != "bara" else {**{k: v for k, v in options.items() if k != "config"}, **options.get("config", {})}
+
+
+def context_free_twin(name: str, ranks: dict[str, float]) -> str | None:
+    """The trained constant-gate control of BaRA variant ``name`` among finished runs (``ranks``: method label →
+    mean joint effective rank s̄, as `finished_ranks` gives): ``name`` trained with ``context_dependent=false``
+    (W_g held at 0, so every factor's keep-probability is learned but never depends on the input). Its other
+    options must be ``name``'s, except those in ``TWIN_FREE_OPTIONS``; of several, the one whose s̄ is closest
+    to ``name``'s (the control should keep as many factors, or it compares ranks, not context). None for a
+    control itself, other methods, or no match.
+
+    >>> context_free_twin("bara", {"bara": 3.6, "bara[context_dependent=false]": 6.5,
+    ...                            "bara[context_dependent=false,local_bias_init=0]": 3.7, "bara-global": 7.0})
+    'bara[context_dependent=false,local_bias_init=0]'
+    """
+    base = _flat_options(name)
+    if base is None or base.get("context_dependent", True) is False:
+        return None
+    found = []
+    for label, rank in ranks.items():
+        options = _flat_options(label)
+        if options is None or options.pop("context_dependent", True) is not False:
+            continue
+        differ = {k for k in set(options) | set(base) if options.get(k, object()) != base.get(k, object())}
+        if differ <= TWIN_FREE_OPTIONS:
+            distance = abs(rank - ranks.get(name, rank))
+            found.append((distance if distance == distance else float("inf"), len(differ), label))  # NaN: no rank logged
+    return min(found)[2] if found else None
+
+
+def is_trained_control(label: str) -> bool:
+    """Whether ``label`` is a BaRA run trained with ``context_dependent=false`` (a control, not a variant)."""
+    return (_flat_options(label) or {}).get("context_dependent", True) is False
+
+
+def twin_note(name: str, twin: str | None) -> str:
+    """What a trained control sets beyond its variant's options, e.g. ``" (local_bias_init=0)"``; "" for the exact twin."""
+    base, options = _flat_options(name) or {}, (_flat_options(twin) if twin else None) or {}
+    differ = sorted(k for k in TWIN_FREE_OPTIONS if k in options and options[k] != base.get(k))
+    return f" ({', '.join(f'{k}={options[k]}' for k in differ)})" if differ else ""
+
+
+def finished_ranks(out: Path) -> dict[str, float]:
+    """Method label → mean joint effective rank s̄ over its finished runs under ``out`` (from their ``done.json``;
+    NaN for methods without gates)."""
+    ranks: dict[str, list[float]] = {}
+    for done in sorted((out / "runs").glob("*/seed*/done.json")):
+        result = json.loads(done.read_text())
+        if "method" in result:
+            rank = (result.get("eval") or {}).get("joint_effective_rank")
+            ranks.setdefault(result["method"], []).append(float("nan") if rank is None else rank)
+    return {label: sum(values) / len(values) for label, values in ranks.items()}
 
 
 def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: bool = False) -> dict | None:
     """One BaRA variant's per-example paired differences, pooled over the finished seeds, with 95%
     bootstrap intervals: learned gates − constant gates (same adapter), learned gates − MC-dropout
     (same evaluation examples, pooled over the seeds that have both) and learned gates − the same variant
-    trained with constant gates (`context_free_twin`, where it ran). Negative means the learned gates
+    trained with constant gates (`context_free_twin`, where it ran; ``twin`` names it). Negative means the learned gates
     are better. Returns None where no seed has both predictions; otherwise ``seeds``, ``mc_seeds`` and
     ``twin_seeds`` (counts), ``vs_constant`` (nll, ece, auroc), ``vs_mc`` and ``vs_twin`` (nll, ece; None
     without such runs), each a `bara.metrics.paired_bootstrap` result, and ``per_seed`` (mean ΔNLL of
@@ -248,7 +303,7 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     def per_seed(pairs) -> str:  # one mean difference per training seed: does every seed agree on the sign?
         return ", ".join(f"{nll(a, y) - nll(b, y):+.3f}" for a, b, y in pairs) if pairs else "—"
 
-    twin = context_free_twin(name)
+    twin = context_free_twin(name, finished_ranks(out))
     with_constant, with_mc, with_twin = [], [], []  # (learned, other, labels) of each seed that has both
     for seed in seeds:
         folder = run_dir(out, name, seed)
@@ -275,7 +330,7 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     if not with_constant:
         return None
     pooled = lambda pairs: (torch.cat(part) for part in zip(*pairs))  # noqa: E731
-    return {"seeds": len(with_constant), "mc_seeds": len(with_mc), "twin_seeds": len(with_twin),
+    return {"seeds": len(with_constant), "mc_seeds": len(with_mc), "twin_seeds": len(with_twin), "twin": twin,
             "vs_constant": boot(*pooled(with_constant), ("nll", "ece", "auroc")),
             "vs_mc": boot(*pooled(with_mc), ("nll", "ece")) if with_mc else None,
             "vs_twin": boot(*pooled(with_twin), ("nll", "ece")) if with_twin else None,
@@ -298,6 +353,8 @@ def paired_row(name: str, comparison: dict) -> str:
             continue
         n = comparison[count]  # pooled over the seeds both have; the count is stated when it is fewer
         note = "" if n == comparison["seeds"] else f" ({seeds_text(n)})"
+        if key == "vs_twin":
+            note += twin_note(name, comparison.get("twin"))
         row += [interval_text(other["nll"]) + note, interval_text(other["ece"], 100.0) + note]
     return f"| {name} | {comparison['seeds']} | " + " | ".join(row) + f" | {comparison['per_seed']} |"
 
@@ -306,7 +363,7 @@ def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: 
     """`paired_row` of each variant in ``names`` that has a comparison; constant-gate predictions missing
     from older runs are computed for the variants in ``compute_missing``."""
     comparisons = ((name, paired_comparison(out, name, seeds, name in compute_missing)) for name in names
-                   if CONTEXT_FREE not in name)  # a trained control is a column of its variant's row
+                   if not is_trained_control(name))  # a trained control is a column of its variant's row
     return [paired_row(name, comparison) for name, comparison in comparisons if comparison is not None]
 
 

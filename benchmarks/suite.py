@@ -145,10 +145,11 @@ def _c7_comparisons(entry: dict) -> dict[str, dict]:
     """Each BaRA variant's paired C7 comparison on this task (`c7.paired_comparison`), computed once per
     entry: the task's C7 table and its target line read the same numbers."""
     if "c7" not in entry:
-        from c7 import CONTEXT_FREE, paired_comparison  # the sibling script; run as `python benchmarks/suite.py`
+        from c7 import is_trained_control, paired_comparison  # the sibling script; run as `python benchmarks/suite.py`
 
         suffix = " [constant gates, C7]"  # a trained constant-gate control is a column of its variant's row
-        names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix) and CONTEXT_FREE not in name]
+        names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)
+                 and not is_trained_control(name[: -len(suffix)])]
         comparisons = {name: paired_comparison(entry["folder"], name, entry["seeds"]) for name in names}
         entry["c7"] = {name: c for name, c in comparisons.items() if c is not None}
     return entry["c7"]
@@ -160,7 +161,7 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     bootstrap intervals, and, where it ran, against the same variant trained with constant gates
     (`context_dependent=false`). PASS needs every interval below 0 (better beyond the evaluation noise), not
     just the point estimates."""
-    from c7 import interval_text, seeds_text
+    from c7 import interval_text, seeds_text, twin_note
 
     comparison = _c7_comparisons(entry).get(name)
     if comparison is None:
@@ -171,7 +172,8 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     if mc is not None:
         halves.append(f"vs MC-dropout (all dropout on) {interval_text(mc)}")
     if twin is not None:  # the stricter control, where it ran: the same variant trained with constant gates
-        halves.append(f"vs constant gates trained as such {interval_text(twin)} ({seeds_text(comparison['twin_seeds'])})")
+        halves.append(f"vs constant gates trained as such{twin_note(name, comparison['twin'])} {interval_text(twin)} "
+                      f"({seeds_text(comparison['twin_seeds'])})")
     verdict = "PASS" if mc is not None and all(half["high"] < 0 for half in (constant, mc, twin) if half is not None) else "MISS"
     who = "BaRA" if name == "bara" else f"the variant {name} (not counted: the target is the default's)"
     return f"- C7 on {task}: {who} {'; '.join(halves)} ({_seed_count(comparison)}) — {verdict}"

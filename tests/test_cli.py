@@ -539,8 +539,9 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
 
 
 def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it_ran(tmp_path):
-    """The twin trained with `context_dependent=false` is the stricter C7 control: a tie with it is a MISS
-    even when the swapped-in constant gates and MC-dropout both lose; the twin gets no C7 line of its own."""
+    """The variant trained with `context_dependent=false` is the stricter C7 control: a tie with it is a MISS
+    even when the swapped-in constant gates and MC-dropout both lose. Of several such controls the one that
+    keeps as many factors is used, and says what it sets; a control gets no C7 line of its own."""
     import torch
     from safetensors.torch import save_file
 
@@ -550,30 +551,36 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     labels = torch.arange(400) % 2
     sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1
     flat = torch.full((400, 2), 0.5)
-    twin = c7.context_free_twin("bara")
-    assert twin == "bara[context_dependent=false]" and c7.context_free_twin(twin) is None
+    exact, started_low = "bara[context_dependent=false]", "bara[context_dependent=false,local_bias_init=0]"
 
-    def save(method, sub, probs):
+    def save(method, sub, probs, rank=3.6):
         folder = run_dir(tmp_path, method, 1)
         (folder / sub).mkdir(parents=True, exist_ok=True)
         save_file({"probs": probs.contiguous(), "labels": labels}, str(folder / sub / "predictions.safetensors"))
-        (folder / "done.json").write_text("{}")
+        (folder / "done.json").write_text(json.dumps({"method": method, "eval": {"joint_effective_rank": rank}}))
 
     def lines() -> list[str]:
-        entry = {"folder": tmp_path, "seeds": [1],
-                 "summary": {f"{m}{c}": {} for m in ("bara", twin) for c in ("", " [constant gates, C7]")}}
+        entry = {"folder": tmp_path, "seeds": [1], "summary": {
+            f"{m}{c}": {} for m in ("bara", exact, started_low) for c in ("", " [constant gates, C7]")}}
         return suite._c7_target_lines("t", entry)
 
     save("bara", "eval", sharp)
     save("bara", "eval-constant", flat)
-    save("mcdropout", "eval", flat)
+    save("mcdropout", "eval", flat, rank=float("nan"))
     assert lines()[0].endswith("PASS") and "trained as such" not in lines()[0]
-    save(twin, "eval", sharp)  # trained with constant gates, it does as well: the input dependence bought nothing
+    save(exact, "eval", sharp)  # trained with constant gates, it does as well: the input dependence bought nothing
     (line,) = lines()
     assert "vs constant gates trained as such +0.000 [+0.000, +0.000] (1 seed)" in line and line.endswith("MISS")
-    save(twin, "eval", flat)
+    save(exact, "eval", flat, rank=6.5)  # it kept far more factors than BaRA ...
+    save(started_low, "eval", sharp, rank=3.7)  # ... so the control started at ρ0, keeping as many, is used
+    (line,) = lines()
+    assert "trained as such (local_bias_init=0) +0.000 [" in line and line.endswith("MISS")
+    save(started_low, "eval", flat, rank=3.7)
     (line,) = lines()
     assert line.endswith("PASS")
-    (row,) = c7.paired_rows(tmp_path, ["bara", twin], [1], compute_missing=set())
+    (row,) = c7.paired_rows(tmp_path, ["bara", exact, started_low], [1], compute_missing=set())
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[9].endswith(" · -0.588")
+    assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[7].endswith("(local_bias_init=0)")
+    assert cells[9].endswith(" · -0.588")
+    assert c7.context_free_twin("bara-global", {"bara-global": 7.0, exact: 7.0}) is None
+    assert c7.context_free_twin("bara[rho0=0.8]", {exact: 3.0}) is None  # other options: not its control
