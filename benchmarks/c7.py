@@ -260,11 +260,13 @@ def is_trained_control(label: str) -> bool:
     return (_flat_options(label) or {}).get("context_dependent", True) is False
 
 
-def twin_note(name: str, twin: str | None) -> str:
-    """What a trained control sets beyond its variant's options, e.g. ``" (local_bias_init=0)"``; "" for the exact twin."""
+def twin_note(name: str, twin: str | None, seeds: str = "") -> str:
+    """What a trained control sets beyond its variant's options, and ``seeds`` where given, e.g.
+    ``" (local_bias_init=0, 2 seeds)"``; "" for the exact twin without a seed note."""
     base, options = _flat_options(name) or {}, (_flat_options(twin) if twin else None) or {}
-    differ = sorted(k for k in TWIN_FREE_OPTIONS if k in options and options[k] != base.get(k))
-    return f" ({', '.join(f'{k}={options[k]}' for k in differ)})" if differ else ""
+    parts = [f"{k}={options[k]}" for k in sorted(TWIN_FREE_OPTIONS) if k in options and options[k] != base.get(k)]
+    parts += [seeds] if seeds else []
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def finished_ranks(out: Path) -> dict[str, float]:
@@ -352,9 +354,8 @@ def paired_row(name: str, comparison: dict) -> str:
             row += ["—", "—"]
             continue
         n = comparison[count]  # pooled over the seeds both have; the count is stated when it is fewer
-        note = "" if n == comparison["seeds"] else f" ({seeds_text(n)})"
-        if key == "vs_twin":
-            note += twin_note(name, comparison.get("twin"))
+        fewer = "" if n == comparison["seeds"] else seeds_text(n)
+        note = twin_note(name, comparison.get("twin"), fewer) if key == "vs_twin" else f" ({fewer})" if fewer else ""
         row += [interval_text(other["nll"]) + note, interval_text(other["ece"], 100.0) + note]
     return f"| {name} | {comparison['seeds']} | " + " | ".join(row) + f" | {comparison['per_seed']} |"
 

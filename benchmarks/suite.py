@@ -172,8 +172,8 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     if mc is not None:
         halves.append(f"vs MC-dropout (all dropout on) {interval_text(mc)}")
     if twin is not None:  # the stricter control, where it ran: the same variant trained with constant gates
-        halves.append(f"vs constant gates trained as such{twin_note(name, comparison['twin'])} {interval_text(twin)} "
-                      f"({seeds_text(comparison['twin_seeds'])})")
+        fewer = "" if comparison["twin_seeds"] == comparison["seeds"] else seeds_text(comparison["twin_seeds"])
+        halves.append(f"vs constant gates trained as such{twin_note(name, comparison['twin'], fewer)} {interval_text(twin)}")
     verdict = "PASS" if mc is not None and all(half["high"] < 0 for half in (constant, mc, twin) if half is not None) else "MISS"
     who = "BaRA" if name == "bara" else f"the variant {name} (not counted: the target is the default's)"
     return f"- C7 on {task}: {who} {'; '.join(halves)} ({_seed_count(comparison)}) — {verdict}"

@@ -570,7 +570,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     assert lines()[0].endswith("PASS") and "trained as such" not in lines()[0]
     save(exact, "eval", sharp)  # trained with constant gates, it does as well: the input dependence bought nothing
     (line,) = lines()
-    assert "vs constant gates trained as such +0.000 [+0.000, +0.000] (1 seed)" in line and line.endswith("MISS")
+    assert "vs constant gates trained as such +0.000 [+0.000, +0.000] (1 seed) — MISS" in line
     save(exact, "eval", flat, rank=6.5)  # it kept far more factors than BaRA ...
     save(started_low, "eval", sharp, rank=3.7)  # ... so the control started at ρ0, keeping as many, is used
     (line,) = lines()
@@ -582,5 +582,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[7].endswith("(local_bias_init=0)")
     assert cells[9].endswith(" · -0.588")
+    assert c7.twin_note("bara", started_low, "2 seeds") == " (local_bias_init=0, 2 seeds)"  # fewer seeds than its variant
+    assert c7.twin_note("bara", exact) == ""
     assert c7.context_free_twin("bara-global", {"bara-global": 7.0, exact: 7.0}) is None
     assert c7.context_free_twin("bara[rho0=0.8]", {exact: 3.0}) is None  # other options: not its control
