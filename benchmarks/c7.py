@@ -30,7 +30,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from bara.compare import CompareSpec, compare, mean_curve, parse_method, run_dir, split_methods, summarise, train_nll_by_epoch
@@ -210,7 +209,6 @@ def domain_rows(report: dict) -> list[str]:
     return rows
 
 
-CONTEXT_FREE = "context_dependent=false"
 # Options a trained constant-gate control may set on top of its variant's: only where its gates start. The default
 # BaRA's gates fall from σ(3) ≈ 0.95 to ρ0 = 0.5 within its first epoch because W_g's common mode (the mean
 # direction of LN(x̄), shared by every input) moves them as a bias with Adam steps on ~din coordinates; frozen at
@@ -260,12 +258,14 @@ def is_trained_control(label: str) -> bool:
     return (_flat_options(label) or {}).get("context_dependent", True) is False
 
 
-def twin_note(name: str, twin: str | None, seeds: str = "") -> str:
-    """What a trained control sets beyond its variant's options, and ``seeds`` where given, e.g.
-    ``" (local_bias_init=0, 2 seeds)"``; "" for the exact twin without a seed note."""
-    base, options = _flat_options(name) or {}, (_flat_options(twin) if twin else None) or {}
+def twin_note(name: str, comparison: dict) -> str:
+    """What the trained control of a `paired_comparison` sets beyond its variant's options, and its seed count
+    where it pooled fewer seeds than the variant, e.g. ``" (local_bias_init=0, 2 seeds)"``; "" for the exact
+    twin on every seed."""
+    base, options = _flat_options(name) or {}, _flat_options(comparison.get("twin") or "") or {}
     parts = [f"{k}={options[k]}" for k in sorted(TWIN_FREE_OPTIONS) if k in options and options[k] != base.get(k)]
-    parts += [seeds] if seeds else []
+    if comparison["twin_seeds"] != comparison["seeds"]:
+        parts.append(seeds_text(comparison["twin_seeds"]))
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -354,8 +354,10 @@ def paired_row(name: str, comparison: dict) -> str:
             row += ["—", "—"]
             continue
         n = comparison[count]  # pooled over the seeds both have; the count is stated when it is fewer
-        fewer = "" if n == comparison["seeds"] else seeds_text(n)
-        note = twin_note(name, comparison.get("twin"), fewer) if key == "vs_twin" else f" ({fewer})" if fewer else ""
+        if key == "vs_twin":
+            note = twin_note(name, comparison)
+        else:
+            note = "" if n == comparison["seeds"] else f" ({seeds_text(n)})"
         row += [interval_text(other["nll"]) + note, interval_text(other["ece"], 100.0) + note]
     return f"| {name} | {comparison['seeds']} | " + " | ".join(row) + f" | {comparison['per_seed']} |"
 

@@ -161,7 +161,7 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     bootstrap intervals, and, where it ran, against the same variant trained with constant gates
     (`context_dependent=false`). PASS needs every interval below 0 (better beyond the evaluation noise), not
     just the point estimates."""
-    from c7 import interval_text, seeds_text, twin_note
+    from c7 import interval_text, twin_note
 
     comparison = _c7_comparisons(entry).get(name)
     if comparison is None:
@@ -172,8 +172,7 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     if mc is not None:
         halves.append(f"vs MC-dropout (all dropout on) {interval_text(mc)}")
     if twin is not None:  # the stricter control, where it ran: the same variant trained with constant gates
-        fewer = "" if comparison["twin_seeds"] == comparison["seeds"] else seeds_text(comparison["twin_seeds"])
-        halves.append(f"vs constant gates trained as such{twin_note(name, comparison['twin'], fewer)} {interval_text(twin)}")
+        halves.append(f"vs constant gates trained as such{twin_note(name, comparison)} {interval_text(twin)}")
     verdict = "PASS" if mc is not None and all(half["high"] < 0 for half in (constant, mc, twin) if half is not None) else "MISS"
     who = "BaRA" if name == "bara" else f"the variant {name} (not counted: the target is the default's)"
     return f"- C7 on {task}: {who} {'; '.join(halves)} ({_seed_count(comparison)}) — {verdict}"

@@ -582,7 +582,8 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[7].endswith("(local_bias_init=0)")
     assert cells[9].endswith(" · -0.588")
-    assert c7.twin_note("bara", started_low, "2 seeds") == " (local_bias_init=0, 2 seeds)"  # fewer seeds than its variant
-    assert c7.twin_note("bara", exact) == ""
+    fewer = {"twin": started_low, "twin_seeds": 2, "seeds": 3}  # fewer seeds than its variant
+    assert c7.twin_note("bara", fewer) == " (local_bias_init=0, 2 seeds)"
+    assert c7.twin_note("bara", {"twin": exact, "twin_seeds": 3, "seeds": 3}) == ""
     assert c7.context_free_twin("bara-global", {"bara-global": 7.0, exact: 7.0}) is None
     assert c7.context_free_twin("bara[rho0=0.8]", {exact: 3.0}) is None  # other options: not its control
