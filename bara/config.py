@@ -86,6 +86,12 @@ class BaRAConfig:
             control *trained as such*: swapping constant gates into an adapter trained with
             input-dependent gates (gate mode ``constant``) also removes what the factors
             co-adapted to, so it can lose for a reason other than the missing context.
+        center_gate_input: ``True`` subtracts a running mean (over the training batches, saved with
+            the adapter) from the local gates' normalised input ``LN(x̄)``. Uncentred, the mean
+            direction every input shares lets ``W_g`` act as a bias with an Adam step on each of its
+            ``d`` coordinates, so a pull common to all inputs (the local KL's towards ρ0) moves it
+            far faster than ``b_g``; centred, ``W_g`` sees only what differs between inputs. ``False``
+            (default) is DESIGN §2. A research option for check C7.
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving.
@@ -114,6 +120,7 @@ class BaRAConfig:
     local_mi_weight: float = 0.0
     lora_dropout: float = 0.0
     context_dependent: bool = True
+    center_gate_input: bool = False
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
@@ -170,8 +177,9 @@ class BaRAConfig:
             _fail("local_mi_weight", self.local_mi_weight, "applies only with local_kl='marginal'")
         if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout < 1.0):
             _fail("lora_dropout", self.lora_dropout, "must be a probability in [0, 1)")
-        if not isinstance(self.context_dependent, bool):
-            _fail("context_dependent", self.context_dependent, "must be true or false")
+        for name in ("context_dependent", "center_gate_input"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "must be true or false")
         _positive_finite("kuma_a_init", self.kuma_a_init)
         _positive_finite("kuma_b_init", self.kuma_b_init)
         if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):

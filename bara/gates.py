@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 EULER_GAMMA = 0.5772156649015329
 _EPS = 1e-6
+CENTER_RATE = 0.01  # the running mean of a centred local gate's input follows ~100 batches
 
 
 def inverse_softplus(y: float) -> float:
@@ -140,13 +141,36 @@ class LocalGate(nn.Module):
 
     ``W_g`` starts at 0, so every instance starts with the same keep-probability σ(b_g).
     ``context_dependent=False`` keeps it there (not trained): the gate is a learned constant.
+
+    ``centered=True`` feeds ``LN(x̄) − μ`` instead, with μ a running mean of ``LN(x̄)`` over the
+    training batches (a buffer, saved with the adapter). Every input shares the mean direction of
+    ``LN(x̄)``, so through it ``W_g`` acts as a second bias that Adam moves on all ``d`` coordinates at
+    once; centred, a pull that is the same for every input (the KL's towards ρ0) reaches ``W_g`` not
+    at all, and ``W_g`` can only learn what tells inputs apart.
     """
 
-    def __init__(self, in_features: int, r: int, bias_init: float = 3.0, context_dependent: bool = True):
+    def __init__(self, in_features: int, r: int, bias_init: float = 3.0, context_dependent: bool = True,
+                 centered: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(r, in_features), requires_grad=context_dependent)
         self.bias = nn.Parameter(torch.full((r,), float(bias_init)))
+        self.centered = centered
+        if centered:
+            self.register_buffer("input_mean", torch.zeros(in_features))
+            self.register_buffer("input_count", torch.zeros(()))
 
     def forward(self, pooled: Tensor) -> Tensor:
         normed = F.layer_norm(pooled, pooled.shape[-1:])
+        if self.centered:
+            if self.training:
+                self._track_mean(normed)
+            normed = normed - self.input_mean
         return F.linear(normed, self.weight, self.bias)
+
+    @torch.no_grad()
+    def _track_mean(self, normed: Tensor) -> None:
+        """The running mean: the plain average of the first batches, then an exponential one that follows
+        the slow drift of the layer's input as the adapters below it train (a window of ~1/CENTER_RATE batches)."""
+        self.input_count += 1
+        rate = torch.clamp(1.0 / self.input_count, min=CENTER_RATE)
+        self.input_mean.lerp_(normed.mean(0).to(self.input_mean.dtype), rate.to(self.input_mean.dtype))

@@ -48,7 +48,7 @@ def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tenso
     w_g = layer.local_gate.weight[keep]
     if layer.gate_input == "Ax":  # W_g is r×r: its input is A x, which loses the same rows
         w_g = w_g[:, keep]
-    return {
+    state = {
         "lora_A.weight": layer.lora_A.weight[keep],
         "lora_B.weight": layer.lora_B.weight[:, keep],
         "global_gate.a_raw": layer.global_gate.a_raw[keep],
@@ -56,6 +56,11 @@ def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tenso
         "local_gate.weight": w_g,
         "local_gate.bias": layer.local_gate.bias[keep],
     }
+    if layer.local_gate.centered:  # the running mean of the gate's input (over the input's coordinates)
+        mean = layer.local_gate.input_mean
+        state["local_gate.input_mean"] = mean[keep] if layer.gate_input == "Ax" else mean
+        state["local_gate.input_count"] = layer.local_gate.input_count
+    return state
 
 
 def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) -> dict[str, int]:
@@ -156,6 +161,9 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
         for key in ("lora_A.weight", "lora_B.weight", "global_gate.a_raw", "global_gate.b_raw",
                     "local_gate.weight", "local_gate.bias"):
             state[f"{name}.{key}"] = layer.get_parameter(key)
+        if layer.local_gate.centered:
+            for key in ("local_gate.input_mean", "local_gate.input_count"):
+                state[f"{name}.{key}"] = layer.get_buffer(key)
     for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict(keep_vars=True).items():
             state[f"{module_name}.{key}"] = value

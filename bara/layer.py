@@ -84,7 +84,8 @@ class BaRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # ΔW = 0 at start
         self.global_gate = GlobalGate(r, config.alpha0, config.kuma_a_init, config.kuma_b_init, config.prior).to(**factory)
         gate_dim = self.in_features if config.gate_input == "x" else r
-        self.local_gate = LocalGate(gate_dim, r, config.local_bias_init, config.context_dependent).to(**factory)
+        self.local_gate = LocalGate(gate_dim, r, config.local_bias_init, config.context_dependent,
+                                    config.center_gate_input).to(**factory)
         self.mode = "sample"
         self.context = context if context is not None else GateContext()
         self._stats: dict[str, Tensor] = {}

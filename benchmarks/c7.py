@@ -215,6 +215,9 @@ def domain_rows(report: dict) -> list[str]:
 # 0, W_g cannot, and the bias alone moves ~lr per step, so a control started at σ(3) would keep ~0.9 of every
 # factor and compare keep-probabilities, not context. `local_bias_init=0` starts it at 0.5.
 TWIN_FREE_OPTIONS = frozenset({"local_bias_init"})
+# Options that only change how W_g reads the input: with W_g held at 0 they do nothing, so a control with or
+# without them is the same model and matches a variant either way.
+INERT_WITHOUT_CONTEXT = frozenset({"center_gate_input"})
 
 
 def _flat_options(label: str) -> dict | None:
@@ -237,15 +240,19 @@ def context_free_twin(name: str, ranks: dict[str, float]) -> str | None:
     >>> context_free_twin("bara", {"bara": 3.6, "bara[context_dependent=false]": 6.5,
     ...                            "bara[context_dependent=false,local_bias_init=0]": 3.7, "bara-global": 7.0})
     'bara[context_dependent=false,local_bias_init=0]'
+    >>> context_free_twin("bara[center_gate_input=true]", {"bara[context_dependent=false]": 3.5})  # inert there
+    'bara[context_dependent=false]'
     """
     base = _flat_options(name)
     if base is None or base.get("context_dependent", True) is False:
         return None
+    base = {k: v for k, v in base.items() if k not in INERT_WITHOUT_CONTEXT}
     found = []
     for label, rank in ranks.items():
         options = _flat_options(label)
         if options is None or options.pop("context_dependent", True) is not False:
             continue
+        options = {k: v for k, v in options.items() if k not in INERT_WITHOUT_CONTEXT}
         differ = {k for k in set(options) | set(base) if options.get(k, object()) != base.get(k, object())}
         if differ <= TWIN_FREE_OPTIONS:
             distance = abs(rank - ranks.get(name, rank))

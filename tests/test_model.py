@@ -300,6 +300,65 @@ def test_context_independent_gates_learn_their_keep_probabilities_but_not_the_in
     assert loaded.trainable_parameter_count() == model.trainable_parameter_count()
 
 
+def test_centred_gate_input_keeps_a_pull_shared_by_every_input_off_w_g():
+    """The centring lever: a loss whose gradient is the same for every input (what the KL's pull towards ρ0
+    is) moves W_g along the mean direction of LN(x̄) when the input is not centred, and not at all when it is,
+    because Σ_n δ (u_n − ū) = 0; the bias still takes that pull."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, 6) + 2.0  # a large shared mean, as in a transformer's hidden states
+    grads = {}
+    for centred in (False, True):
+        model = bara.get_bara_model(MaskedToy(), bara.BaRAConfig(r=3, target_modules=["proj"],
+                                                                center_gate_input=centred)).train()
+        gate = model.proj.local_gate
+        gate(model.proj._pool(x)).sum().backward()  # dℓ_nk/dloss = 1 for every instance n
+        grads[centred] = (gate.weight.grad.abs().max().item(), gate.bias.grad.abs().max().item())
+    assert grads[False][0] > 1.0 and grads[True][0] < 1e-5
+    assert grads[True][1] == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize("gate_input", ["x", "Ax"])
+def test_centred_gate_input_tracks_the_training_mean_and_survives_save_and_load(tmp_path, gate_input):
+    torch.manual_seed(0)
+    config = bara.BaRAConfig(r=3, target_modules=["proj"], center_gate_input=True, gate_input=gate_input,
+                             rho0=0.8, local_kl="marginal")
+    model = bara.get_bara_model(MaskedToy(), config).train()
+    layer = model.proj
+    x = torch.randn(64, 4, 6) + 3.0 * torch.sign(torch.randn(64, 1, 1))  # two contexts, opposite targets
+    target = x.mean((1, 2), keepdim=True).sign() * torch.ones(64, 4, 6)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for step in range(60):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        loss = ((model(x[batch]) - target[batch]) ** 2).mean() + bara.kl_divergence(model, num_examples=64)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert layer.local_gate.input_count.item() == 60
+    with torch.no_grad():
+        pooled = layer._pool(x if gate_input == "x" else layer.lora_A(x))
+        data_mean = torch.nn.functional.layer_norm(pooled, pooled.shape[-1:]).mean(0)
+    # the latest batches dominate the running mean; the input of `Ax` drifts as A trains, so only roughly
+    assert torch.allclose(layer.local_gate.input_mean, data_mean, atol=0.05 if gate_input == "x" else 0.3)
+    model.eval()
+    before = layer.local_gate.input_mean.clone()
+    with bara.gate_mode(model, "mean"):
+        expected = model(x)
+    assert torch.equal(layer.local_gate.input_mean, before)  # prediction never moves it
+    assert bara.gate_probabilities(model)["proj"].std(0).max() > 1e-3  # the gates still tell the contexts apart
+    model.save_pretrained(str(tmp_path))
+    loaded = bara.BaRAModel.from_pretrained(MaskedToy(), str(tmp_path)).eval()
+    loaded.proj.base_layer.load_state_dict(layer.base_layer.state_dict())
+    assert torch.equal(loaded.proj.local_gate.input_mean, before)
+    assert loaded.proj.local_gate.input_count.item() == 60
+    with bara.gate_mode(loaded, "mean"):
+        assert torch.allclose(loaded(x), expected, atol=1e-6)
+
+
 def test_context_dependent_must_be_a_boolean():
     with pytest.raises(ValueError, match="BaRAConfig.context_dependent='no'.*true or false"):
         bara.BaRAConfig(context_dependent="no")
+
+
+def test_center_gate_input_must_be_a_boolean():
+    with pytest.raises(ValueError, match="BaRAConfig.center_gate_input=1.*true or false"):
+        bara.BaRAConfig(center_gate_input=1)
