@@ -288,7 +288,8 @@ def finished_ranks(out: Path) -> dict[str, float]:
     return {label: sum(values) / len(values) for label, values in ranks.items()}
 
 
-def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: bool = False) -> dict | None:
+def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: bool = False,
+                      ranks: dict[str, float] | None = None) -> dict | None:
     """One BaRA variant's per-example paired differences, pooled over the finished seeds, with 95%
     bootstrap intervals: learned gates − constant gates (same adapter), learned gates − MC-dropout
     (same evaluation examples, pooled over the seeds that have both) and learned gates − the same variant
@@ -299,7 +300,8 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     each seed, all three ways).
 
     Constant-gate predictions missing from older runs are computed when ``compute_missing`` (one extra
-    evaluation per run)."""
+    evaluation per run). ``ranks``: `finished_ranks` of ``out``, read here when not given (a caller comparing
+    several variants reads it once)."""
     import torch
 
     from bara.metrics import negative_log_likelihood as nll
@@ -312,7 +314,7 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     def per_seed(pairs) -> str:  # one mean difference per training seed: does every seed agree on the sign?
         return ", ".join(f"{nll(a, y) - nll(b, y):+.3f}" for a, b, y in pairs) if pairs else "—"
 
-    twin = context_free_twin(name, finished_ranks(out))
+    twin = context_free_twin(name, finished_ranks(out) if ranks is None else ranks)
     with_constant, with_mc, with_twin = [], [], []  # (learned, other, labels) of each seed that has both
     for seed in seeds:
         folder = run_dir(out, name, seed)
@@ -372,7 +374,8 @@ def paired_row(name: str, comparison: dict) -> str:
 def paired_rows(out: Path, names: list[str], seeds: list[int], compute_missing: set[str]) -> list[str]:
     """`paired_row` of each variant in ``names`` that has a comparison; constant-gate predictions missing
     from older runs are computed for the variants in ``compute_missing``."""
-    comparisons = ((name, paired_comparison(out, name, seeds, name in compute_missing)) for name in names
+    ranks = finished_ranks(out)
+    comparisons = ((name, paired_comparison(out, name, seeds, name in compute_missing, ranks)) for name in names
                    if not is_trained_control(name))  # a trained control is a column of its variant's row
     return [paired_row(name, comparison) for name, comparison in comparisons if comparison is not None]
 

@@ -145,12 +145,13 @@ def _c7_comparisons(entry: dict) -> dict[str, dict]:
     """Each BaRA variant's paired C7 comparison on this task (`c7.paired_comparison`), computed once per
     entry: the task's C7 table and its target line read the same numbers."""
     if "c7" not in entry:
-        from c7 import is_trained_control, paired_comparison  # the sibling script; run as `python benchmarks/suite.py`
+        from c7 import finished_ranks, is_trained_control, paired_comparison  # the sibling script; run as `python benchmarks/suite.py`
 
         suffix = " [constant gates, C7]"  # a trained constant-gate control is a column of its variant's row
         names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)
                  and not is_trained_control(name[: -len(suffix)])]
-        comparisons = {name: paired_comparison(entry["folder"], name, entry["seeds"]) for name in names}
+        ranks = finished_ranks(entry["folder"])
+        comparisons = {name: paired_comparison(entry["folder"], name, entry["seeds"], ranks=ranks) for name in names}
         entry["c7"] = {name: c for name, c in comparisons.items() if c is not None}
     return entry["c7"]
 
