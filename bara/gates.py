@@ -168,6 +168,26 @@ class LocalGate(nn.Module):
         return F.linear(normed, self.weight, self.bias)
 
     @torch.no_grad()
+    def decompose(self, pooled: Tensor) -> dict[str, Tensor]:
+        """Split the logits of a set of inputs ``pooled`` [n, d] as ``ℓ(x_n) = b_g + W_g·ū + W_g·(u_n − ū)``,
+        u_n the gate's input and ū its mean over these n inputs: ``bias`` [r], ``shared`` [r] (what W_g adds
+        to every input alike: a second bias) and ``context`` [n, r] (the only part that tells inputs apart).
+        The three add up to ``self(pooled)``.
+
+        Example:
+            >>> gate = LocalGate(4, 2)
+            >>> parts = gate.decompose(torch.randn(5, 4))
+            >>> parts["bias"].shape, parts["shared"].shape, parts["context"].shape
+            (torch.Size([2]), torch.Size([2]), torch.Size([5, 2]))
+        """
+        normed = F.layer_norm(pooled, pooled.shape[-1:])
+        if self.centered:
+            normed = normed - self.input_mean
+        mean = normed.mean(0)
+        return {"bias": self.bias.clone(), "shared": F.linear(mean, self.weight),
+                "context": F.linear(normed - mean, self.weight)}
+
+    @torch.no_grad()
     def _track_mean(self, normed: Tensor) -> None:
         """The running mean: the plain average of the first batches, then an exponential one that follows
         the slow drift of the layer's input as the adapters below it train (a window of ~1/CENTER_RATE batches)."""

@@ -317,6 +317,24 @@ def test_centred_gate_input_keeps_a_pull_shared_by_every_input_off_w_g():
     assert grads[True][1] == pytest.approx(16.0)
 
 
+def test_gate_logits_split_into_bias_shared_and_context_parts():
+    """`LocalGate.decompose`: the three parts add up to the logits; the shared part is W_g times the inputs'
+    mean, which centring on that same mean removes."""
+    torch.manual_seed(0)
+    pooled = torch.randn(20, 6) + torch.linspace(-3, 3, 6)
+    for centred in (False, True):
+        gate = bara.gates.LocalGate(6, 3, bias_init=1.0, centered=centred)
+        with torch.no_grad():
+            gate.weight.normal_()
+        if centred:
+            gate.train()(pooled)  # the first batch sets the running mean to this data's mean
+            gate.eval()
+        parts = gate.decompose(pooled)
+        assert torch.allclose(parts["bias"] + parts["shared"] + parts["context"], gate(pooled), atol=1e-5)
+        assert torch.allclose(parts["context"].mean(0), torch.zeros(3), atol=1e-5)
+        assert (parts["shared"].abs().max() < 1e-5) == centred
+
+
 @pytest.mark.parametrize("gate_input", ["x", "Ax"])
 def test_centred_gate_input_tracks_the_training_mean_and_survives_save_and_load(tmp_path, gate_input):
     torch.manual_seed(0)
