@@ -157,7 +157,8 @@ class LocalGate(nn.Module):
         self.centered = centered
         if centered:
             self.register_buffer("input_mean", torch.zeros(in_features))
-            self.register_buffer("input_count", torch.zeros(()))
+            # an integer, so that casting the model to bf16 (8-bit mantissa) cannot stop the count at 256
+            self.register_buffer("input_count", torch.zeros((), dtype=torch.long))
 
     def forward(self, pooled: Tensor) -> Tensor:
         normed = F.layer_norm(pooled, pooled.shape[-1:])
@@ -192,5 +193,5 @@ class LocalGate(nn.Module):
         """The running mean: the plain average of the first batches, then an exponential one that follows
         the slow drift of the layer's input as the adapters below it train (a window of ~1/CENTER_RATE batches)."""
         self.input_count += 1
-        rate = torch.clamp(1.0 / self.input_count, min=CENTER_RATE)
+        rate = torch.clamp(1.0 / self.input_count.float(), min=CENTER_RATE)
         self.input_mean.lerp_(normed.mean(0).to(self.input_mean.dtype), rate.to(self.input_mean.dtype))

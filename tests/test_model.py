@@ -368,6 +368,8 @@ def test_centred_gate_input_tracks_the_training_mean_and_survives_save_and_load(
     loaded.proj.base_layer.load_state_dict(layer.base_layer.state_dict())
     assert torch.equal(loaded.proj.local_gate.input_mean, before)
     assert loaded.proj.local_gate.input_count.item() == 60
+    half = bara.BaRAModel.from_pretrained(MaskedToy(), str(tmp_path)).to(torch.bfloat16)
+    assert half.proj.local_gate.input_count.dtype == torch.long  # a bf16 count would stop at 256
     with bara.gate_mode(loaded, "mean"):
         assert torch.allclose(loaded(x), expected, atol=1e-6)
 
