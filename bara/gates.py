@@ -173,7 +173,7 @@ class LocalGate(nn.Module):
         """Split the logits of a set of inputs ``pooled`` [n, d] as ``ℓ(x_n) = b_g + W_g·ū + W_g·(u_n − ū)``,
         u_n the gate's input and ū its mean over these n inputs: ``bias`` [r], ``shared`` [r] (what W_g adds
         to every input alike: a second bias) and ``context`` [n, r] (the only part that tells inputs apart).
-        The three add up to ``self(pooled)``.
+        The three add up to ``self(pooled)`` in eval mode (in training the forward first moves the running mean).
 
         Example:
             >>> gate = LocalGate(4, 2)
