@@ -161,12 +161,16 @@ class LocalGate(nn.Module):
             self.register_buffer("input_count", torch.zeros((), dtype=torch.long))
 
     def forward(self, pooled: Tensor) -> Tensor:
+        return F.linear(self._input(pooled, track=self.training), self.weight, self.bias)
+
+    def _input(self, pooled: Tensor, track: bool = False) -> Tensor:
+        """What W_g reads: ``LN(x̄)``, minus the running mean when centred (first moved by this batch if ``track``)."""
         normed = F.layer_norm(pooled, pooled.shape[-1:])
-        if self.centered:
-            if self.training:
-                self._track_mean(normed)
-            normed = normed - self.input_mean
-        return F.linear(normed, self.weight, self.bias)
+        if not self.centered:
+            return normed
+        if track:
+            self._track_mean(normed)
+        return normed - self.input_mean
 
     @torch.no_grad()
     def decompose(self, pooled: Tensor) -> dict[str, Tensor]:
@@ -181,12 +185,10 @@ class LocalGate(nn.Module):
             >>> parts["bias"].shape, parts["shared"].shape, parts["context"].shape
             (torch.Size([2]), torch.Size([2]), torch.Size([5, 2]))
         """
-        normed = F.layer_norm(pooled, pooled.shape[-1:])
-        if self.centered:
-            normed = normed - self.input_mean
-        mean = normed.mean(0)
+        inputs = self._input(pooled)
+        mean = inputs.mean(0)
         return {"bias": self.bias.clone(), "shared": F.linear(mean, self.weight),
-                "context": F.linear(normed - mean, self.weight)}
+                "context": F.linear(inputs - mean, self.weight)}
 
     @torch.no_grad()
     def _track_mean(self, normed: Tensor) -> None:

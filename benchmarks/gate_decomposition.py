@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = find_runs([p.strip() for p in args.runs.split(",") if p.strip()])
     json_path, md_path = (args.results / f"{args.name}{ext}" for ext in (".json", ".md"))
     cache = Cache(json_path, {"kind": "local-gate logit decomposition, mean mode"})  # cells: run label
-    rows = []
+    rows, commits = [], set()
     for run in runs:
         label = run_label(run)
         if label not in cache:
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> None:
             cache.put(label, decompose_run(run) | {"task": json.loads((run / "run.json").read_text())["task"],
                                                    "commit": git_commit()})
         cell = cache.get(label)
+        commits.add(cell["commit"])
         rows.append([label, cell["task"], str(cell["examples"]), f"{cell['bias']:+.2f}", f"{cell['shared']:+.2f}",
                      f"{cell['keep_of_average_input']:.3f}", f"{cell['context_std']:.3f}"])
     wall = time.perf_counter() - start
-    meta = run_meta(cache, wall, {cache.get(run_label(r))["commit"] for r in runs})
+    meta = run_meta(cache, wall, commits)
     cache.save()
     command = f"python benchmarks/gate_decomposition.py --runs {json.dumps(args.runs)}" + (
         f" --name {args.name}" if args.name != "gate-decomposition" else "")
