@@ -94,7 +94,8 @@ class BaRAConfig:
             (default) is DESIGN §2. A research option for check C7.
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
-        prune_threshold: factors with E π below this are dropped when saving.
+        prune_threshold: factors with E π below this are dropped when saving (not with
+            ``gate_input="Ax"``, whose gates normalise over every factor's ``A x``).
         modules_to_save: extra modules (e.g. a new classifier head) trained fully and saved.
 
     Example:

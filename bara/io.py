@@ -43,22 +43,29 @@ def kept_factors(layer: BaRALinear, threshold: float) -> torch.Tensor:
         return torch.nonzero(layer.global_gate.expected_pi() >= threshold).flatten()
 
 
+def prunable(layer: BaRALinear) -> bool:
+    """Whether dropping dead factors leaves the kept ones exactly as trained.
+
+    Not with ``gate_input="Ax"``: the gate layer-normalises ``A x̄`` over all r factors, dead ones
+    included, so removing a row of A would change every kept factor's gate.
+    """
+    return layer.gate_input == "x"
+
+
 def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The layer's adapter tensors restricted to the ``keep`` factors."""
-    w_g = layer.local_gate.weight[keep]
-    if layer.gate_input == "Ax":  # W_g is r×r: its input is A x, which loses the same rows
-        w_g = w_g[:, keep]
+    """The layer's adapter tensors restricted to the ``keep`` factors (all of them unless ``prunable``)."""
+    if not prunable(layer) and len(keep) != layer.r:
+        raise ValueError(f"a layer with gate_input={layer.gate_input!r} cannot be pruned: its gates read every factor")
     state = {
         "lora_A.weight": layer.lora_A.weight[keep],
         "lora_B.weight": layer.lora_B.weight[:, keep],
         "global_gate.a_raw": layer.global_gate.a_raw[keep],
         "global_gate.b_raw": layer.global_gate.b_raw[keep],
-        "local_gate.weight": w_g,
+        "local_gate.weight": layer.local_gate.weight[keep],
         "local_gate.bias": layer.local_gate.bias[keep],
     }
     if layer.local_gate.centered:  # the running mean of the gate's input (over the input's coordinates)
-        mean = layer.local_gate.input_mean
-        state["local_gate.input_mean"] = mean[keep] if layer.gate_input == "Ax" else mean
+        state["local_gate.input_mean"] = layer.local_gate.input_mean
         state["local_gate.input_count"] = layer.local_gate.input_count
     return state
 
@@ -67,7 +74,8 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
     """Save config + weights of ``model``; returns how many factors were pruned per layer.
 
     With ``prune`` the factors with ``E_q[π] < config.prune_threshold`` are left out and the
-    per-layer ranks go to ``rank_pattern``.
+    per-layer ranks go to ``rank_pattern`` — except in layers whose gates read ``A x``
+    (``gate_input="Ax"``), which keep every factor (see ``prunable``).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,8 +83,11 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
     tensors: dict[str, torch.Tensor] = {}
     pruned: dict[str, int] = {}
     threshold = config.prune_threshold if prune else 0.0
+    dead_but_kept = 0
     for name, layer in model.bara_layers():
-        keep = kept_factors(layer, threshold) if prune else torch.arange(layer.r)
+        keep = kept_factors(layer, threshold) if prune and prunable(layer) else torch.arange(layer.r)
+        if prune and not prunable(layer):
+            dead_but_kept += layer.r - len(kept_factors(layer, threshold))
         pruned[name] = layer.r - len(keep)
         config.rank_pattern[name] = len(keep)
         for key, value in _layer_state(layer, keep).items():
@@ -90,6 +101,8 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
     total = sum(pruned.values())
     if total:
         print(f"bara: pruned {total} dead factor(s) (E π < {config.prune_threshold}) across {sum(1 for v in pruned.values() if v)} layer(s)")
+    if dead_but_kept:
+        print(f"bara: kept {dead_but_kept} dead factor(s): with gate_input='Ax' the gates read every factor's A x")
     return pruned
 
 

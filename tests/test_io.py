@@ -39,22 +39,32 @@ def test_round_trip_is_bit_exact_in_mean_mode_and_writes_no_pickle(tmp_path):
         assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
 
 
-def test_saving_prunes_dead_factors(tmp_path, capsys):
+@pytest.mark.parametrize("gate_input", ["x", "Ax"])
+def test_saving_prunes_dead_factors_without_moving_the_kept_gates(tmp_path, capsys, gate_input):
     ids, mask = padded_batch([6, 3], total=6, left=False)
-    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config())).eval()
+    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config(gate_input=gate_input))).eval()
     layer_name, layer = next(iter(model.bara_layers()))
     with torch.no_grad():
         layer.global_gate.a_raw[1] = -12.0  # a ≈ 6e-6: E π ≈ 0, a dead factor
     with bara.gate_mode(model, "mean"):
         expected = model(input_ids=ids, attention_mask=mask).logits
+        expected_gates = bara.gate_probabilities(model)[layer_name]
     pruned = model.save_pretrained(tmp_path / "adapter")
-    assert pruned[layer_name] == 1 and sum(pruned.values()) == 1
-    assert "pruned 1 dead factor" in capsys.readouterr().out
     loaded = bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "adapter").eval()
-    assert loaded.base_model.get_submodule(layer_name).r == 3
-    assert loaded.bara_config.rank_pattern == {layer_name: 3}
     with bara.gate_mode(loaded, "mean"):
         assert torch.allclose(loaded(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5)
+        gates = bara.gate_probabilities(loaded)[layer_name]
+    if gate_input == "x":
+        assert pruned[layer_name] == 1 and sum(pruned.values()) == 1
+        assert "pruned 1 dead factor" in capsys.readouterr().out
+        assert loaded.base_model.get_submodule(layer_name).r == 3
+        assert loaded.bara_config.rank_pattern == {layer_name: 3}
+        expected_gates = expected_gates[:, [0, 2, 3]]
+    else:  # the gates layer-normalise A x̄ over every factor: dropping one would move the others
+        assert sum(pruned.values()) == 0 and loaded.bara_config.rank_pattern == {}
+        assert "kept 1 dead factor(s): with gate_input='Ax'" in capsys.readouterr().out
+    # the logits of this tiny model barely react to its adapters, so compare the kept factors' gates too
+    assert torch.allclose(gates, expected_gates, atol=1e-6)
 
 
 @pytest.mark.parametrize("gate_input", ["x", "Ax"])
