@@ -2,7 +2,9 @@
 
 In ``sample`` mode the S samples of a batch go through the model together (the batch is
 repeated S times along its first axis, in chunks of at most ``max_rows`` rows), so S samples
-cost one large forward instead of S small ones. Gate statistics (``E_q[z]`` per instance and
+cost one large forward instead of S small ones. Examples go through longest first, so that a
+batch pads little (`EncodedDataset.longest_first`); the results come back in dataset order.
+Gate statistics (``E_q[z]`` per instance and
 layer) are collected along the way for the rank report.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .data import Collator, EncodedDataset
 from .layer import GATE_MODES
@@ -63,6 +65,15 @@ class Predictions:
         return torch.stack([p.sum(-1) for p in self.gate_probs.values()]).mean(0)
 
 
+def length_sorted_loader(dataset: EncodedDataset, collator: Collator, batch_size: int,
+                         longest_first: bool = True) -> tuple[DataLoader, Tensor]:
+    """A loader over ``dataset`` longest example first, and the index that puts what comes out of it
+    back in dataset order: ``outputs[restore]`` (with ``longest_first=False``: dataset order throughout)."""
+    order = dataset.longest_first() if longest_first else list(range(len(dataset)))
+    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, collate_fn=collator)
+    return loader, torch.argsort(torch.tensor(order, dtype=torch.long))
+
+
 def _repeat(batch: dict[str, Tensor], times: int) -> dict[str, Tensor]:
     return {k: v.repeat(times, *([1] * (v.dim() - 1))) for k, v in batch.items()}
 
@@ -96,7 +107,8 @@ def _collect_gates(model: nn.Module, batch: dict[str, Tensor], reps: int, n: int
 @torch.no_grad()
 def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mode: str = "sample", samples: int = 10,
             batch_size: int = 32, max_rows: int = 512, device: str | torch.device = "cpu",
-            sample_fn: Callable[[nn.Module], None] | None = None, progress: bool = False) -> Predictions:
+            sample_fn: Callable[[nn.Module], None] | None = None, progress: bool = False,
+            longest_first: bool = True) -> Predictions:
     """Predict every example of ``dataset``.
 
     Args:
@@ -108,6 +120,8 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
         samples: S, the number of Monte-Carlo samples in ``sample`` mode.
         max_rows: the most rows (examples × samples) sent through the model at once; batches
             are cut to at most ``max_rows`` examples.
+        longest_first: send the examples longest first, so that each batch pads little (the
+            results come back in dataset order either way); ``False`` keeps dataset order.
 
     Example:
         >>> preds = predict(model, eval_set, collator, mode="sample", samples=10)   # doctest: +SKIP
@@ -119,7 +133,7 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
     stochastic = is_stochastic(model, mode)
     s_total = samples if stochastic else 1
     # one batch of examples never exceeds max_rows, so S copies of it fit in chunks of max_rows rows
-    loader = DataLoader(dataset, batch_size=max(1, min(batch_size, max_rows)), shuffle=False, collate_fn=collator)
+    loader, restore = length_sorted_loader(dataset, collator, max(1, min(batch_size, max_rows)), longest_first)
     all_samples, all_gates = [], {}
     start = time.perf_counter()
     context = gate_mode(model, mode) if isinstance(model, BaRAModel) else contextlib.nullcontext()
@@ -142,12 +156,12 @@ def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mo
             all_samples.append(torch.cat(chunks).cpu())
     if sample_fn is not None:
         model.eval()  # switch off what sample_fn switched on (e.g. MC-dropout's dropout layers)
-    sample_probs = torch.cat(all_samples, dim=1)
+    sample_probs = torch.cat(all_samples, dim=1)[:, restore]
     return Predictions(
         probs=sample_probs.mean(0),
         labels=dataset.labels,
         sample_probs=sample_probs if stochastic else None,
-        gate_probs={name: torch.cat(rows) for name, rows in all_gates.items()},
+        gate_probs={name: torch.cat(rows)[restore] for name, rows in all_gates.items()},
         domains=dataset.domains,
         seconds=time.perf_counter() - start,
     )

@@ -388,6 +388,21 @@ def test_mc_noise_benchmark_redraws_the_gates_per_seed_and_reproduces_each_draw(
     assert "draws with ΔNLL < 0" in page
 
 
+def test_eval_order_benchmark_counts_the_tokens_each_order_feeds():
+    from bara.data import EncodedDataset, EncodedExample
+
+    fed_tokens = _benchmark("eval_order").fed_tokens
+    seqs = EncodedDataset([EncodedExample([1] * n, 0, 2, None) for n in (2, 9, 3, 8)], "sequence_classification", 2)
+    assert seqs.longest_first() == [1, 3, 2, 0]
+    assert fed_tokens(seqs, [0, 1, 2, 3], batch=2) == 2 * 9 + 2 * 8
+    assert fed_tokens(seqs, seqs.longest_first(), batch=2) == 2 * 9 + 2 * 3
+    # multiple choice: every example of a batch padded to the widest one's choices, each choice to the longest
+    choices = EncodedDataset([EncodedExample([[1] * 4, [1] * 6], 0, 2, None),
+                              EncodedExample([[1] * 3, [1] * 2, [1] * 5], 0, 3, None)], "multiple_choice", 3)
+    assert fed_tokens(choices, [0, 1], batch=2) == 2 * 3 * 6
+    assert fed_tokens(choices, [0, 1], batch=1) == 2 * 6 + 3 * 5
+
+
 def test_c7_run_folders_name_every_setting_off_the_defaults():
     run_folder = _benchmark("c7").run_folder
     assert run_folder("sst2", 512, 10) == "sst2"

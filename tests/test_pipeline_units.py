@@ -354,7 +354,7 @@ def test_predict_modes_shapes_and_normalisation(bara_heads, kind):
     assert len(layers) == 4
     for mode in ("sample", "mean", "ones"):
         torch.manual_seed(0)
-        preds = predict(model, ds, collator, mode=mode, samples=4, batch_size=3)  # every batch has a 5-choice example
+        preds = predict(model, ds, collator, mode=mode, samples=4, batch_size=3)  # multiple choice: the last batch is 3 wide, padded to 5
         assert preds.probs.shape == (n, k)
         torch.testing.assert_close(preds.probs.sum(-1), torch.ones(n), atol=1e-5, rtol=0)
         assert torch.equal(preds.labels, ds.labels)
@@ -377,6 +377,26 @@ def test_predict_modes_shapes_and_normalisation(bara_heads, kind):
         assert ranks.shape == (n,) and ranks.min() >= 0 and ranks.max() <= 4
         assert ranks.std() > 0  # input-dependent gates give input-dependent ranks
     assert model.gate_mode == "sample"  # predict restores the mode
+
+
+@pytest.mark.parametrize("kind", ["sequence_classification", "multiple_choice"])
+def test_predict_sends_examples_longest_first_and_returns_them_in_dataset_order(bara_heads, kind):
+    model, ds, collator = bara_heads[kind]
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[-1]),
+                                           with_kwargs=True)
+    try:
+        preds = predict(model, ds, collator, mode="mean", batch_size=2)
+    finally:
+        hook.remove()
+    lengths = sorted((item.length for item in ds), reverse=True)
+    assert widths == lengths[::2]  # each batch is padded to its first, longest example only
+    in_file_order = [max(item.length for item in ds.items[i:i + 2]) for i in range(0, len(ds), 2)]
+    assert sum(widths) < sum(in_file_order)  # this dataset's file order pads more
+    one_by_one = [predict(model, EncodedDataset([item], ds.head, ds.num_classes), collator, mode="mean") for item in ds]
+    torch.testing.assert_close(preds.probs, torch.cat([p.probs for p in one_by_one]), atol=1e-5, rtol=0)
+    for name, probs in preds.gate_probs.items():
+        torch.testing.assert_close(probs, torch.cat([p.gate_probs[name] for p in one_by_one]), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", HEADS)
@@ -418,7 +438,7 @@ def test_predict_chunking_and_batching_do_not_change_mean_mode(bara_heads, kind)
 
 def test_predict_multiple_choice_with_batches_of_different_widths(bara_heads):
     model, ds, collator = bara_heads["multiple_choice"]
-    preds = predict(model, ds, collator, mode="mean", batch_size=2)  # batches of 5, 5, 4 and 5 choices
+    preds = predict(model, ds, collator, mode="mean", batch_size=2)  # longest first: batches of 5, 4, 5 and 3 choices
     assert preds.probs.shape == (len(ds), 5)
     reference = predict(model, ds, collator, mode="mean", batch_size=len(ds))
     torch.testing.assert_close(preds.probs, reference.probs, atol=1e-5, rtol=0)

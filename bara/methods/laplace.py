@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data import Collator, EncodedDataset
-from ..predict import Predictions, predict
+from ..predict import Predictions, length_sorted_loader, predict
 from .lora import LoRA
 
 POSTERIOR_FILE = "laplace_posterior.safetensors"
@@ -475,13 +475,13 @@ class Laplace(LoRA):
         link = "mc" if mode in ("mc", "sample") else (mode or self.link)
         posterior = self.posterior(model)
         generator = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collator)
+        loader, restore = length_sorted_loader(dataset, collator, self.batch_size)
         start, chunks = time.perf_counter(), []
         for mean, cov in linearised_logits(model, posterior, loader):
             probs = probit_probs(mean, cov) if link == "probit" else \
                 mc_probs(mean.cpu(), cov.cpu(), samples or self.mc_samples, generator)
             chunks.append(F.pad(probs.float().cpu(), (0, dataset.num_classes - probs.shape[-1])))
-        return Predictions(probs=torch.cat(chunks), labels=dataset.labels, domains=dataset.domains,
+        return Predictions(probs=torch.cat(chunks)[restore], labels=dataset.labels, domains=dataset.domains,
                            seconds=time.perf_counter() - start)
 
     # -- save / load -------------------------------------------------------------------
