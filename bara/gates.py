@@ -67,7 +67,9 @@ def kl_kumaraswamy_beta(a: Tensor, b: Tensor, alpha0: float) -> Tensor:
 
 # -- Bernoulli ---------------------------------------------------------------------------
 def kl_bernoulli(p: Tensor, q: Tensor | float) -> Tensor:
-    """``KL(Bern(p) ‖ Bern(q)) = p log(p/q) + (1−p) log((1−p)/(1−q))``, elementwise."""
+    """``KL(Bern(p) ‖ Bern(q)) = p log(p/q) + (1−p) log((1−p)/(1−q))``, elementwise, in at least float32
+    (in bf16 or fp16, ``1 − 1e-6`` rounds to 1: a gate near 1 would give ``0 · log 0`` = NaN)."""
+    p = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
     p = p.clamp(_EPS, 1 - _EPS)
     q = torch.as_tensor(q, dtype=p.dtype, device=p.device).clamp(_EPS, 1 - _EPS)
     return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))

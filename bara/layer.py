@@ -9,6 +9,7 @@ gate for ``variant="additive"``. In ``ones`` mode the layer is literally
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,9 @@ class GateContext:
 
     pool_mask: Tensor | None = None
     reuse_gates: bool = False  # set while decoding: keep the gates of the prompt pass
+    # multiple choice ([examples, choices, tokens] inputs): [examples, choices], 1 for a real choice and 0
+    # for a padding copy, so that the local KL is summed over an example's real choices
+    choice_rows: Tensor | None = None
 
 
 class BaRALinear(nn.Module):
@@ -102,6 +106,9 @@ class BaRALinear(nn.Module):
         """Stop-gradient mask-weighted mean over each instance's tokens: [n, T, d] -> [n, d]."""
         h = h.detach()
         mask = self.context.pool_mask
+        if mask is not None and mask.numel() != h.shape[0] * h.shape[1] and not self.context.reuse_gates:
+            warnings.warn(f"BaRA: the attention mask of shape {tuple(mask.shape)} does not match this layer's tokens "
+                          f"{tuple(h.shape[:2])}; its local gates pool every token, padding included", stacklevel=2)
         if mask is None or mask.numel() != h.shape[0] * h.shape[1]:
             return h.mean(dim=1)
         mask = mask.reshape(h.shape[0], h.shape[1], 1).to(h.dtype)

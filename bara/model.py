@@ -99,6 +99,24 @@ class AdapterModel(nn.Module):
             return getattr(self.base_model, name)
 
 
+def _is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` generates text (a transformers causal LM): then labels of -100 mark its prompt."""
+    can_generate = getattr(model, "can_generate", None)
+    return bool(callable(can_generate) and can_generate())
+
+
+def _choice_rows(bound: dict) -> Tensor | None:
+    """``[examples, choices]`` weights of a multiple-choice forward (1: a real choice), or None."""
+    ids, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
+    rows = ids.shape[:-1] if isinstance(ids, Tensor) else embeds.shape[:-2] if isinstance(embeds, Tensor) else ()
+    if len(rows) != 2:
+        return None
+    choice_mask = bound.get("choice_mask")
+    if isinstance(choice_mask, Tensor) and choice_mask.shape == rows:
+        return choice_mask.float()
+    return torch.ones(rows, device=(ids if isinstance(ids, Tensor) else embeds).device)
+
+
 class BaRAModel(AdapterModel):
     """A base model with BaRA layers injected into its targeted Linear layers.
 
@@ -126,6 +144,8 @@ class BaRAModel(AdapterModel):
         self._inject(model, names, lambda name, linear: BaRALinear(
             linear, config, r=config.rank_pattern.get(name, config.r), context=self.context), config.modules_to_save)
         self._forward_signature = _signature(model)
+        # a causal LM's token labels mark its answer (pooled out of the gates); a token classifier's do not
+        self._causal_lm = _is_causal_lm(model)
         self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
 
     # -- mask routing --------------------------------------------------------------------
@@ -133,25 +153,30 @@ class BaRAModel(AdapterModel):
         """Forward pre-hook: set the pooling mask of this forward from the attention mask."""
         bound = _bind(self._forward_signature, args, kwargs)
         mask = bound.get("attention_mask")
-        inputs = bound.get("input_ids")
-        if inputs is None:
-            inputs = bound.get("inputs_embeds")
         ctx = self.context
         ctx.reuse_gates = False
+        ctx.choice_rows = _choice_rows(bound)
         if not isinstance(mask, Tensor):
             ctx.pool_mask = None
             return
-        if isinstance(inputs, Tensor) and mask.dim() >= 2:
-            input_len = inputs.shape[-1] if inputs.dim() == mask.dim() else inputs.shape[-2]
-            if input_len < mask.shape[-1]:  # incremental decoding: keep the prompt's gates
+        ids, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
+        tokens = ids if isinstance(ids, Tensor) else embeds[..., 0] if isinstance(embeds, Tensor) else None
+        if tokens is not None:  # [..., T]: the layout of a per-token padding mask
+            if mask.dim() != tokens.dim():  # e.g. a 4-D [B, 1, T, T] attention mask: no padding mask to read
+                warnings.warn(f"BaRA: an attention_mask of shape {tuple(mask.shape)} for inputs of shape "
+                              f"{tuple(tokens.shape)} is not a per-token padding mask; the local gates pool every "
+                              "token, padding included", stacklevel=2)
+                ctx.pool_mask = None
+                return
+            if tokens.shape[-1] < mask.shape[-1]:  # incremental decoding: keep the prompt's gates
                 ctx.reuse_gates = True
                 return
         mask = mask.reshape(-1, mask.shape[-1]).bool()
         labels = bound.get("labels")
-        if isinstance(labels, Tensor) and labels.numel() == mask.numel() and labels.dim() >= 2:
+        if self._causal_lm and isinstance(labels, Tensor) and labels.numel() == mask.numel() and labels.dim() >= 2:
             prompt = mask & (labels.reshape(mask.shape) == -100)
             has_prompt = prompt.any(dim=-1, keepdim=True)
-            mask = torch.where(has_prompt, prompt, mask)  # causal LM: pool the prompt only
+            mask = torch.where(has_prompt, prompt, mask)  # causal LM: pool the prompt only, never the answer
         ctx.pool_mask = mask
 
     # -- gate statistics and layers ------------------------------------------------------

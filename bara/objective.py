@@ -5,6 +5,10 @@ warm-up factor β_t):
 
 ``L = mean_n[−log p(y_n | x_n, z_n)] + β_t ( β_l · mean_n Σ_{layers,k} KL_Bern(σ(ℓ_nk) ‖ ρ0)
       + (β_g / N) Σ_{layers,k} KL(Kuma(a_k, b_k) ‖ Beta(α0, 1)) )``
+
+A multiple-choice example (a cross-encoder reads each of its C choices as its own sequence) has one
+local gate per choice sequence: its local KL sums over its real choices, as its likelihood counts the
+example once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ class KLTerms:
     """The KL parts of the last forward: ``total = β_g · global_kl / N + β_l · local_kl``."""
 
     global_kl: Tensor  # Σ over layers and factors of KL(q(π) ‖ p(π)), not divided by N
-    local_kl: Tensor  # mean over instances of Σ over layers and factors of KL_Bern
+    local_kl: Tensor  # mean over examples of Σ over layers, factors (and real choices) of KL_Bern
     total: Tensor
 
 
@@ -30,8 +34,9 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
     """Both KL parts of the objective, from the gates used in the last forward pass.
 
     The global KL is counted for layers whose global gate was in use (not forced open); the
-    local KL is averaged over the instances of the last forward. Both were computed inside that
-    forward (where FSDP has the parameters gathered) and are absent from no-grad forwards.
+    local KL is averaged over the examples of the last forward (a multiple-choice example's KL
+    summed over its real choices). Both were computed inside that forward (where FSDP has the
+    parameters gathered) and are absent from no-grad forwards.
     """
     if num_examples <= 0:
         raise ValueError(f"num_examples={num_examples} must be the (positive) number of training examples")
@@ -46,9 +51,17 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
         if "global_kl" in layer._stats:
             global_kl = global_kl + layer._stats["global_kl"]
         if "local_kl" in layer._stats:
-            local_kl = local_kl + layer._stats["local_kl"].mean()
+            local_kl = local_kl + _per_example(layer._stats["local_kl"], model.context.choice_rows)
     total = cfg.beta_global * global_kl / num_examples + cfg.beta_local * local_kl
     return KLTerms(global_kl=global_kl, local_kl=local_kl, total=total)
+
+
+def _per_example(kl_rows: Tensor, choice_rows: Tensor | None) -> Tensor:
+    """Mean over examples of the local KL of each row ([rows]); rows of a multiple-choice batch
+    (``choice_rows`` [examples, choices]) add up over an example's real choices."""
+    if choice_rows is None or choice_rows.numel() != kl_rows.numel():
+        return kl_rows.mean()
+    return (kl_rows.view(choice_rows.shape) * choice_rows.to(kl_rows.dtype)).sum(1).mean()
 
 
 def kl_divergence(model: BaRAModel, num_examples: int) -> Tensor:

@@ -210,7 +210,9 @@ class BaRATrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None):
         bara_model = self._bara_model()
-        if self.optimizer is None and bara_model is not None and self.gate_lr_multiplier != 1.0:
+        # the gates get a group of their own, without weight decay (the KL is their prior; a decay
+        # would pull the Kumaraswamy parameters and W_g towards 0 as well), at the multiplied rate
+        if self.optimizer is None and bara_model is not None and (self.gate_lr_multiplier != 1.0 or self.args.weight_decay):
             gates = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." in n]
             others = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." not in n]
             lr = self.args.learning_rate
@@ -432,6 +434,14 @@ class BaRATrainer(Trainer):
             if self.args.should_save:
                 os.makedirs(output_dir, exist_ok=True)
                 save_adapter(bara_model, output_dir, prune=False)  # keep every factor to resume exactly
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: a BaRA checkpoint is an adapter folder, read as on resume (Trainer
+        would look for a peft model or a full ``pytorch_model.bin``)."""
+        best = self.state.best_model_checkpoint
+        if self._bara_model() is None or not best or not os.path.exists(os.path.join(best, CONFIG_NAME)):
+            return super()._load_best_model()
+        self._load_from_checkpoint(best)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         bara_model = self._bara_model()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import bara
 from bara.gates import (
     GlobalGate,
     hard_bernoulli,
@@ -71,6 +72,18 @@ def test_bernoulli_kl_matches_torch_and_sampling():
     reference = torch.distributions.kl_divergence(torch.distributions.Bernoulli(p), torch.distributions.Bernoulli(torch.full_like(p, 0.2)))
     assert torch.allclose(kl_bernoulli(p, 0.2), reference, atol=1e-8)
     assert kl_bernoulli(torch.tensor([0.4]), 0.4).abs().item() < 1e-7
+
+
+def test_bernoulli_kl_stays_finite_in_half_precision_and_in_a_bf16_model():
+    logits = torch.tensor([3.0, 7.0, 12.0, -8.0])
+    for dtype in (torch.bfloat16, torch.float16):
+        kl = kl_bernoulli(torch.sigmoid(logits.to(dtype)), 0.5)
+        assert torch.isfinite(kl).all()
+        torch.testing.assert_close(kl, kl_bernoulli(torch.sigmoid(logits.to(dtype)).float(), 0.5))
+    model = bara.get_bara_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+                                bara.BaRAConfig(r=4, target_modules=["0"], local_bias_init=7.0)).to(torch.bfloat16)
+    model.train()(torch.randn(2, 3, 8, dtype=torch.bfloat16))
+    assert torch.isfinite(bara.kl_divergence(model, num_examples=100))
 
 
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])

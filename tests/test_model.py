@@ -134,6 +134,17 @@ def test_padding_content_does_not_change_the_gates():
         assert not torch.allclose(bara.gate_probabilities(model)["proj"], first, atol=1e-3)
 
 
+def test_a_mask_that_does_not_fit_the_tokens_is_reported_and_ignored():
+    model = _trained_gate_model()
+    x = torch.randn(2, 5, 6)
+    with bara.gate_mode(model, "mean"):
+        model(x)
+        unmasked = bara.gate_probabilities(model)["proj"]
+        with pytest.warns(UserWarning, match=r"attention mask of shape \(2, 3\) does not match this layer's tokens \(2, 5\)"):
+            model(x, attention_mask=torch.ones(2, 3, dtype=torch.long))
+    assert torch.allclose(bara.gate_probabilities(model)["proj"], unmasked)
+
+
 def test_right_padding_in_a_real_encoder_leaves_each_rows_gates_unchanged():
     model = bara.get_bara_model(tiny_bert(), bara.BaRAConfig(r=4, target_modules=["query"]))
     for _, layer in model.bara_layers():
@@ -156,6 +167,39 @@ def test_causal_lm_pools_over_the_prompt_only():
     model(input_ids=ids, attention_mask=mask, labels=labels)
     expected = mask.bool() & (labels == -100)
     assert torch.equal(model.context.pool_mask, expected)
+
+
+class OneHotEncoder(nn.Module):
+    """A token-id model that cannot generate (an encoder, e.g. a token classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Linear(4, 4)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.query(torch.nn.functional.one_hot(input_ids, 4).float())
+
+
+def test_token_labels_of_a_model_that_does_not_generate_leave_the_pooling_alone():
+    model = bara.get_bara_model(OneHotEncoder(), bara.BaRAConfig(r=2, target_modules=["query"]))
+    ids, mask = torch.tensor([[0, 1, 2, 3, 0]]), torch.ones(1, 5, dtype=torch.long)
+    model(ids, mask, torch.tensor([[-100, 1, 2, 1, -100]]))  # -100: special tokens, not a prompt
+    assert model.context.pool_mask.all()
+
+
+def test_an_attention_mask_that_is_not_per_token_is_not_read_as_decoding():
+    model = bara.get_bara_model(OneHotEncoder(), bara.BaRAConfig(r=2, target_modules=["query"])).eval()
+    with torch.no_grad():
+        model.query.local_gate.weight.normal_()
+    first, second = torch.tensor([[1, 2, 0, 0]]), torch.tensor([[3, 3, 3, 1]])
+    with bara.gate_mode(model, "mean"):
+        model(second, torch.ones(1, 4, dtype=torch.long))
+        expected = bara.gate_probabilities(model)["query"]
+        model(first, torch.tensor([[1, 1, 0, 0]]))
+        with pytest.warns(UserWarning, match=r"shape \(1, 1, 4, 4\) .* not a per-token padding mask"):
+            model(second, torch.ones(1, 1, 4, 4, dtype=torch.long))  # a 4-D mask, batch 1 < length 4
+    assert not model.context.reuse_gates
+    assert torch.allclose(bara.gate_probabilities(model)["query"], expected)  # its own gates, not the last batch's
 
 
 def test_generation_reuses_the_prompt_gates():

@@ -399,6 +399,24 @@ def test_predict_sends_examples_longest_first_and_returns_them_in_dataset_order(
         torch.testing.assert_close(probs, torch.cat([p.gate_probs[name] for p in one_by_one]), atol=1e-5, rtol=0)
 
 
+def test_local_kl_of_a_multiple_choice_example_sums_over_its_real_choices():
+    from bara.gates import kl_bernoulli
+
+    model, ds, collator = build_head("multiple_choice")
+    unsaturate(model)
+    batch = collator(ds.items[:3])  # 5, 3 and 4 choices: padded to 5 each
+    model.train()
+    model(**batch)
+    real = batch["choice_mask"].float()  # [3, 5]
+    assert real.sum() == 12
+    expected = sum((kl_bernoulli(layer._stats["local_probs"], model.bara_config.rho0).sum(-1).view(3, 5) * real).sum(1).mean()
+                   for _, layer in model.bara_layers())
+    local_kl = bara.kl_terms(model, num_examples=100).local_kl
+    torch.testing.assert_close(local_kl, expected)
+    per_sequence = sum(layer._stats["local_kl"].mean() for _, layer in model.bara_layers())
+    assert local_kl > 3 * per_sequence  # an example counts its 4 real choices on average, not their mean
+
+
 @pytest.mark.parametrize("kind", HEADS)
 def test_predict_mean_mode_is_deterministic_and_matches_a_direct_forward(bara_heads, kind):
     model, ds, collator = bara_heads[kind]
@@ -666,6 +684,28 @@ def test_trainer_gate_lr_multiplier_scales_only_the_gate_group(tmp_path):
     plain = _bara_trainer(tmp_path / "plain", max_steps=1, save_strategy="no")
     plain.create_optimizer()
     assert {group["lr"] for group in plain.optimizer.param_groups} == {lr}
+
+
+def test_trainer_never_decays_the_gates(tmp_path):
+    trainer = _bara_trainer(tmp_path, max_steps=1, save_strategy="no", weight_decay=0.1)
+    trainer.create_optimizer()
+    gate_ids = {id(p) for n, p in trainer.model.named_parameters() if p.requires_grad and "_gate." in n}
+    decays = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert gate_ids and all(decays[i] == 0.0 for i in gate_ids)
+    assert {decays[i] for i in decays if i not in gate_ids} == {0.1}
+
+
+def test_trainer_loads_the_best_checkpoint_at_the_end(tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = _bara_trainer(tmp_path, max_steps=4, save_steps=2, logging_steps=1)
+    trainer.train()
+    best = load_file(tmp_path / "checkpoint-2" / "adapter_model.safetensors")
+    assert any(not torch.equal(v, best[k]) for k, v in _adapter_tensors(trainer.model).items())
+    trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-2")
+    trainer._load_best_model()  # what load_best_model_at_end calls (Trainer's own looks for pytorch_model.bin)
+    got = _adapter_tensors(trainer.model)
+    assert sorted(got) == sorted(best) and all(torch.equal(got[k], best[k]) for k in best)
 
 
 def test_trainer_on_plain_peft_lora_is_a_plain_trainer(tmp_path):
