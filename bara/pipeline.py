@@ -44,6 +44,9 @@ class RunSpec:
     train_size: int | None = None
     eval_size: int | None = None
     seed: int = 1
+    # which train/eval subsample of the task (train_size, eval_size) this run sees; None: ``seed``. The
+    # ensemble's members share their parent's data_seed and differ only in ``seed`` (init and data order)
+    data_seed: int | None = None
     epochs: float = 5.0
     max_steps: int | None = None  # overrides epochs
     batch_size: int = 16
@@ -106,7 +109,8 @@ def build(spec: RunSpec, *, task: TaskData | None = None, backbone: Backbone | N
     """Load task and backbone and build the (not yet adapted) head for ``spec``."""
     spec.validate()
     method = get_method(spec.method, spec.method_options)
-    task = task or load_task(spec.task, path=spec.data, train_size=spec.train_size, eval_size=spec.eval_size, seed=spec.seed)
+    task = task or load_task(spec.task, path=spec.data, train_size=spec.train_size, eval_size=spec.eval_size,
+                             seed=spec.seed if spec.data_seed is None else spec.data_seed)
     probe = backbone or _load_backbone_for(spec, task)
     head_kind = head_kind_for(probe.kind, task)
     if head_kind == "causal_lm":

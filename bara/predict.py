@@ -33,10 +33,19 @@ except ImportError:  # pragma: no cover
 
 
 def enable_dropout(model: nn.Module) -> None:
-    """Put every dropout layer of ``model`` in training mode (the rest stays in eval): MC-dropout."""
+    """Switch every dropout of ``model`` on (MC-dropout); everything else stays in eval mode.
+
+    That is every dropout layer, and the attention dropout: transformers' attention modules drop
+    attention probabilities only when the attention module itself is in training mode (they pass
+    ``dropout=p if self.training else 0`` to the attention function), so each attention module's own
+    flag is set too — not with ``.train()``, which would also put its projections (and any adapter
+    layers inside them) in training mode. ``model.eval()`` undoes all of it.
+    """
     for module in model.modules():
         if isinstance(module, nn.Dropout) or module.__class__.__name__.endswith("Dropout"):
             module.train()
+        elif module.__class__.__name__.endswith("Attention"):
+            module.training = True
 
 
 @dataclass

@@ -388,6 +388,19 @@ def test_mc_noise_benchmark_redraws_the_gates_per_seed_and_reproduces_each_draw(
     assert "draws with ΔNLL < 0" in page
 
 
+def test_ensemble_members_train_on_the_same_examples_from_different_seeds(tiny_model_dir, data_file, tmp_path):
+    from bara.pipeline import RunSpec, build, train
+
+    spec = RunSpec(model=str(tiny_model_dir), task="classification", data=str(data_file), method="ensemble",
+                   train_size=8, seed=3, max_steps=1, batch_size=4, max_length=16)
+    train(spec, tmp_path / "run", progress=False)
+    members = [RunSpec.load(tmp_path / "run" / "members" / str(i) / "run.json") for i in range(3)]
+    assert [m.seed for m in members] == [3, 1003, 2003]  # each its own init and data order
+    seen = [sorted(ex.text for ex in build(m).task.train) for m in members]
+    assert len(seen[0]) == 8 and seen[0] == seen[1] == seen[2]  # ...on the run's own 8 examples
+    assert seen[0] == sorted(ex.text for ex in build(spec).task.train)
+
+
 def test_eval_order_benchmark_counts_the_tokens_each_order_feeds():
     from bara.data import EncodedDataset, EncodedExample
 

@@ -503,6 +503,28 @@ def test_predict_sample_mode_chunks_assemble_in_order(tok):
     assert ones.probs.std(0).max() > 1e-2  # examples differ, so a mix-up of rows would show
 
 
+@pytest.mark.parametrize("hidden, attention", [(0.0, 0.5), (0.5, 0.0)])
+def test_enable_dropout_switches_on_hidden_and_attention_dropout_but_not_the_gates(hidden, attention):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bara.predict import enable_dropout
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        hidden_dropout_prob=hidden, attention_probs_dropout_prob=attention, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    model = bara.get_bara_model(BertForSequenceClassification(config),
+                                bara.BaRAConfig(r=2, target_modules=["query"], modules_to_save=["classifier"])).eval()
+    enable_dropout(model)
+    x = torch.randint(0, 50, (2, 7))
+    with torch.no_grad(), bara.gate_mode(model, "mean"):
+        first, second = model(input_ids=x).logits, model(input_ids=x).logits
+    assert not torch.equal(first, second)  # attention dropout alone makes the passes differ too
+    assert not any(layer.training for _, layer in model.bara_layers())  # the gates stay in eval mode
+    model.eval()
+    with torch.no_grad(), bara.gate_mode(model, "mean"):
+        assert torch.equal(model(input_ids=x).logits, model(input_ids=x).logits)
+
+
 def test_predict_never_sends_more_than_max_rows(bara_heads):
     model, ds, collator = bara_heads["sequence_classification"]
     rows = []

@@ -21,7 +21,7 @@ MEMBERS_FILE = "ensemble.json"
 
 @dataclasses.dataclass
 class Ensemble(Method):
-    """Three LoRA adapters trained from different seeds (head init and data order)."""
+    """Three LoRA adapters trained on the same examples from different seeds (head init and data order)."""
 
     name: ClassVar[str] = "ensemble"
     stochastic: ClassVar[bool] = True
@@ -34,13 +34,15 @@ class Ensemble(Method):
         return LoRA(r=self.r, lora_alpha=self.lora_alpha)
 
     def fit(self, spec: Any, out: Path, resume: bool) -> dict[str, Any]:
-        """Train each member as a LoRA run in ``out/members/<i>`` with seed ``spec.seed + 1000 i``."""
+        """Train each member as a LoRA run in ``out/members/<i>`` with seed ``spec.seed + 1000 i`` (its head
+        init and data order) on the training examples of ``spec`` (the same subsample for every member)."""
         from ..pipeline import train
 
         logs = []
+        data_seed = spec.seed if spec.data_seed is None else spec.data_seed
         for i in range(self.members):
             member_spec = dataclasses.replace(spec, method="lora", method_options={"r": self.r, "lora_alpha": self.lora_alpha},
-                                              seed=spec.seed + 1000 * i)
+                                              seed=spec.seed + 1000 * i, data_seed=data_seed)
             logs.append(train(member_spec, out / "members" / str(i), resume=resume))
         adapter = out / "adapter"
         adapter.mkdir(parents=True, exist_ok=True)
