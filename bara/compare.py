@@ -34,6 +34,9 @@ ECE_CURVE_SAMPLES = (1, 2, 4, 10)
 # 2: the sampled ablation and control modes (global, local, constant) average S samples; version-1
 # results scored them with a single sample, so their evaluations are redone (training is kept)
 RESULT_VERSION = 2
+# what the evaluations of a new result follow; 2: MC-dropout also drops attention probabilities (before,
+# transformers' attention modules stayed in eval mode). Pages flag older MC-dropout results.
+EVAL_PROTOCOL = 2
 _RESCORED_METHODS = ("bara-global", "bara-local")
 
 
@@ -185,6 +188,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
         if "by_samples" in result["eval"]:  # ECE of the first S samples of the same evaluation
             result["ece_curve"] = [(int(s), m["ece"]) for s, m in result["eval"]["by_samples"].items()]
         result["version"] = RESULT_VERSION
+        result["eval_protocol"] = EVAL_PROTOCOL
         done.write_text(json.dumps(result, indent=2) + "\n")
     # read from the training log on every report, so runs finished before these fields existed get them too
     if _train_time_unknown(folder / "train_log.json"):

@@ -233,6 +233,21 @@ def _fit_lines(entry: dict) -> list[str]:
     return lines
 
 
+def _eval_protocol_lines(entry: dict) -> list[str]:
+    """Name the MC-dropout seeds evaluated before MC-dropout dropped attention probabilities too
+    (`bara.compare.EVAL_PROTOCOL` 2): their predictive had hidden dropout only, a weaker baseline."""
+    from bara.compare import run_dir
+
+    if "mcdropout" not in entry["summary"]:
+        return []
+    old = [seed for seed in entry["seeds"] if (done := run_dir(entry["folder"], "mcdropout", seed) / "done.json").exists()
+           and json.loads(done.read_text()).get("eval_protocol", 1) < 2]
+    if not old:
+        return []
+    return [f"MC-dropout seed(s) {', '.join(map(str, old))} were evaluated with attention dropout off (hidden dropout "
+            "only; fixed in `5b25c15`), so their MC-dropout is weaker than the method asks; they are to be retrained.", ""]
+
+
 def _confidence_lines(entry: dict) -> list[str]:
     """Which way each method is miscalibrated: mean confidence (top-class probability) minus accuracy,
     pooled over the finished seeds; positive = overconfident, negative = underconfident."""
@@ -313,7 +328,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
-        lines += _fit_lines(entry) + _confidence_lines(entry) + _c7_lines(entry)
+        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _confidence_lines(entry) + _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")

@@ -523,6 +523,20 @@ def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
     assert uneven and "(fits: blob 1, bara 3, bara-global 3, lora 3)" in uneven[0]  # fewest first; chance is left out
 
 
+def test_suite_names_the_mc_dropout_seeds_evaluated_without_attention_dropout(tmp_path):
+    from bara.compare import EVAL_PROTOCOL, run_dir
+
+    suite = _benchmark("suite")
+    for seed, result in ((1, {"method": "mcdropout"}), (2, {"method": "mcdropout", "eval_protocol": EVAL_PROTOCOL})):
+        done = run_dir(tmp_path, "mcdropout", seed) / "done.json"
+        done.parent.mkdir(parents=True)
+        done.write_text(json.dumps(result))
+    entry = {"summary": {"mcdropout": {}}, "folder": tmp_path, "seeds": [1, 2, 3]}
+    lines = suite._eval_protocol_lines(entry)
+    assert lines and lines[0].startswith("MC-dropout seed(s) 1 were evaluated with attention dropout off")
+    assert suite._eval_protocol_lines({"summary": {"lora": {}}, "folder": tmp_path, "seeds": [1]}) == []
+
+
 def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     """C7's verdict on the suite page follows the paired ΔNLL intervals, not the point estimates."""
     import torch
