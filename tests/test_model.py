@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -143,6 +145,9 @@ def test_a_mask_that_does_not_fit_the_tokens_is_reported_and_ignored():
         with pytest.warns(UserWarning, match=r"attention mask of shape \(2, 3\) does not match this layer's tokens \(2, 5\)"):
             model(x, attention_mask=torch.ones(2, 3, dtype=torch.long))
     assert torch.allclose(bara.gate_probabilities(model)["proj"], unmasked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one vector per instance (a pooler's input): nothing to mask, no warning
+        model(torch.randn(2, 6), attention_mask=torch.ones(2, 3, dtype=torch.long))
 
 
 def test_right_padding_in_a_real_encoder_leaves_each_rows_gates_unchanged():
