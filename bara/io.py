@@ -85,9 +85,9 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
     threshold = config.prune_threshold if prune else 0.0
     dead_but_kept = 0
     for name, layer in model.bara_layers():
-        keep = kept_factors(layer, threshold) if prune and prunable(layer) else torch.arange(layer.r)
-        if prune and not prunable(layer):
-            dead_but_kept += layer.r - len(kept_factors(layer, threshold))
+        alive = kept_factors(layer, threshold) if prune else torch.arange(layer.r)
+        keep = alive if prunable(layer) else torch.arange(layer.r)
+        dead_but_kept += len(keep) - len(alive)
         pruned[name] = layer.r - len(keep)
         config.rank_pattern[name] = len(keep)
         for key, value in _layer_state(layer, keep).items():

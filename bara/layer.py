@@ -106,11 +106,11 @@ class BaRALinear(nn.Module):
         """Stop-gradient mask-weighted mean over each instance's tokens: [n, T, d] -> [n, d]."""
         h = h.detach()
         mask = self.context.pool_mask
-        # (a layer that sees one vector per instance, e.g. a pooler's dense, has nothing to mask)
-        if mask is not None and mask.numel() != h.shape[0] * h.shape[1] and h.shape[1] > 1 and not self.context.reuse_gates:
-            warnings.warn(f"BaRA: the attention mask of shape {tuple(mask.shape)} does not match this layer's tokens "
-                          f"{tuple(h.shape[:2])}; its local gates pool every token, padding included", stacklevel=2)
         if mask is None or mask.numel() != h.shape[0] * h.shape[1]:
+            # (a layer that sees one vector per instance, e.g. a pooler's dense, has nothing to mask)
+            if mask is not None and h.shape[1] > 1 and not self.context.reuse_gates:
+                warnings.warn(f"BaRA: the attention mask of shape {tuple(mask.shape)} does not match this layer's "
+                              f"tokens {tuple(h.shape[:2])}; its local gates pool every token, padding included", stacklevel=2)
             return h.mean(dim=1)
         mask = mask.reshape(h.shape[0], h.shape[1], 1).to(h.dtype)
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)

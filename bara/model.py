@@ -105,16 +105,19 @@ def _is_causal_lm(model: nn.Module) -> bool:
     return bool(callable(can_generate) and can_generate())
 
 
-def _choice_rows(bound: dict) -> Tensor | None:
-    """``[examples, choices]`` weights of a multiple-choice forward (1: a real choice), or None."""
+def _token_layout(bound: dict) -> Tensor | None:
+    """The forward's input ids, or its embeddings without the feature axis: a tensor shaped [..., T]."""
     ids, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
-    rows = ids.shape[:-1] if isinstance(ids, Tensor) else embeds.shape[:-2] if isinstance(embeds, Tensor) else ()
-    if len(rows) != 2:
+    return ids if isinstance(ids, Tensor) else embeds[..., 0] if isinstance(embeds, Tensor) else None
+
+
+def _choice_rows(tokens: Tensor | None, choice_mask: Any) -> Tensor | None:
+    """``[examples, choices]`` weights of a multiple-choice forward (1: a real choice), or None."""
+    if tokens is None or tokens.dim() != 3:
         return None
-    choice_mask = bound.get("choice_mask")
-    if isinstance(choice_mask, Tensor) and choice_mask.shape == rows:
+    if isinstance(choice_mask, Tensor) and choice_mask.shape == tokens.shape[:2]:
         return choice_mask.float()
-    return torch.ones(rows, device=(ids if isinstance(ids, Tensor) else embeds).device)
+    return torch.ones(tokens.shape[:2], device=tokens.device)
 
 
 class BaRAModel(AdapterModel):
@@ -153,14 +156,13 @@ class BaRAModel(AdapterModel):
         """Forward pre-hook: set the pooling mask of this forward from the attention mask."""
         bound = _bind(self._forward_signature, args, kwargs)
         mask = bound.get("attention_mask")
+        tokens = _token_layout(bound)
         ctx = self.context
         ctx.reuse_gates = False
-        ctx.choice_rows = _choice_rows(bound)
+        ctx.choice_rows = _choice_rows(tokens, bound.get("choice_mask"))
         if not isinstance(mask, Tensor):
             ctx.pool_mask = None
             return
-        ids, embeds = bound.get("input_ids"), bound.get("inputs_embeds")
-        tokens = ids if isinstance(ids, Tensor) else embeds[..., 0] if isinstance(embeds, Tensor) else None
         if tokens is not None:  # [..., T]: the layout of a per-token padding mask
             if mask.dim() != tokens.dim():  # e.g. a 4-D [B, 1, T, T] attention mask: no padding mask to read
                 warnings.warn(f"BaRA: an attention_mask of shape {tuple(mask.shape)} for inputs of shape "

@@ -56,6 +56,11 @@ class RunSpec:
     save_steps: int = 100
     logging_steps: int = 10
 
+    @property
+    def subsample_seed(self) -> int:
+        """The seed that draws this run's train/eval subsample: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def validate(self) -> None:
         for name in ("batch_size", "max_length", "save_steps", "logging_steps"):
             if getattr(self, name) <= 0:
@@ -110,7 +115,7 @@ def build(spec: RunSpec, *, task: TaskData | None = None, backbone: Backbone | N
     spec.validate()
     method = get_method(spec.method, spec.method_options)
     task = task or load_task(spec.task, path=spec.data, train_size=spec.train_size, eval_size=spec.eval_size,
-                             seed=spec.seed if spec.data_seed is None else spec.data_seed)
+                             seed=spec.subsample_seed)
     probe = backbone or _load_backbone_for(spec, task)
     head_kind = head_kind_for(probe.kind, task)
     if head_kind == "causal_lm":

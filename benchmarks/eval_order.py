@@ -37,9 +37,9 @@ BATCH = 32  # `predict`'s default batch size
 def fed_tokens(dataset: EncodedDataset, order: list[int], batch: int = BATCH) -> int:
     """Token positions the model is fed (rows × padded width, every choice of a multiple-choice example counted)."""
     total = 0
+    multiple_choice = dataset.head == "multiple_choice"  # every example padded to the widest one's choices
     for start in range(0, len(order), batch):
         items = [dataset.items[i] for i in order[start:start + batch]]
-        multiple_choice = isinstance(items[0].input_ids[0], list)  # every example padded to the widest one's choices
         rows = len(items) * max(item.num_choices for item in items) if multiple_choice else len(items)
         total += rows * max(item.length for item in items)
     return total
@@ -55,7 +55,7 @@ def measure_task(task: str, time_it: bool, examples: int, reps: int) -> dict:
     result = {"examples": len(data), "max_length": settings["max_length"],
               "file_order_tokens": fed_tokens(data, file_order),
               "longest_first_tokens": fed_tokens(data, data.longest_first()),
-              "real_tokens": sum(item.length * (item.num_choices if isinstance(item.input_ids[0], list) else 1)
+              "real_tokens": sum(item.length * (item.num_choices if data.head == "multiple_choice" else 1)
                                  for item in data.items)}
     if not time_it:
         return result

@@ -39,10 +39,9 @@ class Ensemble(Method):
         from ..pipeline import train
 
         logs = []
-        data_seed = spec.seed if spec.data_seed is None else spec.data_seed
         for i in range(self.members):
             member_spec = dataclasses.replace(spec, method="lora", method_options={"r": self.r, "lora_alpha": self.lora_alpha},
-                                              seed=spec.seed + 1000 * i, data_seed=data_seed)
+                                              seed=spec.seed + 1000 * i, data_seed=spec.subsample_seed)
             logs.append(train(member_spec, out / "members" / str(i), resume=resume))
         adapter = out / "adapter"
         adapter.mkdir(parents=True, exist_ok=True)
