@@ -36,7 +36,9 @@ ECE_CURVE_SAMPLES = (1, 2, 4, 10)
 RESULT_VERSION = 2
 # what the evaluations of a new result follow; 2: MC-dropout also drops attention probabilities (before,
 # transformers' attention modules stayed in eval mode). Pages flag older MC-dropout results.
-EVAL_PROTOCOL = 2
+# 3: on multiple-choice tasks BaRA draws its global gate once per example, shared by the choices
+# (`BaRAConfig.global_draw`); before, once per choice row. Pages flag older BaRA results of such tasks.
+EVAL_PROTOCOL = 3
 _RESCORED_METHODS = ("bara-global", "bara-local")
 
 

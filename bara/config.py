@@ -18,6 +18,7 @@ VARIANTS = ("product", "additive")
 PRIORS = ("beta", "ibp")
 RELAXATIONS = ("concrete", "straight_through")
 LOCAL_KLS = ("instance", "marginal", "ceiling")
+GLOBAL_DRAWS = ("example", "row")
 
 
 def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -92,6 +93,12 @@ class BaRAConfig:
             ``d`` coordinates, so a pull common to all inputs (the local KL's towards ρ0) moves it
             far faster than ``b_g``; centred, ``W_g`` sees only what differs between inputs. ``False``
             (default) is DESIGN §2. A research option for check C7.
+        global_draw: on multiple-choice inputs (``[examples, choices, tokens]``, each choice read as
+            its own sequence), ``"example"`` (default) draws the global gate (π and g) once per
+            example and shares it across the example's choices, so one Monte-Carlo sample scores
+            every choice with the same adapter, as one weight draw of BLoB does; the local gates
+            stay per choice, since each choice is its own input. ``"row"`` draws per choice row
+            (the behaviour before this option existed; kept to measure what it changes).
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving (not with
@@ -122,6 +129,7 @@ class BaRAConfig:
     lora_dropout: float = 0.0
     context_dependent: bool = True
     center_gate_input: bool = False
+    global_draw: str = "example"
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
@@ -169,6 +177,7 @@ class BaRAConfig:
             ("prior", PRIORS),
             ("relaxation", RELAXATIONS),
             ("local_kl", LOCAL_KLS),
+            ("global_draw", GLOBAL_DRAWS),
         ):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")

@@ -47,6 +47,14 @@ class GateContext:
     # multiple choice ([examples, choices, tokens] inputs): [examples, choices], 1 for a real choice and 0
     # for a padding copy, so that the local KL is summed over an example's real choices
     choice_rows: Tensor | None = None
+    # counts the model's forwards, so that a layer called twice in one (shared weights, e.g. ALBERT)
+    # adds up the local KL of its calls; None for a layer used outside a BaRAModel
+    forward: int | None = None
+
+
+def _per_row(draws: Tensor | float | None, choices: int) -> Tensor | float | None:
+    """Per-example draws [examples, r] repeated over each example's ``choices`` consecutive rows."""
+    return draws.repeat_interleave(choices, 0) if isinstance(draws, Tensor) and draws.dim() == 2 and choices > 1 else draws
 
 
 class BaRALinear(nn.Module):
@@ -74,6 +82,7 @@ class BaRALinear(nn.Module):
         self.temperature = config.temperature
         self.rho0 = config.rho0
         self.variant = config.variant
+        self.global_draw = config.global_draw
         self.gate_input = config.gate_input
         self.straight_through = config.relaxation == "straight_through"
         self.local_kl_kind = config.local_kl
@@ -93,6 +102,7 @@ class BaRALinear(nn.Module):
         self.mode = "sample"
         self.context = context if context is not None else GateContext()
         self._stats: dict[str, Tensor] = {}
+        self._stats_forward: int | None = None  # the context's forward that wrote _stats
         self.global_used = True  # whether the last forward used the global gate (for its KL)
         self.register_buffer("constant_keep", torch.ones(r), persistent=False)  # for mode "constant"
         self._cached_gate: Tensor | None = None
@@ -125,16 +135,20 @@ class BaRALinear(nn.Module):
         stats = {"local_probs": local_p, "expected_pi": expected_pi}
         stochastic = self.training
         log_pi = log_1m_pi = None
+        # on multiple-choice inputs an example's choice rows share one global draw (``global_draw``)
+        draws, choices = self._global_draws(logits.shape[0]) if global_kind == "sample" else (logits.shape[0], 1)
         if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
             # training: one draw of π per forward (DESIGN §2); prediction: one per instance, so that
             # the S Monte-Carlo copies of an input average over q(π) too
-            log_pi, log_1m_pi = self.global_gate.sample_log_pi(None if stochastic else logits.shape[0])
+            log_pi, log_1m_pi = self.global_gate.sample_log_pi(None if stochastic else draws)
 
         if self.variant == "additive" and global_kind != "one" and local_kind != "one":
-            z = self._additive_gate(logits, expected_pi, log_pi, log_1m_pi, global_kind, stats)
+            z = self._additive_gate(logits, expected_pi, _per_row(log_pi, choices), _per_row(log_1m_pi, choices),
+                                    global_kind, stats)
         else:
-            g = self._one_gate(global_kind, lambda: (log_pi - log_1m_pi).expand_as(logits), expected_pi.expand_as(logits),
-                               torch.exp(log_pi).expand_as(logits) if log_pi is not None else None, stochastic)
+            shape = (draws, logits.shape[1])
+            g = _per_row(self._one_gate(global_kind, lambda: (log_pi - log_1m_pi).expand(shape), expected_pi.expand(shape),
+                                        torch.exp(log_pi).expand(shape) if log_pi is not None else None, stochastic), choices)
             l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic)
             z = g * l
             if local_kind != "one" and (kl := self._local_kl(local_p, self.rho0)) is not None:
@@ -144,8 +158,25 @@ class BaRALinear(nn.Module):
             # computed here, inside the forward, where sharded (FSDP) parameters are gathered
             stats["global_kl"] = self.global_gate.kl()
         stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
-        self._stats = stats
+        self._record(stats)
         return z
+
+    def _record(self, stats: dict[str, Tensor]) -> None:
+        """Keep this call's statistics; a second call within one model forward (a layer whose
+        weights are shared across depth) has local gates of its own, so its local KL adds up."""
+        forward = self.context.forward
+        previous = self._stats if forward is not None and forward == self._stats_forward else {}
+        if "local_kl" in previous and "local_kl" in stats and previous["local_kl"].shape == stats["local_kl"].shape:
+            stats["local_kl"] = previous["local_kl"] + stats["local_kl"]
+        self._stats, self._stats_forward = stats, forward
+
+    def _global_draws(self, rows: int) -> tuple[int, int]:
+        """``(draws, choices)``: the global gate draws ``draws`` rows, each shared by ``choices``
+        consecutive rows: an example's choice rows under ``global_draw="example"``, else one row."""
+        layout = self.context.choice_rows
+        if self.global_draw == "example" and layout is not None and layout.numel() == rows:
+            return layout.shape[0], layout.shape[1]
+        return rows, 1
 
     def _one_gate(self, kind, logits_fn, mean_p, sample_p, stochastic) -> Tensor | float:
         if kind == "one":

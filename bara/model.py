@@ -159,6 +159,7 @@ class BaRAModel(AdapterModel):
         tokens = _token_layout(bound)
         ctx = self.context
         ctx.reuse_gates = False
+        ctx.forward = (ctx.forward or 0) + 1
         ctx.choice_rows = _choice_rows(tokens, bound.get("choice_mask"))
         if not isinstance(mask, Tensor):
             ctx.pool_mask = None

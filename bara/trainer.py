@@ -213,11 +213,14 @@ class BaRATrainer(Trainer):
         # the gates get a group of their own, without weight decay (the KL is their prior; a decay
         # would pull the Kumaraswamy parameters and W_g towards 0 as well), at the multiplied rate
         if self.optimizer is None and bara_model is not None and (self.gate_lr_multiplier != 1.0 or self.args.weight_decay):
-            gates = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." in n]
-            others = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." not in n]
+            trainable = [(n, p) for n, p in bara_model.named_parameters() if p.requires_grad]
+            decayed = set(self.get_decay_parameter_names(bara_model))  # Trainer's rule: no biases, no norms
+            gates = [p for n, p in trainable if "_gate." in n]
             lr = self.args.learning_rate
-            groups = [{"params": others, "weight_decay": self.args.weight_decay},
+            groups = [{"params": [p for n, p in trainable if "_gate." not in n and n in decayed], "weight_decay": self.args.weight_decay},
+                      {"params": [p for n, p in trainable if "_gate." not in n and n not in decayed], "weight_decay": 0.0},
                       {"params": gates, "weight_decay": 0.0, "lr": lr * self.gate_lr_multiplier}]
+            groups = [group for group in groups if group["params"]]
             self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
                                                eps=self.args.adam_epsilon)
             return self.optimizer

@@ -567,7 +567,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     assert target_line().endswith("MISS")  # no MC-dropout run: the second half is unknown
     save("mcdropout", "eval", flat)
     line = target_line()
-    assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.588") and line.endswith("PASS")
+    assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.588") and line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
     variant = "bara[rho0=0.8]"  # a lever's line follows the default's and says it does not count
     save(variant, "eval", sharp)
     (run_dir(tmp_path, variant, 1) / "done.json").write_text("{}")
@@ -575,7 +575,16 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     entry = {"folder": tmp_path, "seeds": [1], "summary": {f"{m}{c}": {} for m in (variant, "bara") for c in ("", " [constant gates, C7]")}}
     default_line, variant_line = suite._c7_target_lines("t", entry)
     assert default_line == line and "(1 seed)" in line
-    assert variant_line.startswith(f"- C7 on t: the variant {variant} (not counted") and variant_line.endswith("PASS")
+    assert variant_line.startswith(f"- C7 on t: the variant {variant} (not counted") and variant_line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
+    for seed in (2, 3):  # DESIGN C5's three seeds, each ahead of both controls: a PASS
+        for method, sub, probs in (("bara", "eval", sharp), ("bara", "eval-constant", flat), ("mcdropout", "eval", flat)):
+            folder = run_dir(tmp_path, method, seed) / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({"probs": probs.contiguous(), "labels": labels}, str(folder / "predictions.safetensors"))
+        (run_dir(tmp_path, "bara", seed) / "done.json").write_text("{}")
+    entry = {"folder": tmp_path, "seeds": [1, 2, 3], "summary": {"bara": {}, "bara [constant gates, C7]": {}}}
+    line3 = suite._c7_target_line("t", entry)
+    assert "(3 seeds)" in line3 and line3.endswith("PASS")
     save("bara", "eval-constant", sharp + torch.tensor([0.001, -0.001]))  # a tie with constant gates
     assert target_line().endswith("MISS")
 
@@ -609,7 +618,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     save("bara", "eval", sharp)
     save("bara", "eval-constant", flat)
     save("mcdropout", "eval", flat, rank=float("nan"))
-    assert lines()[0].endswith("PASS") and "trained as such" not in lines()[0]
+    assert lines()[0].endswith("AHEAD on 1 seed(s); a PASS needs 3") and "trained as such" not in lines()[0]
     save(exact, "eval", sharp)  # trained with constant gates, it does as well: the input dependence bought nothing
     (line,) = lines()
     assert "vs constant gates trained as such +0.000 [+0.000, +0.000] (1 seed) — MISS" in line
@@ -619,7 +628,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     assert "trained as such (local_bias_init=0) +0.000 [" in line and line.endswith("MISS")
     save(started_low, "eval", flat, rank=3.7)
     (line,) = lines()
-    assert line.endswith("PASS")
+    assert line.endswith("AHEAD on 1 seed(s); a PASS needs 3")  # ahead of every control, on one seed
     (row,) = c7.paired_rows(tmp_path, ["bara", exact, started_low], [1], compute_missing=set())
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[7].endswith("(local_bias_init=0)")

@@ -431,3 +431,35 @@ def test_context_dependent_must_be_a_boolean():
 def test_center_gate_input_must_be_a_boolean():
     with pytest.raises(ValueError, match="BaRAConfig.center_gate_input=1.*true or false"):
         bara.BaRAConfig(center_gate_input=1)
+
+
+class _SharedAcrossDepth(nn.Module):
+    """One Linear applied at two depths, as ALBERT shares its layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.lin(torch.tanh(self.lin(x)))
+
+
+def test_a_layer_called_twice_per_forward_counts_the_local_kl_of_both_calls():
+    from bara.gates import kl_bernoulli
+
+    torch.manual_seed(0)
+    model = bara.get_bara_model(_SharedAcrossDepth(), bara.BaRAConfig(r=4, target_modules=["lin"]))
+    (_, layer), = model.bara_layers()
+    with torch.no_grad():
+        layer.local_gate.weight.normal_()
+        layer.local_gate.bias.zero_()
+    calls = []
+    layer.register_forward_hook(lambda *_: calls.append(layer._stats["local_probs"].detach()))
+    model.train()
+    for _ in range(2):  # the second forward starts afresh
+        calls.clear()
+        model(torch.randn(5, 8))
+        per_call = [kl_bernoulli(p, 0.5).sum(-1).mean() for p in calls]
+        local_kl = bara.kl_terms(model, num_examples=10).local_kl
+        assert len(per_call) == 2 and min(per_call) > 1e-3
+        torch.testing.assert_close(local_kl, per_call[0] + per_call[1])

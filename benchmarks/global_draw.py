@@ -1,0 +1,122 @@
+"""What drawing BaRA's global gate once per example, not once per choice row, changes on multiple-choice tasks.
+
+A cross-encoder reads each choice of a multiple-choice example as its own sequence. Until
+`BaRAConfig.global_draw` existed, every choice row drew its own global gate (π and g), so one
+Monte-Carlo sample scored an example's choices with different adapters; now an example's choices share
+one draw (``global_draw="example"``), as one weight draw of BLoB scores them all. This script takes the
+saved adapters of the suite's BaRA runs on the multiple-choice tasks (trained before the change), and
+evaluates each both ways at S = 10 on the same examples with the same seed: accuracy, ECE and NLL, and
+the paired 95% bootstrap interval of ΔNLL (per example − per row; negative: sharing the draw is better).
+Only the evaluation changes here; training drew the relaxed global gates per row too.
+
+    python benchmarks/global_draw.py
+    python benchmarks/global_draw.py --quick        # one WinoGrande-S run, 200 examples
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from c7 import interval_text  # noqa: E402
+from common import git_commit, hardware, header, result_paths, table, write_md  # noqa: E402
+from suite import OUT  # noqa: E402
+
+from bara.layer import BaRALinear  # noqa: E402
+from bara.metrics import accuracy, expected_calibration_error, negative_log_likelihood, paired_bootstrap  # noqa: E402
+from bara.pipeline import encode_split, load_trained  # noqa: E402
+
+TASKS = ("arc_easy", "obqa", "winogrande_s")
+METHODS = ("bara", "bara-global")
+DRAWS = ("row", "example")
+
+
+def adapters(root: Path, tasks: list[str], methods: list[str]) -> list[Path]:
+    """The finished suite runs (run folders) under ``root`` that kept their adapter, in task, method, seed order."""
+    return [folder for task in tasks for method in methods
+            for folder in sorted((root / task / "runs" / method).glob("seed*"))
+            if (folder / "done.json").exists() and (folder / "adapter").is_dir()]
+
+
+def _key(folder: Path) -> str:
+    """``task/runs/method/seedN``: a run's name wherever it lies (the suite's folder or a set-aside copy)."""
+    return "/".join(folder.parts[-4:])
+
+
+def evaluate_both(folder: Path, eval_size: int | None) -> dict:
+    """Predict the run's evaluation set with the global gate drawn per row and per example (same seed)."""
+    built, model = load_trained(folder, eval_size=eval_size)
+    eval_set = encode_split(built, "eval")
+    probs = {}
+    for draw in DRAWS:
+        for module in model.modules():
+            if isinstance(module, BaRALinear):
+                module.global_draw = draw
+        with torch.random.fork_rng():
+            torch.manual_seed(built.spec.seed)
+            preds = built.method.predict(model, eval_set, built.collator, progress=False)
+        probs[draw] = preds.probs
+    labels = preds.labels
+    metrics = {draw: {"accuracy": accuracy(p, labels), "ece": expected_calibration_error(p, labels),
+                      "nll": negative_log_likelihood(p, labels)} for draw, p in probs.items()}
+    delta = {metric: paired_bootstrap(metric, probs["example"], probs["row"], labels, n_boot=1000) for metric in ("nll", "ece")}
+    return {"examples": len(labels), "metrics": metrics, "delta": delta}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="multiple-choice suite tasks")
+    parser.add_argument("--methods", default=",".join(METHODS), help="BaRA methods of the suite")
+    parser.add_argument("--eval-size", type=int, default=None, help="evaluation examples (default: the run's own)")
+    parser.add_argument("--root", type=Path, action="append",
+                        help=f"folder(s) holding suite tasks' runs (default: {OUT}; repeat to add, e.g. the set-aside runs)")
+    parser.add_argument("--quick", action="store_true", help="one WinoGrande-S BaRA run, 200 examples")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    tasks, methods = args.tasks.split(","), args.methods.split(",")
+    if args.quick:
+        tasks, methods, args.eval_size = ["winogrande_s"], ["bara"], 200
+    roots = args.root or [OUT]
+    folders = [folder for root in roots for folder in adapters(root, tasks, methods)]
+    folders = folders[:1] if args.quick else folders
+    if not folders:
+        raise SystemExit(f"no finished BaRA run with a saved adapter under {', '.join(map(str, roots))} "
+                         f"for tasks {tasks}, methods {methods}")
+    json_path, md_path, _ = result_paths("global-draw", args.quick)
+    cache = json.loads(json_path.read_text()) if json_path.exists() else {}
+    start = time.time()
+    for i, folder in enumerate(folders, 1):
+        key = _key(folder)
+        if key not in cache:
+            print(f"[{i}/{len(folders)}] {key}", flush=True)
+            cache[key] = evaluate_both(folder, args.eval_size) | {"commit": git_commit()}
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(cache, indent=2) + "\n")  # a resumable cache: one run at a time
+    rows = []
+    for folder in folders:
+        key = _key(folder)
+        result = cache[key]
+        row, ex = result["metrics"]["row"], result["metrics"]["example"]
+        rows.append([key.replace("/runs/", " · "), result["examples"],
+                     f"{100 * row['accuracy']:.1f} → {100 * ex['accuracy']:.1f}", f"{100 * row['ece']:.1f} → {100 * ex['ece']:.1f}",
+                     f"{row['nll']:.3f} → {ex['nll']:.3f}", interval_text(result["delta"]["nll"]),
+                     interval_text(result["delta"]["ece"], scale=100, digits=1)])
+    command = "python benchmarks/global_draw.py" + (" --quick" if args.quick else "")
+    meta = {"commit": git_commit(), "hardware": hardware(),
+            "cell_commits": sorted({cache[_key(f)]["commit"] for f in folders})}
+    lines = header("Global gate drawn per choice row vs per example (multiple-choice tasks)", meta, time.time() - start, command)
+    lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
+              "Each cell: per row → per example. Δ = per example − per row, 95% paired bootstrap interval.", ""]
+    lines += table(["run", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], rows)
+    write_md(md_path, lines)
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()
