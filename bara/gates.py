@@ -108,6 +108,7 @@ class GlobalGate(nn.Module):
         self.prior = prior
         self.a_raw = nn.Parameter(torch.full((r,), inverse_softplus(a_init)))
         self.b_raw = nn.Parameter(torch.full((r,), inverse_softplus(b_init)))
+        self._pi_cache: tuple | None = None  # (parameter versions, E_q[π]) for prediction
 
     @property
     def a(self) -> Tensor:
@@ -129,7 +130,25 @@ class GlobalGate(nn.Module):
         return log_pi, torch.log(-torch.expm1(log_pi))
 
     def expected_pi(self) -> Tensor:
-        """``E_q[π]`` (for ``ibp``: product of the sticks' means, the sticks being independent)."""
+        """``E_q[π]`` (for ``ibp``: product of the sticks' means, the sticks being independent).
+
+        Without autograd (prediction) the value is cached until the parameters change: every forward of
+        every layer asks for it, and it costs a dozen small operations (lgamma, exp, ...) each time."""
+        if torch.is_grad_enabled():
+            return self._expected_pi()
+        # an in-place update (optimizer step, load_state_dict) bumps _version; a moved tensor is a new one
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in (self.a_raw, self.b_raw))
+        if self._pi_cache is None or self._pi_cache[0] != key:
+            self._pi_cache = (key, self._expected_pi())
+        return self._pi_cache[1]
+
+    def train(self, mode: bool = True) -> "GlobalGate":
+        # a sharded (FSDP2) parameter is re-gathered in place without bumping its version: switching
+        # between training and prediction, as every training loop does, drops the cached value too
+        self._pi_cache = None
+        return super().train(mode)
+
+    def _expected_pi(self) -> Tensor:
         mean = kumaraswamy_mean(self.a, self.b)
         return mean if self.prior == "beta" else torch.cumprod(mean, dim=0)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,19 @@ class GateContext:
     # counts the model's forwards, so that a layer called twice in one (shared weights, e.g. ALBERT)
     # adds up the local KL of its calls; None for a layer used outside a BaRAModel
     forward: int | None = None
+    _weights: tuple = field(default=(None, None, None), repr=False)  # (mask, dtype, pooling weights)
+
+    def pool_weights(self, dtype: torch.dtype) -> Tensor | None:
+        """``pool_mask`` as pooling weights [instances, tokens] that sum to 1 per instance (an
+        instance without tokens pools nothing), computed once per forward for all layers."""
+        mask, cached_dtype, weights = self._weights
+        if self.pool_mask is None:
+            return None
+        if mask is not self.pool_mask or cached_dtype != dtype:
+            m = self.pool_mask.float()
+            weights = (m / m.sum(-1, keepdim=True).clamp(min=1.0)).to(dtype)
+            self._weights = (self.pool_mask, dtype, weights)
+        return weights
 
 
 def _per_row(draws: Tensor | float | None, choices: int) -> Tensor | float | None:
@@ -122,8 +135,8 @@ class BaRALinear(nn.Module):
                 warnings.warn(f"BaRA: the attention mask of shape {tuple(mask.shape)} does not match this layer's "
                               f"tokens {tuple(h.shape[:2])}; its local gates pool every token, padding included", stacklevel=2)
             return h.mean(dim=1)
-        mask = mask.reshape(h.shape[0], h.shape[1], 1).to(h.dtype)
-        return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        weights = self.context.pool_weights(h.dtype).reshape(h.shape[0], 1, h.shape[1])
+        return torch.bmm(weights, h).squeeze(1)  # Σ_t w_t h_t without an [n, T, d] temporary
 
     # -- gates ---------------------------------------------------------------------------
     def _gate(self, pooled: Tensor) -> Tensor:
@@ -151,7 +164,8 @@ class BaRALinear(nn.Module):
                                         torch.exp(log_pi).expand(shape) if log_pi is not None else None, stochastic), choices)
             l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic)
             z = g * l
-            if local_kind != "one" and (kl := self._local_kl(local_p, self.rho0)) is not None:
+            # the KL terms only feed a loss: prediction (no autograd) skips them
+            if local_kind != "one" and torch.is_grad_enabled() and (kl := self._local_kl(local_p, self.rho0)) is not None:
                 stats["local_kl"] = kl
         self.global_used = global_kind not in ("one", "constant")
         if self.global_used and torch.is_grad_enabled():
@@ -195,7 +209,7 @@ class BaRALinear(nn.Module):
         if kind == "mean":  # plug-in approximation E_π σ(logit π + ℓ) ≈ σ(logit E π + ℓ)
             return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + logits)
         gate_logits = (log_pi - log_1m_pi) + logits
-        if (kl := self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))) is not None:
+        if torch.is_grad_enabled() and (kl := self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))) is not None:
             stats["local_kl"] = kl
         if self.training:
             return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through)

@@ -57,6 +57,7 @@ def test_kumaraswamy_beta_kl_matches_monte_carlo(a, b, alpha0):
 
 
 def test_ibp_expected_pi_is_product_of_sticks():
+    torch.manual_seed(0)  # a 3-standard-error bound on four sticks: unseeded, it failed now and then
     gate = GlobalGate(4, alpha0=1.0, a_init=2.0, b_init=1.5, prior="ibp")
     with torch.no_grad():
         gate.a_raw.copy_(torch.tensor([1.0, 2.0, 3.0, 0.5]))
@@ -107,3 +108,22 @@ def test_straight_through_is_hard_forward_with_gradient():
     assert 0.3 < gates.detach().round().mean() < 0.7
     gates.sum().backward()
     assert logits.grad.abs().sum() > 0
+
+
+def test_expected_pi_cached_for_prediction_follows_every_parameter_change():
+    gate = GlobalGate(4, alpha0=1 / 3)
+    with torch.no_grad():
+        first = gate.expected_pi()
+        assert gate.expected_pi() is first  # no autograd: computed once
+    opt = torch.optim.SGD(gate.parameters(), lr=1.0)
+    gate.kl().backward()
+    opt.step()  # an in-place update
+    with torch.no_grad():
+        stepped = gate.expected_pi()
+        torch.testing.assert_close(stepped, kumaraswamy_mean(gate.a, gate.b))
+        assert not torch.equal(stepped, first)
+        gate.load_state_dict({"a_raw": torch.zeros(4), "b_raw": torch.ones(4)})
+        torch.testing.assert_close(gate.expected_pi(), kumaraswamy_mean(gate.a, gate.b))
+        gate.double()  # moved to new tensors
+        assert gate.expected_pi().dtype == torch.float64
+    assert gate.expected_pi().requires_grad  # with autograd: always recomputed, differentiable
