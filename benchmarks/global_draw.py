@@ -4,10 +4,10 @@ A cross-encoder reads each choice of a multiple-choice example as its own sequen
 `BaRAConfig.global_draw` existed, every choice row drew its own global gate (π and g), so one
 Monte-Carlo sample scored an example's choices with different adapters; now an example's choices share
 one draw (``global_draw="example"``), as one weight draw of BLoB scores them all. This script takes the
-saved adapters of the suite's BaRA runs on the multiple-choice tasks (trained before the change), and
-evaluates each both ways at S = 10 on the same examples with the same seed: accuracy, ECE and NLL, and
+saved adapters of the suite's BaRA runs on the multiple-choice tasks (those trained before the change
+were set aside under ``benchmarks/out/stale-global-draw``; both folders are read), and evaluates each both ways at S = 10 on the same examples with the same seed: accuracy, ECE and NLL, and
 the paired 95% bootstrap interval of ΔNLL (per example − per row; negative: sharing the draw is better).
-Only the evaluation changes here; training drew the relaxed global gates per row too.
+Only the evaluation changes here; the table says how each run drew its relaxed global gates in training.
 
     python benchmarks/global_draw.py
     python benchmarks/global_draw.py --quick        # one WinoGrande-S run, 200 examples
@@ -16,6 +16,7 @@ Only the evaluation changes here; training drew the relaxed global gates per row
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c7 import interval_text  # noqa: E402
 from common import git_commit, hardware, header, result_paths, table, write_md  # noqa: E402
 from suite import OUT  # noqa: E402
+
+STALE = OUT.parent / "stale-global-draw"  # where the suite's runs trained with per-row draws were set aside
 
 from bara.layer import BaRALinear  # noqa: E402
 from bara.metrics import accuracy, expected_calibration_error, negative_log_likelihood, paired_bootstrap  # noqa: E402
@@ -44,9 +47,21 @@ def adapters(root: Path, tasks: list[str], methods: list[str]) -> list[Path]:
             if (folder / "done.json").exists() and (folder / "adapter").is_dir()]
 
 
-def _key(folder: Path) -> str:
+def _name(folder: Path) -> str:
     """``task/runs/method/seedN``: a run's name wherever it lies (the suite's folder or a set-aside copy)."""
     return "/".join(folder.parts[-4:])
+
+
+def _key(folder: Path) -> str:
+    """The run's name and a digest of its adapter's weights: a run moved aside keeps its cached result, and a
+    retrained run of the same name gets its own."""
+    digest = hashlib.sha256((folder / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+    return f"{_name(folder)}@{digest}"
+
+
+def _trained_per_example(folder: Path) -> bool:
+    """Whether the run was trained after `BaRAConfig.global_draw` (`bara.compare.EVAL_PROTOCOL` ≥ 3)."""
+    return json.loads((folder / "done.json").read_text()).get("eval_protocol", 1) >= 3
 
 
 def evaluate_both(folder: Path, eval_size: int | None) -> dict:
@@ -75,14 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="BaRA methods of the suite")
     parser.add_argument("--eval-size", type=int, default=None, help="evaluation examples (default: the run's own)")
     parser.add_argument("--root", type=Path, action="append",
-                        help=f"folder(s) holding suite tasks' runs (default: {OUT}; repeat to add, e.g. the set-aside runs)")
+                        help=f"folder(s) holding suite tasks' runs (default: {OUT} and {STALE}; repeat to give several)")
     parser.add_argument("--quick", action="store_true", help="one WinoGrande-S BaRA run, 200 examples")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tasks, methods = args.tasks.split(","), args.methods.split(",")
     if args.quick:
         tasks, methods, args.eval_size = ["winogrande_s"], ["bara"], 200
-    roots = args.root or [OUT]
+    roots = args.root or [OUT, STALE]
     folders = [folder for root in roots for folder in adapters(root, tasks, methods)]
     folders = folders[:1] if args.quick else folders
     if not folders:
@@ -94,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, folder in enumerate(folders, 1):
         key = _key(folder)
         if key not in cache:
-            print(f"[{i}/{len(folders)}] {key}", flush=True)
+            print(f"[{i}/{len(folders)}] {_name(folder)}", flush=True)
             cache[key] = evaluate_both(folder, args.eval_size) | {"commit": git_commit()}
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(cache, indent=2) + "\n")  # a resumable cache: one run at a time
@@ -103,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         key = _key(folder)
         result = cache[key]
         row, ex = result["metrics"]["row"], result["metrics"]["example"]
-        rows.append([key.replace("/runs/", " · "), result["examples"],
+        rows.append([_name(folder).replace("/runs/", " · "), "per example" if _trained_per_example(folder) else "per row",
+                     result["examples"],
                      f"{100 * row['accuracy']:.1f} → {100 * ex['accuracy']:.1f}", f"{100 * row['ece']:.1f} → {100 * ex['ece']:.1f}",
                      f"{row['nll']:.3f} → {ex['nll']:.3f}", interval_text(result["delta"]["nll"]),
                      interval_text(result["delta"]["ece"], scale=100, digits=1)])
@@ -113,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = header("Global gate drawn per choice row vs per example (multiple-choice tasks)", meta, time.time() - start, command)
     lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
               "Each cell: per row → per example. Δ = per example − per row, 95% paired bootstrap interval.", ""]
-    lines += table(["run", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], rows)
+    lines += table(["run", "trained with draws", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], rows)
     write_md(md_path, lines)
     print(md_path.read_text())
 
