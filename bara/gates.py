@@ -145,7 +145,8 @@ class GlobalGate(nn.Module):
     def train(self, mode: bool = True) -> "GlobalGate":
         # a sharded (FSDP2) parameter is re-gathered in place without bumping its version: switching
         # between training and prediction, as every training loop does, drops the cached value too
-        self._pi_cache = None
+        if mode != self.training:
+            self._pi_cache = None
         return super().train(mode)
 
     def _expected_pi(self) -> Tensor:

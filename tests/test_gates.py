@@ -111,7 +111,7 @@ def test_straight_through_is_hard_forward_with_gradient():
 
 
 def test_expected_pi_cached_for_prediction_follows_every_parameter_change():
-    gate = GlobalGate(4, alpha0=1 / 3)
+    gate = GlobalGate(4, alpha0=1 / 3).eval()
     with torch.no_grad():
         first = gate.expected_pi()
         assert gate.expected_pi() is first  # no autograd: computed once
@@ -125,5 +125,11 @@ def test_expected_pi_cached_for_prediction_follows_every_parameter_change():
         gate.load_state_dict({"a_raw": torch.zeros(4), "b_raw": torch.ones(4)})
         torch.testing.assert_close(gate.expected_pi(), kumaraswamy_mean(gate.a, gate.b))
         gate.double()  # moved to new tensors
-        assert gate.expected_pi().dtype == torch.float64
+        cached = gate.expected_pi()
+        assert cached.dtype == torch.float64
+        gate.eval()  # already in eval: `predict` calls it on every call, and the cache stays
+        assert gate.expected_pi() is cached
+        gate.train()
+        gate.eval()  # a round of training mode drops it
+        assert gate.expected_pi() is not cached
     assert gate.expected_pi().requires_grad  # with autograd: always recomputed, differentiable
