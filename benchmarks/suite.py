@@ -165,7 +165,8 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     same adapter with constant gates and against MC-dropout, pooled over the seeds that have both, with 95%
     bootstrap intervals, and, where it ran, against the same variant trained with constant gates
     (`context_dependent=false`). PASS needs every interval below 0 (better beyond the evaluation noise), not
-    just the point estimates, on at least ``C7_MIN_SEEDS`` seeds with both controls."""
+    just the point estimates, the paired ΔECE intervals below 0 as well, on at least ``C7_MIN_SEEDS`` seeds
+    with both controls."""
     from c7 import interval_text, twin_note
 
     comparison = _c7_comparisons(entry).get(name)
@@ -179,9 +180,13 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
     if twin is not None:  # the stricter control, where it ran: the same variant trained with constant gates
         halves.append(f"vs constant gates trained as such{twin_note(name, comparison)} {interval_text(twin)}")
     beaten = mc is not None and all(half["high"] < 0 for half in (constant, mc, twin) if half is not None)
+    # calibration is half of the claim (as `c7.verdicts` reads it): the ECE must drop beyond the noise too
+    ece_ties = [label for label, key in (("constant gates", "vs_constant"), ("MC-dropout", "vs_mc"), ("the trained control", "vs_twin"))
+                if comparison.get(key) and comparison[key]["ece"]["high"] >= 0]
     seeds = min(comparison["seeds"], comparison["mc_seeds"])
     # DESIGN C5's bar: a verdict rests on ≥ 3 seeds, so one lucky seed cannot pass
-    verdict = "MISS" if not beaten else "PASS" if seeds >= C7_MIN_SEEDS else f"AHEAD on {seeds} seed(s); a PASS needs {C7_MIN_SEEDS}"
+    verdict = ("MISS" if not beaten else f"MISS: ΔECE vs {', '.join(ece_ties)} not below 0" if ece_ties
+               else "PASS" if seeds >= C7_MIN_SEEDS else f"AHEAD on {seeds} seed(s); a PASS needs {C7_MIN_SEEDS}")
     who = "BaRA" if name == "bara" else f"the variant {name} (not counted: the target is the default's)"
     return f"- C7 on {task}: {who} {'; '.join(halves)} ({_seed_count(comparison)}) — {verdict}"
 

@@ -547,7 +547,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     suite = _benchmark("suite")
     labels = torch.arange(400) % 2
     sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1  # right with probability 0.9
-    flat = torch.full((400, 2), 0.5)
+    flat = torch.stack([1 - labels.float(), labels.float()], 1) * 0.4 + 0.3  # right, but hedged at 0.7: worse ECE and NLL
 
     def save(method, sub, probs):
         folder = run_dir(tmp_path, method, 1) / sub
@@ -567,7 +567,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     assert target_line().endswith("MISS")  # no MC-dropout run: the second half is unknown
     save("mcdropout", "eval", flat)
     line = target_line()
-    assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.588") and line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
+    assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.251") and line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
     variant = "bara[rho0=0.8]"  # a lever's line follows the default's and says it does not count
     save(variant, "eval", sharp)
     (run_dir(tmp_path, variant, 1) / "done.json").write_text("{}")
@@ -601,7 +601,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     suite, c7 = _benchmark("suite"), _benchmark("c7")
     labels = torch.arange(400) % 2
     sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1
-    flat = torch.full((400, 2), 0.5)
+    flat = torch.stack([1 - labels.float(), labels.float()], 1) * 0.4 + 0.3  # right, but hedged at 0.7: worse ECE and NLL
     exact, started_low = "bara[context_dependent=false]", "bara[context_dependent=false,local_bias_init=0]"
 
     def save(method, sub, probs, rank=3.6):
@@ -631,8 +631,11 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     assert line.endswith("AHEAD on 1 seed(s); a PASS needs 3")  # ahead of every control, on one seed
     (row,) = c7.paired_rows(tmp_path, ["bara", exact, started_low], [1], compute_missing=set())
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[0] == "bara" and cells[7].startswith("-0.588 [") and cells[7].endswith("(local_bias_init=0)")
-    assert cells[9].endswith(" · -0.588")
+    assert cells[0] == "bara" and cells[7].startswith("-0.251 [") and cells[7].endswith("(local_bias_init=0)")
+    assert cells[9].endswith(" · -0.251")
+    save(started_low, "eval", torch.full((400, 2), 0.5), rank=3.7)  # worse NLL, but calibrated: ECE 0
+    (line,) = lines()
+    assert line.endswith("MISS: ΔECE vs the trained control not below 0")  # C7 asks for better calibration too
     fewer = {"twin": started_low, "twin_seeds": 2, "seeds": 3}  # fewer seeds than its variant
     assert c7.twin_note("bara", fewer) == " (local_bias_init=0, 2 seeds)"
     assert c7.twin_note("bara", {"twin": exact, "twin_seeds": 3, "seeds": 3}) == ""
