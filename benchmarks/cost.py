@@ -8,7 +8,8 @@ gates themselves cost. BLoB (`get_method("blob")`) is included when the library 
 Method (CPU, 1 torch thread, machine shared with other jobs):
 
 * **Time** — all configurations live in one process and take turns step by step (the order
-  rotates every round), so a load change hits them alike. A training step is exactly what the
+  rotates every round), so a load change hits them alike, and each is timed by the process's CPU
+  time (one torch thread: the work done, without the slices other jobs on the machine ran in). A training step is exactly what the
   library's trainer does per batch: the method's ``Trainer.compute_loss`` (NLL + its KL term,
   BaRA/BLoB at full KL weight), ``backward``, the trainer's own optimizer (``create_optimizer``:
   fused AdamW, lr 1e-3) ``step`` and ``zero_grad``. Reported: medians over ≥ 20 timed steps after
@@ -154,16 +155,22 @@ class Stepper:
             torch.cuda.synchronize(self.device)
 
 
-def alternate(fns: dict[str, Callable[[], None]], warmup: int, steps: int, label: str = "") -> dict[str, list[float]]:
-    """Run the functions in turns (rotating order); return the timed durations after warm-up."""
+def alternate(fns: dict[str, Callable[[], None]], warmup: int, steps: int, label: str = "",
+              clock: Callable[[], float] = time.process_time) -> dict[str, list[float]]:
+    """Run the functions in turns (rotating order); return the timed durations after warm-up.
+
+    ``clock``: the process's CPU time by default. On a shared machine a one-thread job's wall time also
+    counts the slices other jobs ran in; its CPU time counts only its own work (paired wall-time ratios
+    scattered by ±20% here under load: S = 1 came out cheaper than the `mean` pass it contains). A GPU
+    caller passes ``time.perf_counter`` (the host waits for the kernels)."""
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(warmup + steps):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if i >= warmup:
                 times[name].append(elapsed)
         if label and (i + 1) % 5 == 0:
@@ -534,7 +541,7 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
             else:
                 row += ["—"] * 3
             rows.append(row)
-        lines += table(["config", "step ms (median)", "time ratio vs LoRA", "ratio IQR", "trainable params",
+        lines += table(["config", "step CPU ms (median)", "time ratio vs LoRA", "ratio IQR", "trainable params",
                         "working set MiB (each run)", "memory ratio", "RSS before steps MiB"], rows) + [""]
 
     for bb in ("minilm", "llama"):
@@ -571,7 +578,7 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
         res = ev["results"]
         lines += [f"## Evaluation cost: MiniLM-L6, one batch of {ev['batch']} × {ev['length']} through `bara.predict.predict`", ""]
         rows = [[f"`{name}`", f"{v['median_s'] * 1e3:.1f}", "1" if name == "lora" else f"{v['ratio']:.3f}"] for name, v in res.items()]
-        lines += table(["configuration", "ms (median)", "× one LoRA pass"], rows) + [""]
+        lines += table(["configuration", "CPU ms (median)", "× one LoRA pass"], rows) + [""]
         eprof = cells.get("profile|eval")
         if eprof:
             counts = {c: sum(v["calls"] for k, v in eprof[c].items() if k.startswith("aten::"))
@@ -595,9 +602,10 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
         lengths = settings["grid_lengths"]
         lines += [f"## Scaling with r and sequence length (MiniLM-L6, batch {settings['grid_batch']})", "",
                   f"Sequence lengths {', '.join(map(str, lengths))} (MiniLM has 512 position embeddings, so the requested "
-                  "1024 cannot run on it). Cells: BaRA step ms (BaRA / LoRA paired ratio). At batch 1 and short "
-                  "sequences the step is small, so BaRA's fixed per-layer gate cost shows most there. Absolute times follow the "
-                  "shared machine's load from cell to cell (they need not grow with r); read the paired ratios.", ""]
+                  "1024 cannot run on it). Cells: BaRA step CPU ms (BaRA / LoRA paired ratio). At batch 1 and short "
+                  "sequences the step is small, so BaRA's fixed per-layer gate cost shows most there. Even CPU times move "
+                  "with the shared machine's load from cell to cell (caches, memory bandwidth), so they need not grow with r; "
+                  "read the paired ratios.", ""]
         rows = []
         for r in ranks:
             row = [str(r)]

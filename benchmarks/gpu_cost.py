@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             memory[config] = peak_memory(steppers[config])
             print(f"[gpu_cost] built {config}; peak step memory "
                   f"{'n/a' if memory[config] is None else f'{memory[config] / 2**30:.2f} GiB'}", flush=True)
-        times = summarise_times(alternate(steppers, args.warmup, args.steps, label="gpu train"))
+        times = summarise_times(alternate(steppers, args.warmup, args.steps, label="gpu train", clock=time.perf_counter))
     del steppers
     gc.collect()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
