@@ -641,3 +641,28 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     assert c7.twin_note("bara", {"twin": exact, "twin_seeds": 3, "seeds": 3}) == ""
     assert c7.context_free_twin("bara-global", {"bara-global": 7.0, exact: 7.0}) is None
     assert c7.context_free_twin("bara[rho0=0.8]", {exact: 3.0}) is None  # other options: not its control
+
+
+def test_suite_names_the_bara_runs_of_multiple_choice_tasks_drawn_per_choice_row(tmp_path):
+    from bara.compare import EVAL_PROTOCOL, run_dir
+
+    suite = _benchmark("suite")
+
+    def run(method, seed, task, protocol=None, model="minilm"):
+        folder = run_dir(tmp_path / task, method, seed)
+        folder.mkdir(parents=True)
+        (folder / "done.json").write_text(json.dumps({"method": method} | ({"eval_protocol": protocol} if protocol else {})))
+        (folder / "run.json").write_text(json.dumps({"task": task, "model": model}))
+
+    run("bara", 1, "arc_easy")
+    run("bara", 2, "arc_easy", EVAL_PROTOCOL)  # retrained with shared draws
+    run("bara-global", 1, "arc_easy", 2)
+    run("lora", 1, "arc_easy")  # no gates
+    entry = {"summary": {"bara": {}, "bara-global": {}, "lora": {}, "bara [constant gates, C7]": {}},
+             "folder": tmp_path / "arc_easy", "seeds": [1, 2]}
+    (line, _) = suite._global_draw_lines(entry)
+    assert "drawn per choice row" in line and ": bara s1, bara-global s1. To be retrained" in line
+    run("bara", 1, "sst2")  # one sequence per example: nothing to share
+    assert suite._global_draw_lines({"summary": {"bara": {}}, "folder": tmp_path / "sst2", "seeds": [1]}) == []
+    run("bara", 1, "obqa", model=suite.CAUSAL_MODEL)  # the causal LM reads every choice in one sequence
+    assert suite._global_draw_lines({"summary": {"bara": {}}, "folder": tmp_path / "obqa", "seeds": [1]}) == []
