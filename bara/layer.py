@@ -148,7 +148,9 @@ class BaRALinear(nn.Module):
         stats = {"local_probs": local_p, "expected_pi": expected_pi}
         stochastic = self.training
         log_pi = log_1m_pi = None
-        # on multiple-choice inputs an example's choice rows share one global draw (``global_draw``)
+        # on multiple-choice inputs an example's choice rows share one global draw (``global_draw``). The
+        # `constant` control stays per row: it stands in for the joint gate z = g·l, whose randomness is
+        # mostly the local part (E π ≈ 1 for most factors), drawn per row since each choice is its own input
         draws, choices = self._global_draws(logits.shape[0]) if global_kind == "sample" else (logits.shape[0], 1)
         if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
             # training: one draw of π per forward (DESIGN §2); prediction: one per instance, so that
@@ -178,6 +180,8 @@ class BaRALinear(nn.Module):
     def _record(self, stats: dict[str, Tensor]) -> None:
         """Keep this call's statistics; a second call within one model forward (a layer whose
         weights are shared across depth) has local gates of its own, so its local KL adds up."""
+        if getattr(torch._C, "_current_graph_task_id", lambda: -1)() != -1:
+            return  # activation checkpointing re-runs the forward inside backward: keep what the loss saw
         forward = self.context.forward
         previous = self._stats if forward is not None and forward == self._stats_forward else {}
         if "local_kl" in previous and "local_kl" in stats and previous["local_kl"].shape == stats["local_kl"].shape:

@@ -440,7 +440,14 @@ class _SharedAcrossDepth(nn.Module):
         super().__init__()
         self.lin = nn.Linear(8, 8)
 
+    checkpointed = False
+
     def forward(self, x):
+        if self.checkpointed:  # activation checkpointing re-runs both calls inside backward
+            return torch.utils.checkpoint.checkpoint(self._body, x, use_reentrant=False)
+        return self._body(x)
+
+    def _body(self, x):
         return self.lin(torch.tanh(self.lin(x)))
 
 
@@ -463,3 +470,9 @@ def test_a_layer_called_twice_per_forward_counts_the_local_kl_of_both_calls():
         local_kl = bara.kl_terms(model, num_examples=10).local_kl
         assert len(per_call) == 2 and min(per_call) > 1e-3
         torch.testing.assert_close(local_kl, per_call[0] + per_call[1])
+    model.base_model.checkpointed = True
+    calls.clear()
+    model(torch.randn(5, 8)).sum().backward()
+    assert len(calls) > 2  # two calls, and (some of) them run again in backward
+    expected = sum(kl_bernoulli(p, 0.5).sum(-1).mean() for p in calls[:2])
+    torch.testing.assert_close(bara.kl_terms(model, num_examples=10).local_kl, expected)  # the recompute adds nothing
