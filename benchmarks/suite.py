@@ -290,7 +290,7 @@ def _global_draw_lines(entry: dict) -> list[str]:
         return []
     return [f"Trained and evaluated with the global gate drawn per choice row, not per example (before "
             f"`BaRAConfig.global_draw`): {', '.join(old)}. To be retrained; `benchmarks/global_draw.py` measures "
-            "what the evaluation part changes on their saved adapters.", ""]
+            "what the evaluation part changes on the saved BaRA adapters among them.", ""]
 
 
 def _confidence_lines(entry: dict) -> list[str]:
