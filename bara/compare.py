@@ -42,6 +42,13 @@ EVAL_PROTOCOL = 3
 _RESCORED_METHODS = ("bara-global", "bara-local")
 
 
+def eval_protocol(folder: Path) -> int | None:
+    """The `EVAL_PROTOCOL` a finished run was evaluated under (1 for results that predate the field),
+    or None for a run without ``done.json``."""
+    done = Path(folder) / "done.json"
+    return json.loads(done.read_text()).get("eval_protocol", 1) if done.exists() else None
+
+
 @dataclasses.dataclass
 class CompareSpec:
     """What `compare` runs; ``base`` holds the settings shared by every run."""

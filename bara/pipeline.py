@@ -318,11 +318,7 @@ def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None =
     """
     built, model = load_trained(adapter, task=task, data=data, eval_size=eval_size, method_options=method_options)
     eval_set = encode_split(built, "eval")
-    # sampled predictions (gates, dropout, weight noise) are seeded by the run's seed, so evaluating the
-    # same adapter twice gives the same numbers; the caller's random state is left as it was
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        torch.manual_seed(built.spec.seed)
-        preds = built.method.predict(model, eval_set, built.collator, samples=samples, mode=mode, progress=progress)
+    preds = seeded_predict(built, model, eval_set, samples=samples, mode=mode, progress=progress)
     metrics = report_metrics(model, preds) | domain_tests(preds)
     if preds.sample_probs is not None and sample_counts:
         metrics["by_samples"] = {k: report_metrics(model, preds.first_samples(k))
@@ -339,6 +335,16 @@ def evaluate(adapter: str | Path, *, task: str | None = None, data: str | None =
         if plots:
             write_plots(model, preds, built.task, out, label=built.method.name)
     return metrics
+
+
+def seeded_predict(built: Built, model: nn.Module, eval_set: EncodedDataset, **kwargs: Any) -> Predictions:
+    """``built.method.predict`` seeded by the run's seed.
+
+    Sampled predictions (gates, dropout, weight noise) then come out the same each time an adapter is
+    evaluated; the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(built.spec.seed)
+        return built.method.predict(model, eval_set, built.collator, **kwargs)
 
 
 def save_predictions(preds: Predictions, path: Path) -> None:

@@ -216,9 +216,10 @@ class BaRATrainer(Trainer):
             trainable = [(n, p) for n, p in bara_model.named_parameters() if p.requires_grad]
             decayed = set(self.get_decay_parameter_names(bara_model))  # Trainer's rule: no biases, no norms
             gates = [p for n, p in trainable if "_gate." in n]
+            others = [(n, p) for n, p in trainable if "_gate." not in n]
             lr = self.args.learning_rate
-            groups = [{"params": [p for n, p in trainable if "_gate." not in n and n in decayed], "weight_decay": self.args.weight_decay},
-                      {"params": [p for n, p in trainable if "_gate." not in n and n not in decayed], "weight_decay": 0.0},
+            groups = [{"params": [p for n, p in others if n in decayed], "weight_decay": self.args.weight_decay},
+                      {"params": [p for n, p in others if n not in decayed], "weight_decay": 0.0},
                       {"params": gates, "weight_decay": 0.0, "lr": lr * self.gate_lr_multiplier}]
             groups = [group for group in groups if group["params"]]
             self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(self.args.adam_beta1, self.args.adam_beta2),

@@ -33,7 +33,8 @@ STALE = OUT.parent / "stale-global-draw"  # where the suite's runs trained with 
 
 from bara.layer import BaRALinear  # noqa: E402
 from bara.metrics import accuracy, expected_calibration_error, negative_log_likelihood, paired_bootstrap  # noqa: E402
-from bara.pipeline import encode_split, load_trained  # noqa: E402
+from bara.compare import eval_protocol  # noqa: E402
+from bara.pipeline import encode_split, load_trained, seeded_predict  # noqa: E402
 
 TASKS = ("arc_easy", "obqa", "winogrande_s")
 METHODS = ("bara", "bara-global")
@@ -61,7 +62,7 @@ def _key(folder: Path) -> str:
 
 def _trained_per_example(folder: Path) -> bool:
     """Whether the run was trained after `BaRAConfig.global_draw` (`bara.compare.EVAL_PROTOCOL` ≥ 3)."""
-    return json.loads((folder / "done.json").read_text()).get("eval_protocol", 1) >= 3
+    return eval_protocol(folder) >= 3
 
 
 def evaluate_both(folder: Path, eval_size: int | None) -> dict:
@@ -73,9 +74,7 @@ def evaluate_both(folder: Path, eval_size: int | None) -> dict:
         for module in model.modules():
             if isinstance(module, BaRALinear):
                 module.global_draw = draw
-        with torch.random.fork_rng():
-            torch.manual_seed(built.spec.seed)
-            preds = built.method.predict(model, eval_set, built.collator, progress=False)
+        preds = seeded_predict(built, model, eval_set, progress=False)
         probs[draw] = preds.probs
     labels = preds.labels
     metrics = {draw: {"accuracy": accuracy(p, labels), "ece": expected_calibration_error(p, labels),

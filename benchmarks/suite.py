@@ -181,10 +181,12 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
         halves.append(f"vs MC-dropout (all dropout on) {interval_text(mc)}")
     if twin is not None:  # the stricter control, where it ran: the same variant trained with constant gates
         halves.append(f"vs constant gates trained as such{twin_note(name, comparison)} {interval_text(twin)}")
-    beaten = mc is not None and all(half["high"] < 0 for half in (constant, mc, twin) if half is not None)
+    controls = {label: comparison.get(key) for label, key in
+                (("constant gates", "vs_constant"), ("MC-dropout", "vs_mc"), ("the trained control", "vs_twin"))}
+    ran = {label: control for label, control in controls.items() if control}
+    beaten = mc is not None and all(control["nll"]["high"] < 0 for control in ran.values())
     # calibration is half of the claim (as `c7.verdicts` reads it): the ECE must drop beyond the noise too
-    ece_ties = [label for label, key in (("constant gates", "vs_constant"), ("MC-dropout", "vs_mc"), ("the trained control", "vs_twin"))
-                if comparison.get(key) and comparison[key]["ece"]["high"] >= 0]
+    ece_ties = [label for label, control in ran.items() if control["ece"]["high"] >= 0]
     seeds = min(comparison["seeds"], comparison["mc_seeds"], *([comparison["twin_seeds"]] if twin is not None else []))
     # DESIGN C5's bar: a verdict rests on ≥ 3 seeds, so one lucky seed cannot pass
     verdict = ("MISS" if not beaten else f"MISS: ΔECE vs {', '.join(ece_ties)} not below 0" if ece_ties
@@ -250,12 +252,11 @@ def _fit_lines(entry: dict) -> list[str]:
 def _eval_protocol_lines(entry: dict) -> list[str]:
     """Name the MC-dropout seeds evaluated before MC-dropout dropped attention probabilities too
     (`bara.compare.EVAL_PROTOCOL` 2): their predictive had hidden dropout only, a weaker baseline."""
-    from bara.compare import run_dir
+    from bara.compare import eval_protocol, run_dir
 
     if "mcdropout" not in entry["summary"]:
         return []
-    old = [seed for seed in entry["seeds"] if (done := run_dir(entry["folder"], "mcdropout", seed) / "done.json").exists()
-           and json.loads(done.read_text()).get("eval_protocol", 1) < 2]
+    old = [seed for seed in entry["seeds"] if (eval_protocol(run_dir(entry["folder"], "mcdropout", seed)) or 2) < 2]
     if not old:
         return []
     return [f"MC-dropout seed(s) {', '.join(map(str, old))} were evaluated with attention dropout off (hidden dropout "
@@ -273,7 +274,7 @@ def _global_draw_lines(entry: dict) -> list[str]:
     """Name the BaRA runs of a multiple-choice task made before the global gate was drawn once per
     example (`bara.compare.EVAL_PROTOCOL` 3): each choice row drew its own, so one Monte-Carlo sample
     scored an example's choices with different adapters."""
-    from bara.compare import run_dir
+    from bara.compare import eval_protocol, run_dir
 
     old = []
     for name in entry["summary"]:
@@ -281,7 +282,7 @@ def _global_draw_lines(entry: dict) -> list[str]:
             continue
         for seed in entry["seeds"]:
             folder = run_dir(entry["folder"], name, seed)
-            if not (folder / "done.json").exists() or json.loads((folder / "done.json").read_text()).get("eval_protocol", 1) >= 3:
+            if (eval_protocol(folder) or 3) >= 3:  # unfinished, or drawn per example
                 continue
             run = json.loads((folder / "run.json").read_text())  # the causal LM reads all choices in one sequence
             if run["model"] != CAUSAL_MODEL and _is_multiple_choice(run["task"]):
