@@ -116,6 +116,7 @@ class BaRALinear(nn.Module):
         self.context = context if context is not None else GateContext()
         self._stats: dict[str, Tensor] = {}
         self._stats_forward: int | None = None  # the context's forward that wrote _stats
+        self._warned_reshaped_call = False
         self.global_used = True  # whether the last forward used the global gate (for its KL)
         self.register_buffer("constant_keep", torch.ones(r), persistent=False)  # for mode "constant"
         self._cached_gate: Tensor | None = None
@@ -184,8 +185,14 @@ class BaRALinear(nn.Module):
             return  # activation checkpointing re-runs the forward inside backward: keep what the loss saw
         forward = self.context.forward
         previous = self._stats if forward is not None and forward == self._stats_forward else {}
-        if "local_kl" in previous and "local_kl" in stats and previous["local_kl"].shape == stats["local_kl"].shape:
-            stats["local_kl"] = previous["local_kl"] + stats["local_kl"]
+        if "local_kl" in previous and "local_kl" in stats:
+            if previous["local_kl"].shape == stats["local_kl"].shape:
+                stats["local_kl"] = previous["local_kl"] + stats["local_kl"]
+            elif not self._warned_reshaped_call:  # e.g. DeBERTa-v2 sends its position table through query_proj
+                self._warned_reshaped_call = True
+                warnings.warn(f"BaRA: a layer was called twice in one forward on {previous['local_kl'].shape[0]} "
+                              f"and then {stats['local_kl'].shape[0]} rows; only the last call's local KL and gate "
+                              "statistics count (leave this module out of target_modules if it is not per-token)")
         self._stats, self._stats_forward = stats, forward
 
     def _global_draws(self, rows: int) -> tuple[int, int]:

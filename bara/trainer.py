@@ -57,6 +57,28 @@ TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT}-(\d+)$")
 
 
+def _split_off_group(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], *, optim: str, **options) -> None:
+    """Move ``params`` out of the optimizer's groups into a new group with ``options``.
+
+    Done before the first step, so there is no optimizer state to move. Optimizers that build
+    their own groups from the model (GaLore, LOMO, layer-wise) may not hold the parameters: those
+    get a clear error instead of silently training the gates with the wrong rate or decay.
+    """
+    if not params:
+        return
+    wanted = {id(p) for p in params}
+    groups = getattr(optimizer, "param_groups", None)
+    held = {id(p) for group in groups or [] for p in group["params"]}
+    if not wanted <= held:
+        raise ValueError(f"optim={optim!r} does not expose the BaRA gate parameters in its param_groups, so the "
+                         "gates cannot get their own group (gate_lr_multiplier, no weight decay); use an optimizer "
+                         "such as adamw_torch, or set gate_lr_multiplier=1 and weight_decay=0")
+    for group in groups:
+        group["params"] = [p for p in group["params"] if id(p) not in wanted]
+    optimizer.param_groups[:] = [group for group in groups if group["params"]]
+    optimizer.add_param_group({"params": list(params), **options})
+
+
 class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite; the message names the step (one line)."""
 
@@ -209,23 +231,19 @@ class BaRATrainer(Trainer):
         return model if isinstance(model, BaRAModel) else None
 
     def create_optimizer(self, model: nn.Module | None = None):
+        """Trainer's optimizer (``args.optim`` and its arguments honoured), with the gates regrouped.
+
+        The gates get a group of their own, without weight decay (the KL is their prior; a decay
+        would pull the Kumaraswamy parameters and W_g towards 0 as well), at the multiplied rate.
+        """
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         bara_model = self._bara_model()
-        # the gates get a group of their own, without weight decay (the KL is their prior; a decay
-        # would pull the Kumaraswamy parameters and W_g towards 0 as well), at the multiplied rate
-        if self.optimizer is None and bara_model is not None and (self.gate_lr_multiplier != 1.0 or self.args.weight_decay):
-            trainable = [(n, p) for n, p in bara_model.named_parameters() if p.requires_grad]
-            decayed = set(self.get_decay_parameter_names(bara_model))  # Trainer's rule: no biases, no norms
-            gates = [p for n, p in trainable if "_gate." in n]
-            others = [(n, p) for n, p in trainable if "_gate." not in n]
-            lr = self.args.learning_rate
-            groups = [{"params": [p for n, p in others if n in decayed], "weight_decay": self.args.weight_decay},
-                      {"params": [p for n, p in others if n not in decayed], "weight_decay": 0.0},
-                      {"params": gates, "weight_decay": 0.0, "lr": lr * self.gate_lr_multiplier}]
-            groups = [group for group in groups if group["params"]]
-            self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
-                                               eps=self.args.adam_epsilon)
-            return self.optimizer
-        return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if fresh and bara_model is not None and (self.gate_lr_multiplier != 1.0 or self.args.weight_decay):
+            gates = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." in n]
+            _split_off_group(optimizer, gates, lr=self.args.learning_rate * self.gate_lr_multiplier,
+                             weight_decay=0.0, optim=str(self.args.optim))
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

@@ -476,3 +476,26 @@ def test_a_layer_called_twice_per_forward_counts_the_local_kl_of_both_calls():
     assert len(calls) > 2  # two calls, and (some of) them run again in backward
     expected = sum(kl_bernoulli(p, 0.5).sum(-1).mean() for p in calls[:2])
     torch.testing.assert_close(bara.kl_terms(model, num_examples=10).local_kl, expected)  # the recompute adds nothing
+
+
+class _ReusedOnATable(nn.Module):
+    """A projection applied to the tokens and then to a table of another length (DeBERTa-v2 sends
+    its relative-position embeddings through ``query_proj``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.table = nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x):
+        return self.lin(x).sum() + self.lin(self.table).sum()
+
+
+def test_a_layer_called_on_rows_of_another_count_warns_instead_of_dropping_a_kl_silently():
+    model = bara.get_bara_model(_ReusedOnATable(), bara.BaRAConfig(r=4, target_modules=["lin"]))
+    model.train()
+    with pytest.warns(UserWarning, match="called twice in one forward on 5 and then 3 rows"):
+        model(torch.randn(5, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per layer, not once per step
+        model(torch.randn(5, 8))

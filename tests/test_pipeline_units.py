@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import bara
 from bara.data import Collator, EncodedDataset, EncodedExample, encode, label_token_ids
@@ -718,6 +719,29 @@ def test_trainer_never_decays_the_gates(tmp_path):
     biases = {i for i, n in names.items() if n.endswith("bias") and i not in gate_ids}
     assert biases and all(decays[i] == 0.0 for i in biases)  # as Trainer's own split: biases are not decayed
     assert {decays[i] for i in decays if i not in gate_ids | biases} == {0.1}
+
+
+def test_trainer_keeps_the_users_optimizer_when_it_regroups_the_gates(tmp_path):
+    trainer = _bara_trainer(tmp_path, max_steps=1, save_strategy="no", optim="sgd", gate_lr_multiplier=5.0)
+    trainer.create_optimizer()
+    assert type(trainer.optimizer) is torch.optim.SGD  # args.optim honoured, not replaced by AdamW
+    gate_ids = {id(p) for n, p in trainer.model.named_parameters() if p.requires_grad and "_gate." in n}
+    rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert len(rates) == len(trainable)  # every trainable parameter in exactly one group
+    assert {rates[i] for i in gate_ids} == {5.0 * trainer.args.learning_rate}
+    assert {rate for i, rate in rates.items() if i not in gate_ids} == {trainer.args.learning_rate}
+
+
+def test_gate_regrouping_refuses_an_optimizer_that_does_not_hold_the_gates():
+    from bara.trainer import _split_off_group
+
+    held, gate = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([held], lr=0.1)
+    with pytest.raises(ValueError, match="optim='galore'.*param_groups"):
+        _split_off_group(optimizer, [gate], optim="galore", lr=1.0)
+    _split_off_group(optimizer, [], optim="galore", lr=1.0)  # nothing to move: nothing to check
+    assert [len(group["params"]) for group in optimizer.param_groups] == [1]
 
 
 def test_trainer_loads_the_best_checkpoint_at_the_end(tmp_path):
