@@ -19,6 +19,7 @@ PRIORS = ("beta", "ibp")
 RELAXATIONS = ("concrete", "straight_through")
 LOCAL_KLS = ("instance", "marginal", "ceiling")
 GLOBAL_DRAWS = ("example", "row")
+LOCAL_NOISES = ("row", "example")
 
 
 def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -99,6 +100,15 @@ class BaRAConfig:
             every choice with the same adapter, as one weight draw of BLoB does; the local gates
             stay per choice, since each choice is its own input. ``"row"`` draws per choice row
             (the behaviour before this option existed; kept to measure what it changes).
+        local_noise: on multiple-choice inputs, ``"example"`` draws the local gates of an
+            example's choice rows from shared uniforms, ``z_ck = 1[u_k < q_ck]`` (common random
+            numbers; the relaxed draw shares its logistic noise the same way). Each choice keeps
+            its own context-dependent probability q_ck and the same marginal distribution, but one
+            Monte-Carlo sample no longer scores the choices with independently dropped factors:
+            where their probabilities agree, they keep the same factors, so the sampling noise
+            does not fall on the difference between the choices' scores. The constant-gate control
+            (check C7) shares its uniforms the same way. ``"row"`` (default) draws each choice row
+            independently.
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving (not with
@@ -130,6 +140,7 @@ class BaRAConfig:
     context_dependent: bool = True
     center_gate_input: bool = False
     global_draw: str = "example"
+    local_noise: str = "row"
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
@@ -178,6 +189,7 @@ class BaRAConfig:
             ("relaxation", RELAXATIONS),
             ("local_kl", LOCAL_KLS),
             ("global_draw", GLOBAL_DRAWS),
+            ("local_noise", LOCAL_NOISES),
         ):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")

@@ -75,13 +75,15 @@ def kl_bernoulli(p: Tensor, q: Tensor | float) -> Tensor:
     return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))
 
 
-def relaxed_bernoulli(logits: Tensor, temperature: float, straight_through: bool = False) -> Tensor:
+def relaxed_bernoulli(logits: Tensor, temperature: float, straight_through: bool = False,
+                      noise: Tensor | None = None) -> Tensor:
     """Binary Concrete draw ``σ((logits + log u − log(1 − u)) / τ)``.
 
     With ``straight_through`` the forward value is the hard gate ``1[sample > 0.5]`` and the
-    gradient is the relaxed one.
+    gradient is the relaxed one. ``noise``: the uniforms ``u`` to use (e.g. shared by several
+    rows, which couples their draws without changing each row's distribution); fresh ones if None.
     """
-    u = torch.rand_like(logits).clamp(_EPS, 1 - _EPS)
+    u = (torch.rand_like(logits) if noise is None else noise).clamp(_EPS, 1 - _EPS)
     soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
     if not straight_through:
         return soft
@@ -89,9 +91,10 @@ def relaxed_bernoulli(logits: Tensor, temperature: float, straight_through: bool
     return hard + soft - soft.detach()
 
 
-def hard_bernoulli(probs: Tensor) -> Tensor:
-    """Exact Bernoulli draw (no gradient)."""
-    return (torch.rand_like(probs) < probs).to(probs.dtype)
+def hard_bernoulli(probs: Tensor, noise: Tensor | None = None) -> Tensor:
+    """Exact Bernoulli draw ``1[u < p]`` (no gradient); ``noise``: the uniforms ``u``, as in
+    `relaxed_bernoulli`."""
+    return ((torch.rand_like(probs) if noise is None else noise) < probs).to(probs.dtype)
 
 
 # -- modules -----------------------------------------------------------------------------

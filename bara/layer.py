@@ -96,6 +96,7 @@ class BaRALinear(nn.Module):
         self.rho0 = config.rho0
         self.variant = config.variant
         self.global_draw = config.global_draw
+        self.local_noise = config.local_noise
         self.gate_input = config.gate_input
         self.straight_through = config.relaxation == "straight_through"
         self.local_kl_kind = config.local_kl
@@ -153,6 +154,7 @@ class BaRALinear(nn.Module):
         # `constant` control stays per row: it stands in for the joint gate z = g·l, whose randomness is
         # mostly the local part (E π ≈ 1 for most factors), drawn per row since each choice is its own input
         draws, choices = self._global_draws(logits.shape[0]) if global_kind == "sample" else (logits.shape[0], 1)
+        noise = self._local_uniforms(logits) if local_kind == "sample" or global_kind == "constant" else None
         if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
             # training: one draw of π per forward (DESIGN §2); prediction: one per instance, so that
             # the S Monte-Carlo copies of an input average over q(π) too
@@ -160,12 +162,14 @@ class BaRALinear(nn.Module):
 
         if self.variant == "additive" and global_kind != "one" and local_kind != "one":
             z = self._additive_gate(logits, expected_pi, _per_row(log_pi, choices), _per_row(log_1m_pi, choices),
-                                    global_kind, stats)
+                                    global_kind, stats, noise)
         else:
             shape = (draws, logits.shape[1])
+            # the constant control's draws follow the local noise: it stands in for the joint gate
             g = _per_row(self._one_gate(global_kind, lambda: (log_pi - log_1m_pi).expand(shape), expected_pi.expand(shape),
-                                        torch.exp(log_pi).expand(shape) if log_pi is not None else None, stochastic), choices)
-            l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic)
+                                        torch.exp(log_pi).expand(shape) if log_pi is not None else None, stochastic,
+                                        noise if global_kind == "constant" else None), choices)
+            l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic, noise)
             z = g * l
             # the KL terms only feed a loss: prediction (no autograd) skips them
             if local_kind != "one" and torch.is_grad_enabled() and (kl := self._local_kl(local_p, self.rho0)) is not None:
@@ -195,27 +199,43 @@ class BaRALinear(nn.Module):
                               "statistics count (leave this module out of target_modules if it is not per-token)")
         self._stats, self._stats_forward = stats, forward
 
-    def _global_draws(self, rows: int) -> tuple[int, int]:
-        """``(draws, choices)``: the global gate draws ``draws`` rows, each shared by ``choices``
-        consecutive rows: an example's choice rows under ``global_draw="example"``, else one row."""
+    def _choice_layout(self, rows: int) -> tuple[int, int]:
+        """``(examples, choices)`` of a multiple-choice batch of ``rows`` choice rows, else ``(rows, 1)``."""
         layout = self.context.choice_rows
-        if self.global_draw == "example" and layout is not None and layout.numel() == rows:
+        if layout is not None and layout.numel() == rows:
             return layout.shape[0], layout.shape[1]
         return rows, 1
 
-    def _one_gate(self, kind, logits_fn, mean_p, sample_p, stochastic) -> Tensor | float:
+    def _global_draws(self, rows: int) -> tuple[int, int]:
+        """``(draws, choices)``: the global gate draws ``draws`` rows, each shared by ``choices``
+        consecutive rows: an example's choice rows under ``global_draw="example"``, else one row."""
+        return self._choice_layout(rows) if self.global_draw == "example" else (rows, 1)
+
+    def _local_uniforms(self, logits: Tensor) -> Tensor | None:
+        """The uniforms of the local draws when an example's choice rows share them
+        (``local_noise="example"``): each row keeps its own keep-probability, so its draw has the
+        same distribution as alone, but rows with similar probabilities keep the same factors.
+        None (fresh uniforms per row) otherwise."""
+        examples, choices = self._choice_layout(logits.shape[0])
+        if self.local_noise != "example" or choices == 1:
+            return None
+        return _per_row(torch.rand(examples, logits.shape[1], device=logits.device, dtype=logits.dtype), choices)
+
+    def _one_gate(self, kind, logits_fn, mean_p, sample_p, stochastic, noise=None) -> Tensor | float:
         if kind == "one":
             return 1.0
         if kind == "constant":
             keep = self.constant_keep.expand_as(mean_p)
-            return hard_bernoulli(keep) if not self.training else relaxed_bernoulli(torch.logit(keep, eps=1e-6), self.temperature)
+            if not self.training:
+                return hard_bernoulli(keep, noise)
+            return relaxed_bernoulli(torch.logit(keep, eps=1e-6), self.temperature, noise=noise)
         if kind == "mean":
             return mean_p
         if stochastic:
-            return relaxed_bernoulli(logits_fn(), self.temperature, self.straight_through)
-        return hard_bernoulli(sample_p.detach())
+            return relaxed_bernoulli(logits_fn(), self.temperature, self.straight_through, noise)
+        return hard_bernoulli(sample_p.detach(), noise)
 
-    def _additive_gate(self, logits, expected_pi, log_pi, log_1m_pi, kind, stats) -> Tensor:
+    def _additive_gate(self, logits, expected_pi, log_pi, log_1m_pi, kind, stats, noise=None) -> Tensor:
         """Variant B: ``q(z=1 | x, π) = σ(logit π + ℓ(x))`` with prior ``Bernoulli(π)``."""
         if kind == "mean":  # plug-in approximation E_π σ(logit π + ℓ) ≈ σ(logit E π + ℓ)
             return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + logits)
@@ -223,8 +243,8 @@ class BaRALinear(nn.Module):
         if torch.is_grad_enabled() and (kl := self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))) is not None:
             stats["local_kl"] = kl
         if self.training:
-            return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through)
-        return hard_bernoulli(torch.sigmoid(gate_logits).detach())
+            return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through, noise)
+        return hard_bernoulli(torch.sigmoid(gate_logits).detach(), noise)
 
     def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor | None:
         """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance,

@@ -880,3 +880,54 @@ def test_global_gate_is_drawn_per_example_in_training_too():
     context.choice_rows = None  # a plain classification batch: one draw per row
     z = layer._gate(torch.randn(24, 16)).view(6, 4, 8)
     assert (z - z[:, :1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("noise", ["example", "row"])
+def test_an_examples_choices_share_the_local_gates_uniforms(noise):
+    model, ds, collator = build_head("multiple_choice")
+    unsaturate(model)
+    for _, layer in model.bara_layers():
+        layer.local_noise = noise
+    batch = _copies_of_first_choice(collator(ds.items[:4]))
+    real = batch["choice_mask"]
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad(), bara.gate_mode(model, "local"):  # global gates 1: only the local draws are random
+        logits = torch.stack([model(**batch).logits for _ in range(5)])
+    spread = ((logits - logits[..., :1]).abs() * real).amax(-1)
+    assert logits[:, real].std(0).min() > 1e-5  # the local draws do move every score
+    if noise == "example":
+        assert spread.max() < 1e-8  # identical choices: identical probabilities, shared uniforms, same factors
+    else:
+        assert spread.min() > 1e-5
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_shared_local_uniforms_couple_the_draws_but_keep_each_rows_distribution(mode):
+    from bara.layer import BaRALinear, GateContext
+
+    torch.manual_seed(0)
+    context = GateContext(choice_rows=torch.ones(4000, 2))
+    layer = BaRALinear(torch.nn.Linear(16, 16), bara.BaRAConfig(r=4, temperature=0.5, local_noise="example"), context=context)
+    with torch.no_grad():
+        layer.local_gate.bias.copy_(torch.tensor([-2.0, -0.5, 0.5, 2.0]))
+        layer.local_gate.weight.zero_()
+    layer.mode = "local"
+    layer.train(mode == "train")
+    x = torch.randn(1, 16).expand(8000, 16)
+    q = torch.sigmoid(layer.local_gate.bias)
+    with torch.no_grad():
+        z = layer._gate(x).view(4000, 2, 4)
+        if mode == "eval":  # hard draws: each row's keep rate is its probability, and both choices agree
+            torch.testing.assert_close(z.mean((0, 1)), q, atol=0.03, rtol=0)
+        assert torch.equal(z[:, 0], z[:, 1])  # same probabilities, same uniforms: the same draw
+        assert (z[:, 0] - z[1:2, 0]).abs().amax() > 0.5  # but examples draw independently
+        with torch.no_grad():  # choices with different probabilities: the draws stay nested
+            layer.local_gate.weight[:, 0] = 3.0
+        x2 = x.clone()
+        x2[1::2, 0] += 1.0  # the second choice of every example has a larger gate logit
+        z = layer._gate(x2).view(4000, 2, 4)
+        assert (z[:, 1] >= z[:, 0] - 1e-6).all()  # monotone in the probability under a shared u
+        layer.local_noise = "row"
+        z = layer._gate(x).view(4000, 2, 4)
+        assert not torch.equal(z[:, 0], z[:, 1])
