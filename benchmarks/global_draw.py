@@ -8,6 +8,8 @@ saved adapters of the suite's BaRA runs on the multiple-choice tasks (those trai
 were set aside under ``benchmarks/out/stale-global-draw``; both folders are read), and evaluates each both ways at S = 10 on the same examples with the same seed: accuracy, ECE and NLL, and
 the paired 95% bootstrap interval of ΔNLL (per example − per row; negative: sharing the draw is better).
 Only the evaluation changes here; the table says how each run drew its relaxed global gates in training.
+A second table compares, with the global draw per example, the local gates drawn per choice row and from
+uniforms shared by the example's choices (``BaRAConfig.local_noise``).
 
     python benchmarks/global_draw.py
     python benchmarks/global_draw.py --quick        # one WinoGrande-S run, 200 examples
@@ -38,7 +40,9 @@ from bara.pipeline import encode_split, load_trained, seeded_predict  # noqa: E4
 
 TASKS = ("arc_easy", "obqa", "winogrande_s")
 METHODS = ("bara", "bara-global")
-DRAWS = ("row", "example")
+# evaluation settings: (global_draw, local_noise) of every BaRA layer
+SETTINGS = {"row": ("row", "row"), "example": ("example", "row"), "example+local": ("example", "example")}
+DELTAS = {"delta": ("example", "row"), "delta_local": ("example+local", "example")}  # (new, old) per cache field
 
 
 def adapters(root: Path, tasks: list[str], methods: list[str]) -> list[Path]:
@@ -65,22 +69,37 @@ def _trained_per_example(folder: Path) -> bool:
     return eval_protocol(folder) >= 3
 
 
-def evaluate_both(folder: Path, eval_size: int | None) -> dict:
-    """Predict the run's evaluation set with the global gate drawn per row and per example (same seed)."""
+def _local_noise(folder: Path) -> str:
+    """How the run drew its relaxed local gates in training (its saved config; older adapters: per row)."""
+    config = json.loads((folder / "adapter" / "bara_config.json").read_text())
+    return "shared" if config.get("local_noise", "row") == "example" else "per row"
+
+
+def evaluate(folder: Path, eval_size: int | None, deltas: list[str]) -> dict:
+    """Predict the run's evaluation set under the settings the ``deltas`` compare (same seed for each)."""
     built, model = load_trained(folder, eval_size=eval_size)
     eval_set = encode_split(built, "eval")
     probs = {}
-    for draw in DRAWS:
+    for name in dict.fromkeys(setting for delta in deltas for setting in DELTAS[delta]):
         for module in model.modules():
             if isinstance(module, BaRALinear):
-                module.global_draw = draw
+                module.global_draw, module.local_noise = SETTINGS[name]
         preds = seeded_predict(built, model, eval_set, progress=False)
-        probs[draw] = preds.probs
+        probs[name] = preds.probs
     labels = preds.labels
-    metrics = {draw: {"accuracy": accuracy(p, labels), "ece": expected_calibration_error(p, labels),
-                      "nll": negative_log_likelihood(p, labels)} for draw, p in probs.items()}
-    delta = {metric: paired_bootstrap(metric, probs["example"], probs["row"], labels, n_boot=1000) for metric in ("nll", "ece")}
-    return {"examples": len(labels), "metrics": metrics, "delta": delta}
+    metrics = {name: {"accuracy": accuracy(p, labels), "ece": expected_calibration_error(p, labels),
+                      "nll": negative_log_likelihood(p, labels)} for name, p in probs.items()}
+    result = {"examples": len(labels), "metrics": metrics}
+    for delta in deltas:
+        new, old = DELTAS[delta]
+        result[delta] = {metric: paired_bootstrap(metric, probs[new], probs[old], labels, n_boot=1000) for metric in ("nll", "ece")}
+    return result
+
+
+def _cell(metrics: dict, old: str, new: str) -> list[str]:
+    before, after = metrics[old], metrics[new]
+    return [f"{100 * before['accuracy']:.1f} → {100 * after['accuracy']:.1f}", f"{100 * before['ece']:.1f} → {100 * after['ece']:.1f}",
+            f"{before['nll']:.3f} → {after['nll']:.3f}"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,28 +126,39 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     for i, folder in enumerate(folders, 1):
         key = _key(folder)
-        if key not in cache:
-            print(f"[{i}/{len(folders)}] {_name(folder)}", flush=True)
-            cache[key] = evaluate_both(folder, args.eval_size) | {"commit": git_commit()}
+        missing = [delta for delta in DELTAS if delta not in cache.get(key, {})]
+        if missing:
+            print(f"[{i}/{len(folders)}] {_name(folder)}: {', '.join(missing)}", flush=True)
+            result = evaluate(folder, args.eval_size, missing)
+            entry = cache.setdefault(key, {"commit": git_commit()})
+            entry["metrics"] = entry.get("metrics", {}) | result.pop("metrics")
+            entry.update(result)
+            entry.setdefault("commits", {}).update({delta: git_commit() for delta in missing})
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(cache, indent=2) + "\n")  # a resumable cache: one run at a time
-    rows = []
+    rows, local_rows = [], []
     for folder in folders:
-        key = _key(folder)
-        result = cache[key]
-        row, ex = result["metrics"]["row"], result["metrics"]["example"]
-        rows.append([_name(folder).replace("/runs/", " · "), "per example" if _trained_per_example(folder) else "per row",
-                     result["examples"],
-                     f"{100 * row['accuracy']:.1f} → {100 * ex['accuracy']:.1f}", f"{100 * row['ece']:.1f} → {100 * ex['ece']:.1f}",
-                     f"{row['nll']:.3f} → {ex['nll']:.3f}", interval_text(result["delta"]["nll"]),
+        result = cache[_key(folder)]
+        name = _name(folder).replace("/runs/", " · ")
+        rows.append([name, "per example" if _trained_per_example(folder) else "per row", result["examples"],
+                     *_cell(result["metrics"], "row", "example"), interval_text(result["delta"]["nll"]),
                      interval_text(result["delta"]["ece"], scale=100, digits=1)])
+        local_rows.append([name, _local_noise(folder), result["examples"],
+                           *_cell(result["metrics"], "example", "example+local"), interval_text(result["delta_local"]["nll"]),
+                           interval_text(result["delta_local"]["ece"], scale=100, digits=1)])
     command = "python benchmarks/global_draw.py" + (" --quick" if args.quick else "")
     meta = {"commit": git_commit(), "hardware": hardware(),
-            "cell_commits": sorted({cache[_key(f)]["commit"] for f in folders})}
+            "cell_commits": sorted({commit for f in folders for commit in
+                                    [cache[_key(f)]["commit"], *cache[_key(f)].get("commits", {}).values()]})}
     lines = header("Global gate drawn per choice row vs per example (multiple-choice tasks)", meta, time.time() - start, command)
     lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
               "Each cell: per row → per example. Δ = per example − per row, 95% paired bootstrap interval.", ""]
     lines += table(["run", "trained with draws", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], rows)
+    lines += ["", "### The local gates' uniforms shared by an example's choices (`local_noise`)", "",
+              "The same runs with the global draw per example, evaluated with the local gates drawn per choice row → "
+              "from uniforms shared by the example's choices (`BaRAConfig.local_noise=\"example\"`: each choice keeps "
+              "its own keep-probabilities, so only the coupling of the draws changes). Δ = shared − per row.", ""]
+    lines += table(["run", "trained with local noise", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], local_rows)
     write_md(md_path, lines)
     print(md_path.read_text())
 
