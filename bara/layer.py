@@ -151,8 +151,9 @@ class BaRALinear(nn.Module):
         stochastic = self.training
         log_pi = log_1m_pi = None
         # on multiple-choice inputs an example's choice rows share one global draw (``global_draw``). The
-        # `constant` control stays per row: it stands in for the joint gate z = g·l, whose randomness is
-        # mostly the local part (E π ≈ 1 for most factors), drawn per row since each choice is its own input
+        # `constant` control draws like the local gates (per row, or from shared uniforms under
+        # ``local_noise``): it stands in for the joint gate z = g·l, whose randomness is mostly the local
+        # part (E π ≈ 1 for most factors)
         draws, choices = self._global_draws(logits.shape[0]) if global_kind == "sample" else (logits.shape[0], 1)
         noise = self._local_uniforms(logits) if local_kind == "sample" or global_kind == "constant" else None
         if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
@@ -165,7 +166,6 @@ class BaRALinear(nn.Module):
                                     global_kind, stats, noise)
         else:
             shape = (draws, logits.shape[1])
-            # the constant control's draws follow the local noise: it stands in for the joint gate
             g = _per_row(self._one_gate(global_kind, lambda: (log_pi - log_1m_pi).expand(shape), expected_pi.expand(shape),
                                         torch.exp(log_pi).expand(shape) if log_pi is not None else None, stochastic,
                                         noise if global_kind == "constant" else None), choices)
