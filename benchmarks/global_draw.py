@@ -8,8 +8,8 @@ saved adapters of the suite's BaRA runs on the multiple-choice tasks (those trai
 were set aside under ``benchmarks/out/stale-global-draw``; both folders are read), and evaluates each both ways at S = 10 on the same examples with the same seed: accuracy, ECE and NLL, and
 the paired 95% bootstrap interval of ΔNLL (per example − per row; negative: sharing the draw is better).
 Only the evaluation changes here; the table says how each run drew its relaxed global gates in training.
-A second table compares, with the global draw per example, the local gates drawn per choice row and from
-uniforms shared by the example's choices (``BaRAConfig.local_noise``).
+With ``--local-noise`` a second table (page ``local-noise.md``) compares, with the global draw per example,
+the local gates drawn per choice row and from uniforms shared by the example's choices (``BaRAConfig.local_noise``).
 
     python benchmarks/global_draw.py
     python benchmarks/global_draw.py --quick        # one WinoGrande-S run, 200 examples
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-size", type=int, default=None, help="evaluation examples (default: the run's own)")
     parser.add_argument("--root", type=Path, action="append",
                         help=f"folder(s) holding suite tasks' runs (default: {OUT} and {STALE}; repeat to give several)")
+    parser.add_argument("--local-noise", action="store_true",
+                        help="also compare the local gates per choice row vs from shared uniforms (BaRAConfig.local_noise); "
+                             "the page is then results/local-noise.md")
     parser.add_argument("--quick", action="store_true", help="one WinoGrande-S BaRA run, 200 examples")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -121,12 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     if not folders:
         raise SystemExit(f"no finished BaRA run with a saved adapter under {', '.join(map(str, roots))} "
                          f"for tasks {tasks}, methods {methods}")
-    json_path, md_path, _ = result_paths("global-draw", args.quick)
+    json_path, md_path, _ = result_paths("global-draw", args.quick)  # one cache for both pages
+    if args.local_noise:
+        md_path = result_paths("local-noise", args.quick)[1]
+    wanted = list(DELTAS) if args.local_noise else ["delta"]
     cache = json.loads(json_path.read_text()) if json_path.exists() else {}
     start = time.time()
     for i, folder in enumerate(folders, 1):
         key = _key(folder)
-        missing = [delta for delta in DELTAS if delta not in cache.get(key, {})]
+        missing = [delta for delta in wanted if delta not in cache.get(key, {})]
         if missing:
             print(f"[{i}/{len(folders)}] {_name(folder)}: {', '.join(missing)}", flush=True)
             result = evaluate(folder, args.eval_size, missing)
@@ -143,10 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([name, "per example" if _trained_per_example(folder) else "per row", result["examples"],
                      *_cell(result["metrics"], "row", "example"), interval_text(result["delta"]["nll"]),
                      interval_text(result["delta"]["ece"], scale=100, digits=1)])
-        local_rows.append([name, _local_noise(folder), result["examples"],
-                           *_cell(result["metrics"], "example", "example+local"), interval_text(result["delta_local"]["nll"]),
-                           interval_text(result["delta_local"]["ece"], scale=100, digits=1)])
-    command = "python benchmarks/global_draw.py" + (" --quick" if args.quick else "")
+        if args.local_noise:
+            local_rows.append([name, _local_noise(folder), result["examples"],
+                               *_cell(result["metrics"], "example", "example+local"), interval_text(result["delta_local"]["nll"]),
+                               interval_text(result["delta_local"]["ece"], scale=100, digits=1)])
+    command = shlex.join(["python", "benchmarks/global_draw.py", *(sys.argv[1:] if argv is None else argv)])
     meta = {"commit": git_commit(), "hardware": hardware(),
             "cell_commits": sorted({commit for f in folders for commit in
                                     [cache[_key(f)]["commit"], *cache[_key(f)].get("commits", {}).values()]})}
@@ -154,11 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
               "Each cell: per row → per example. Δ = per example − per row, 95% paired bootstrap interval.", ""]
     lines += table(["run", "trained with draws", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], rows)
-    lines += ["", "### The local gates' uniforms shared by an example's choices (`local_noise`)", "",
-              "The same runs with the global draw per example, evaluated with the local gates drawn per choice row → "
-              "from uniforms shared by the example's choices (`BaRAConfig.local_noise=\"example\"`: each choice keeps "
-              "its own keep-probabilities, so only the coupling of the draws changes). Δ = shared − per row.", ""]
-    lines += table(["run", "trained with local noise", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], local_rows)
+    if local_rows:
+        lines += ["", "### The local gates' uniforms shared by an example's choices (`local_noise`)", "",
+                  "The same runs with the global draw per example, evaluated with the local gates drawn per choice row → "
+                  "from uniforms shared by the example's choices (`BaRAConfig.local_noise=\"example\"`: each choice keeps "
+                  "its own keep-probabilities, so only the coupling of the draws changes). Δ = shared − per row.", ""]
+        lines += table(["run", "trained with local noise", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"],
+                       local_rows)
     write_md(md_path, lines)
     print(md_path.read_text())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 TARGET = ROOT.parent / "docs" / "RESULTS.md"
-ORDER = ["demo.md", "suite.md", "suite-quick.md", "global-draw.md", "c7.md", "c7-rho0.md", "c7-levers.md", "c7-mixture.md", "c7-mixture-seed2.md", "c7-mixture-seeds.md", "c7-mixture-levers.md", "c7-mixture-gates.md", "c7-mixture-refit.md", "c7-mixture-refit-log.md", "c7-sst2-n2048.md", "c7-multitask.md", "c7-multitask-e10.md", "c7-multitask-e10-lever.md", "c7-multitask-mc-noise.md", "c7-dropout.md", "c7-adapter-dropout.md", "gate-decomposition.md", "c7-synthetic.md", "cost.md", "eval-order.md", "synthetic.md", "gpu.md"]
+ORDER = ["demo.md", "suite.md", "suite-quick.md", "global-draw.md", "local-noise.md", "c7.md", "c7-rho0.md", "c7-levers.md", "c7-mixture.md", "c7-mixture-seed2.md", "c7-mixture-seeds.md", "c7-mixture-levers.md", "c7-mixture-gates.md", "c7-mixture-refit.md", "c7-mixture-refit-log.md", "c7-sst2-n2048.md", "c7-multitask.md", "c7-multitask-e10.md", "c7-multitask-e10-lever.md", "c7-multitask-mc-noise.md", "c7-dropout.md", "c7-adapter-dropout.md", "gate-decomposition.md", "c7-synthetic.md", "cost.md", "eval-order.md", "synthetic.md", "gpu.md"]
 
 
 def main() -> None:
