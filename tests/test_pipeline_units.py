@@ -843,23 +843,25 @@ def _open_global_gates_halfway(model: bara.BaRAModel) -> None:
             layer.global_gate.b_raw.fill_(0.5413)
 
 
-@pytest.mark.parametrize("draw", ["example", "row"])
-def test_an_examples_choices_share_one_global_gate_draw(draw):
+@pytest.mark.parametrize("share", ["example", "row"])
+@pytest.mark.parametrize("option, mode", [("global_draw", "global"), ("local_noise", "local")])
+def test_an_examples_choices_share_their_gate_draws(option, mode, share):
+    """``global_draw`` shares the global gate's draw, ``local_noise`` the local gates' uniforms."""
     model, ds, collator = build_head("multiple_choice")
     unsaturate(model)
     _open_global_gates_halfway(model)
     for _, layer in model.bara_layers():
-        layer.global_draw = draw
+        setattr(layer, option, share)
     batch = _copies_of_first_choice(collator(ds.items[:4]))
     real = batch["choice_mask"]
     model.eval()
     torch.manual_seed(0)
-    with torch.no_grad(), bara.gate_mode(model, "global"):  # local gates 1: only the global draw is random
+    with torch.no_grad(), bara.gate_mode(model, mode):  # the other gates open: only this draw is random
         logits = torch.stack([model(**batch).logits for _ in range(5)])  # [S, B, C] (the tiny head scores ~5e-3)
     spread = ((logits - logits[..., :1]).abs() * real).amax(-1)  # largest gap between identical real choices
-    assert logits[:, real].std(0).min() > 1e-5  # the global draws do move every score
-    if draw == "example":
-        assert spread.max() < 1e-8  # one adapter sample scores all choices of an example
+    assert logits[:, real].std(0).min() > 1e-5  # the draws do move every score
+    if share == "example":
+        assert spread.max() < 1e-8  # one sample scores all (identical) choices of an example alike
     else:
         assert spread.min() > 1e-5
 
@@ -880,26 +882,6 @@ def test_global_gate_is_drawn_per_example_in_training_too():
     context.choice_rows = None  # a plain classification batch: one draw per row
     z = layer._gate(torch.randn(24, 16)).view(6, 4, 8)
     assert (z - z[:, :1]).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("noise", ["example", "row"])
-def test_an_examples_choices_share_the_local_gates_uniforms(noise):
-    model, ds, collator = build_head("multiple_choice")
-    unsaturate(model)
-    for _, layer in model.bara_layers():
-        layer.local_noise = noise
-    batch = _copies_of_first_choice(collator(ds.items[:4]))
-    real = batch["choice_mask"]
-    model.eval()
-    torch.manual_seed(0)
-    with torch.no_grad(), bara.gate_mode(model, "local"):  # global gates 1: only the local draws are random
-        logits = torch.stack([model(**batch).logits for _ in range(5)])
-    spread = ((logits - logits[..., :1]).abs() * real).amax(-1)
-    assert logits[:, real].std(0).min() > 1e-5  # the local draws do move every score
-    if noise == "example":
-        assert spread.max() < 1e-8  # identical choices: identical probabilities, shared uniforms, same factors
-    else:
-        assert spread.min() > 1e-5
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
