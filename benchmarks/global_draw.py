@@ -34,6 +34,8 @@ from suite import OUT  # noqa: E402
 
 STALE = OUT.parent / "stale-global-draw"  # where the suite's runs trained with per-row draws were set aside
 
+from bara.config import BaRAConfig  # noqa: E402
+from bara.io import CONFIG_NAME  # noqa: E402
 from bara.layer import BaRALinear  # noqa: E402
 from bara.metrics import accuracy, expected_calibration_error, negative_log_likelihood, paired_bootstrap  # noqa: E402
 from bara.compare import eval_protocol  # noqa: E402
@@ -72,8 +74,8 @@ def _trained_per_example(folder: Path) -> bool:
 
 def _local_noise(folder: Path) -> str:
     """How the run drew its relaxed local gates in training (its saved config; older adapters: per row)."""
-    config = json.loads((folder / "adapter" / "bara_config.json").read_text())
-    return "shared" if config.get("local_noise", "row") == "example" else "per row"
+    config = BaRAConfig.load(folder / "adapter" / CONFIG_NAME)
+    return "shared" if config.local_noise == "example" else "per row"
 
 
 def evaluate(folder: Path, eval_size: int | None, deltas: list[str]) -> dict:
