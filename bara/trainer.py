@@ -76,7 +76,13 @@ def _split_off_group(optimizer: torch.optim.Optimizer, params: list[nn.Parameter
     for group in groups:
         group["params"] = [p for p in group["params"] if id(p) not in wanted]
     optimizer.param_groups[:] = [group for group in groups if group["params"]]
-    optimizer.add_param_group({"params": list(params), **options})
+    # one group per device mesh, as Trainer splits its own groups: fused and foreach kernels cannot
+    # take DTensors of different meshes (expert parallelism, 2-D FSDP) in one call
+    by_mesh: dict[object, list[nn.Parameter]] = {}
+    for p in params:
+        by_mesh.setdefault(getattr(p, "device_mesh", None), []).append(p)
+    for same_mesh in by_mesh.values():
+        optimizer.add_param_group({"params": same_mesh, **options})
 
 
 class NonFiniteLossError(ValueError):

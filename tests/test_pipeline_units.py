@@ -744,6 +744,33 @@ def test_gate_regrouping_refuses_an_optimizer_that_does_not_hold_the_gates():
     assert [len(group["params"]) for group in optimizer.param_groups] == [1]
 
 
+def test_gate_regrouping_keeps_each_device_mesh_in_a_group_of_its_own():
+    """Gates sharded on two device meshes (expert parallelism, 2-D FSDP) land in one group per
+    mesh, as Trainer splits its own groups: fused kernels cannot mix meshes in one call."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    from bara.trainer import _split_off_group
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        meshes = [init_device_mesh("cpu", (1,), mesh_dim_names=(name,)) for name in ("dp", "ep")]
+        gates = [nn.Parameter(distribute_tensor(torch.zeros(2), mesh, [Replicate()])) for mesh in meshes * 2]
+        factor = nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.AdamW([{"params": [factor, *gates], "weight_decay": 0.1}], lr=0.1)
+        _split_off_group(optimizer, gates, optim="adamw_torch", lr=1.0, weight_decay=0.0)
+        gate_groups = [group for group in optimizer.param_groups if group["lr"] == 1.0]
+        assert [len(group["params"]) for group in gate_groups] == [2, 2]
+        assert all(len({p.device_mesh.mesh_dim_names for p in group["params"]}) == 1 for group in gate_groups)
+        assert [group["params"] for group in optimizer.param_groups if group["lr"] == 0.1] == [[factor]]
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
 def test_trainer_loads_the_best_checkpoint_at_the_end(tmp_path):
     from safetensors.torch import load_file
 
