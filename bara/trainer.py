@@ -243,12 +243,20 @@ class BaRATrainer(Trainer):
         would pull the Kumaraswamy parameters and W_g towards 0 as well), at the multiplied rate.
         """
         fresh = self.optimizer is None
-        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         bara_model = self._bara_model()
-        if fresh and bara_model is not None and (self.gate_lr_multiplier != 1.0 or self.args.weight_decay):
+        regroup = fresh and bara_model is not None and (self.gate_lr_multiplier != 1.0 or self.args.weight_decay)
+        optim = str(getattr(self.args.optim, "value", self.args.optim))  # "adamw_torch", not "OptimizerNames.…"
+        if regroup and "lomo" in optim:
+            # LOMO and AdaLomo update every parameter inside backward at one rate: a group of the
+            # gates' own would be ignored silently
+            raise ValueError(f"optim={optim!r} updates all parameters at one rate, so the BaRA gates "
+                             "cannot get their own group (gate_lr_multiplier, no weight decay); use an optimizer "
+                             "such as adamw_torch, or set gate_lr_multiplier=1 and weight_decay=0")
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if regroup:
             gates = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." in n]
             _split_off_group(optimizer, gates, lr=self.args.learning_rate * self.gate_lr_multiplier,
-                             weight_decay=0.0, optim=str(self.args.optim))
+                             weight_decay=0.0, optim=optim)
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -744,6 +744,13 @@ def test_gate_regrouping_refuses_an_optimizer_that_does_not_hold_the_gates():
     assert [len(group["params"]) for group in optimizer.param_groups] == [1]
 
 
+@pytest.mark.parametrize("optim", ["lomo", "adalomo"])
+def test_gate_regrouping_refuses_the_optimizers_that_update_inside_backward(tmp_path, optim):
+    trainer = _bara_trainer(tmp_path, max_steps=1, save_strategy="no", optim=optim, gate_lr_multiplier=5.0)
+    with pytest.raises(ValueError, match=f"optim='{optim}' updates all parameters at one rate"):
+        trainer.create_optimizer()
+
+
 def test_gate_regrouping_keeps_each_device_mesh_in_a_group_of_its_own():
     """Gates sharded on two device meshes (expert parallelism, 2-D FSDP) land in one group per
     mesh, as Trainer splits its own groups: fused kernels cannot mix meshes in one call."""
