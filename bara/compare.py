@@ -38,8 +38,36 @@ RESULT_VERSION = 2
 # transformers' attention modules stayed in eval mode). Pages flag older MC-dropout results.
 # 3: on multiple-choice tasks BaRA draws its global gate once per example, shared by the choices
 # (`BaRAConfig.global_draw`); before, once per choice row. Pages flag older BaRA results of such tasks.
-EVAL_PROTOCOL = 3
+# 4: on multiple-choice tasks an example's choice rows draw BaRA's local gates from shared uniforms
+# (`BaRAConfig.local_noise` default "example"; before, "row").
+EVAL_PROTOCOL = 4
+# `BaRAConfig` defaults that a protocol changed, with the value they had before it: a run finished under
+# an older protocol was trained with these values wherever its options did not set them
+CHANGED_DEFAULTS: dict[int, dict[str, Any]] = {4: {"local_noise": "row"}}
 _RESCORED_METHODS = ("bara-global", "bara-local")
+
+
+def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_PROTOCOL) -> dict[str, Any]:
+    """The `BaRAConfig` fields (as a dict) a run of ``method`` with ``options`` trains with under
+    ``protocol``: the defaults of that protocol (`CHANGED_DEFAULTS`), then the run's own ``config``.
+    Empty for methods without a `BaRAConfig`.
+
+    Example:
+        >>> effective_config("bara", {}, protocol=3)["local_noise"]
+        'row'
+        >>> effective_config("bara", {"config": {"local_noise": "row"}})["local_noise"]
+        'row'
+    """
+    from .config import BaRAConfig
+    from .methods import METHODS
+
+    if "config" not in {f.name for f in dataclasses.fields(METHODS[method])}:
+        return {}
+    fields = dataclasses.asdict(BaRAConfig())
+    for changed_at in sorted(CHANGED_DEFAULTS, reverse=True):
+        if protocol < changed_at:
+            fields |= CHANGED_DEFAULTS[changed_at]
+    return fields | dict(options.get("config") or {})
 
 
 def eval_protocol(folder: Path) -> int | None:

@@ -100,15 +100,16 @@ class BaRAConfig:
             every choice with the same adapter, as one weight draw of BLoB does; the local gates
             stay per choice, since each choice is its own input. ``"row"`` draws per choice row
             (the behaviour before this option existed; kept to measure what it changes).
-        local_noise: on multiple-choice inputs, ``"example"`` draws the local gates of an
+        local_noise: on multiple-choice inputs, ``"example"`` (default) draws the local gates of an
             example's choice rows from shared uniforms, ``z_ck = 1[u_k < q_ck]`` (common random
             numbers; the relaxed draw shares its logistic noise the same way). Each choice keeps
             its own context-dependent probability q_ck and the same marginal distribution, but one
             Monte-Carlo sample no longer scores the choices with independently dropped factors:
             where their probabilities agree, they keep the same factors, so the sampling noise
             does not fall on the difference between the choices' scores. The constant-gate control
-            (check C7) shares its uniforms the same way. ``"row"`` (default) draws each choice row
-            independently.
+            (check C7) shares its uniforms the same way. ``"row"`` draws each choice row
+            independently (the default until `bara.compare.EVAL_PROTOCOL` 4; the README gives
+            the paired runs that decided the change).
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
         prune_threshold: factors with E π below this are dropped when saving (not with
@@ -140,7 +141,7 @@ class BaRAConfig:
     context_dependent: bool = True
     center_gate_input: bool = False
     global_draw: str = "example"
-    local_noise: str = "row"
+    local_noise: str = "example"
     kuma_a_init: float = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0

@@ -270,28 +270,53 @@ def _is_multiple_choice(task: str) -> bool:
     return load_task(task).kind == "multiple_choice"
 
 
+def _multiple_choice_bara_runs(entry: dict, without: str):
+    """``(label, seed, folder, run spec)`` of the finished BaRA runs of a multiple-choice encoder task
+    whose label does not start with ``without`` (the variant lacking the gate in question); the
+    causal LM reads all choices in one sequence, so its runs are never multiple-choice rows."""
+    from bara.compare import run_dir
+
+    for name in entry["summary"]:
+        if not name.startswith("bara") or name.startswith(without) or " [" in name or "→" in name:
+            continue
+        for seed in entry["seeds"]:
+            folder = run_dir(entry["folder"], name, seed)
+            if not (folder / "done.json").exists():
+                continue
+            run = json.loads((folder / "run.json").read_text())
+            if run["model"] != CAUSAL_MODEL and _is_multiple_choice(run["task"]):
+                yield name, seed, folder, run
+
+
 def _global_draw_lines(entry: dict) -> list[str]:
     """Name the BaRA runs of a multiple-choice task made before the global gate was drawn once per
     example (`bara.compare.EVAL_PROTOCOL` 3): each choice row drew its own, so one Monte-Carlo sample
     scored an example's choices with different adapters."""
-    from bara.compare import eval_protocol, run_dir
+    from bara.compare import eval_protocol
 
-    old = []
-    for name in entry["summary"]:
-        if not name.startswith("bara") or name.startswith("bara-local") or " [" in name or "→" in name:  # bara-local: no global gate
-            continue
-        for seed in entry["seeds"]:
-            folder = run_dir(entry["folder"], name, seed)
-            if (eval_protocol(folder) or 3) >= 3:  # unfinished, or drawn per example
-                continue
-            run = json.loads((folder / "run.json").read_text())  # the causal LM reads all choices in one sequence
-            if run["model"] != CAUSAL_MODEL and _is_multiple_choice(run["task"]):
-                old.append(f"{name} s{seed}")
+    old = [f"{name} s{seed}" for name, seed, folder, _ in _multiple_choice_bara_runs(entry, without="bara-local")
+           if eval_protocol(folder) < 3]  # bara-local has no global gate
     if not old:
         return []
     return [f"Trained and evaluated with the global gate drawn per choice row, not per example (before "
             f"`BaRAConfig.global_draw`): {', '.join(old)}. To be retrained; `benchmarks/global_draw.py` measures "
             "what the evaluation part changes on the saved BaRA adapters among them.", ""]
+
+
+def _local_noise_lines(entry: dict) -> list[str]:
+    """Name the BaRA runs of a multiple-choice task whose label promises the current default
+    `BaRAConfig.local_noise` ("example", `bara.compare.EVAL_PROTOCOL` 4) but that were trained
+    before it, with each choice row drawing its local gates alone."""
+    from bara.compare import effective_config, eval_protocol
+
+    old = [f"{name} s{seed}" for name, seed, folder, run in _multiple_choice_bara_runs(entry, without="bara-global")
+           if effective_config(run["method"], run.get("method_options") or {}, eval_protocol(folder))["local_noise"]
+           != effective_config(run["method"], run.get("method_options") or {})["local_noise"]]  # bara-global: no local gate
+    if not old:
+        return []
+    return [f"Trained with the local gates of each choice row drawn alone (`BaRAConfig.local_noise=\"row\"`, the "
+            f"default before protocol 4), not from uniforms the example's choices share: {', '.join(old)}. Such runs "
+            "are `bara[local_noise=row]` runs (`benchmarks/relabel_runs.py` files them so).", ""]
 
 
 def _confidence_lines(entry: dict) -> list[str]:
@@ -374,7 +399,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
-        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _global_draw_lines(entry) + _confidence_lines(entry) + _c7_lines(entry)
+        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _global_draw_lines(entry) + _local_noise_lines(entry) + _confidence_lines(entry) + _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -666,3 +667,72 @@ def test_suite_names_the_bara_runs_of_multiple_choice_tasks_drawn_per_choice_row
     assert suite._global_draw_lines({"summary": {"bara": {}}, "folder": tmp_path / "sst2", "seeds": [1]}) == []
     run("bara", 1, "obqa", model=suite.CAUSAL_MODEL)  # the causal LM reads every choice in one sequence
     assert suite._global_draw_lines({"summary": {"bara": {}}, "folder": tmp_path / "obqa", "seeds": [1]}) == []
+
+
+def test_suite_names_the_bara_runs_trained_before_the_local_noise_default_changed(tmp_path):
+    from bara.compare import EVAL_PROTOCOL, parse_method, run_dir
+
+    suite = _benchmark("suite")
+
+    def run(label, seed, protocol, task="obqa"):
+        method, options = parse_method(label)
+        folder = run_dir(tmp_path / task, label, seed)
+        folder.mkdir(parents=True)
+        (folder / "done.json").write_text(json.dumps({"method": label, "eval_protocol": protocol}))
+        (folder / "run.json").write_text(json.dumps({"task": task, "model": "minilm", "method": method,
+                                                     "method_options": options}))
+
+    run("bara", 1, 3)  # the label promises shared uniforms; the run drew per row (the old default)
+    run("bara", 2, EVAL_PROTOCOL)
+    run("bara[local_noise=row]", 1, 3)  # says what it did
+    run("bara[local_noise=example]", 1, 3)
+    run("bara-global", 1, 3)  # no local gates
+    entry = {"summary": {name: {} for name in ("bara", "bara[local_noise=row]", "bara[local_noise=example]", "bara-global")},
+             "folder": tmp_path / "obqa", "seeds": [1, 2]}
+    (line, _) = suite._local_noise_lines(entry)
+    assert 'local_noise="row"' in line and ": bara s1. Such runs" in line
+    run("bara", 1, 3, task="sst2")  # one sequence per example: nothing to share
+    assert suite._local_noise_lines({"summary": {"bara": {}}, "folder": tmp_path / "sst2", "seeds": [1]}) == []
+
+
+def test_relabel_runs_files_each_run_under_the_label_of_its_settings_once(tmp_path, monkeypatch):
+    """After the local_noise default changed: bara trained per row → bara[local_noise=row], the spelled-out
+    new default → bara; the records follow, a second invocation moves nothing, a mismatch moves nothing."""
+    from bara.compare import EVAL_PROTOCOL, parse_method, run_dir
+
+    relabel = _benchmark("relabel_runs")
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    monkeypatch.setattr(relabel, "OUT", out)
+    monkeypatch.setattr(relabel, "ARCHIVE", archive)
+    monkeypatch.setattr(relabel, "GLOBAL_DRAW_CACHE", tmp_path / "absent.json")
+
+    def run(root, label, seed, protocol, nll):
+        method, options = parse_method(label)
+        folder = run_dir(root / "obqa", label, seed)
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"method": method, "method_options": options, "seed": seed}))
+        (folder / "done.json").write_text(json.dumps({"method": label, "eval_protocol": protocol, "eval": {"nll": nll},
+                                                      "extra": {f"{label} [mean mode]": {"nll": nll}}}))
+
+    for root in (out, archive):
+        run(root, "bara", 1, 3, 1.25)  # the old default: per row
+        run(root, "bara[local_noise=example]", 1, 3, 1.19)
+    assert [m[1:] for m in relabel.plan(["obqa"])] == [("bara", "bara[local_noise=row]", 1),
+                                                        ("bara[local_noise=example]", "bara", 1)]
+    monkeypatch.setattr(sys, "argv", ["relabel_runs.py", "--tasks", "obqa"])
+    relabel.main()
+    for root in (out, archive):
+        bare = json.loads((run_dir(root / "obqa", "bara", 1) / "done.json").read_text())
+        row = json.loads((run_dir(root / "obqa", "bara[local_noise=row]", 1) / "done.json").read_text())
+        assert (bare["eval"]["nll"], bare["method"], bare["relabelled_from"]) == (1.19, "bara", "bara[local_noise=example]")
+        assert list(bare["extra"]) == ["bara [mean mode]"] and bare["eval_protocol"] == EVAL_PROTOCOL
+        assert (row["eval"]["nll"], list(row["extra"])) == (1.25, ["bara[local_noise=row] [mean mode]"])
+        assert json.loads((run_dir(root / "obqa", "bara[local_noise=row]", 1) / "run.json").read_text())[
+            "method_options"] == {"config": {"local_noise": "row"}}
+        assert not run_dir(root / "obqa", "bara[local_noise=example]", 1).parent.exists()
+    assert relabel.plan(["obqa"]) == []  # filed already
+    run(out, "bara[local_noise=example]", 2, 3, 1.2)
+    (run_dir(out / "obqa", "bara[local_noise=example]", 2) / "run.json").write_text(
+        json.dumps({"method": "bara", "method_options": {}, "seed": 2}))  # its records say per row after all
+    with pytest.raises(SystemExit, match="trained with local_noise='row', not the settings of 'bara'"):
+        relabel.plan(["obqa"])
