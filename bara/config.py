@@ -225,11 +225,18 @@ class BaRAConfig:
     def from_dict(cls, data: dict[str, Any]) -> "BaRAConfig":
         return dataclass_from_dict(cls, data)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "BaRAConfig":
+        """The config of a saved adapter: a field it lacks was added after it was saved, so it takes
+        the behaviour the adapter was trained with (`SAVED_BEFORE_FIELD`), not today's default."""
+        return cls.from_dict(SAVED_BEFORE_FIELD | data)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "BaRAConfig":
+        """Read a saved config (see `from_saved`); a one-line error names a broken file."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -237,7 +244,12 @@ class BaRAConfig:
             raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object of BaRAConfig fields")
-        return cls.from_dict(data)
+        return cls.from_saved(data)
+
+
+# fields added after adapters were first saved, with the behaviour an adapter saved without them had
+# (their defaults became "example" later: `bara.compare.EVAL_PROTOCOL` 3 and 4)
+SAVED_BEFORE_FIELD: dict[str, Any] = {"global_draw": "row", "local_noise": "row"}
 
 
 def _positive_finite(name: str, value: Any) -> None:

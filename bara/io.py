@@ -141,7 +141,7 @@ def read_adapter_files(path: str | os.PathLike, config_name: str = CONFIG_NAME) 
 def read_adapter(path: str | os.PathLike) -> tuple[BaRAConfig, dict[str, torch.Tensor]]:
     """Read and check a BaRA adapter directory without touching any model."""
     config, tensors = read_adapter_files(path)
-    return BaRAConfig.from_dict(config), tensors
+    return BaRAConfig.from_saved(config), tensors
 
 
 def copy_adapter_state(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: object) -> None:

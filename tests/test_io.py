@@ -39,6 +39,25 @@ def test_round_trip_is_bit_exact_in_mean_mode_and_writes_no_pickle(tmp_path):
         assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
 
 
+def test_an_adapter_saved_before_the_draw_options_existed_loads_with_the_draws_it_was_trained_with(tmp_path):
+    """``global_draw`` and ``local_noise`` came later with the default "example"; an adapter whose saved
+    config lacks them was trained drawing per choice row, and loads so. One that names them keeps them."""
+    import json
+
+    model = bara.get_bara_model(tiny_bert(), _config(local_noise="row"))
+    model.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "bara_config.json").read_text())
+    assert (saved["global_draw"], saved["local_noise"]) == ("example", "row")
+    old = {k: v for k, v in saved.items() if k not in ("global_draw", "local_noise")}
+    (tmp_path / "new" / "bara_config.json").rename(tmp_path / "kept.json")
+    (tmp_path / "new" / "bara_config.json").write_text(json.dumps(old))
+    loaded = bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "new")
+    assert {(layer.global_draw, layer.local_noise) for _, layer in loaded.bara_layers()} == {("row", "row")}
+    assert (loaded.bara_config.global_draw, loaded.bara_config.local_noise) == ("row", "row")
+    assert bara.BaRAConfig.load(tmp_path / "kept.json").global_draw == "example"
+    assert bara.BaRAConfig().local_noise == "example"  # what a new model gets
+
+
 @pytest.mark.parametrize("gate_input", ["x", "Ax"])
 def test_saving_prunes_dead_factors_without_moving_the_kept_gates(tmp_path, capsys, gate_input):
     ids, mask = padded_batch([6, 3], total=6, left=False)
