@@ -129,7 +129,7 @@ def _targets(summaries: dict) -> list[str]:
                   f"MC-dropout and, where it ran, the variant trained with constant gates), pooled over at least {C7_MIN_SEEDS} "
                   "seeds: a point estimate inside the evaluation noise is not a pass (the task's paired table above has the "
                   "ECE and AUROC intervals). On multiple-choice tasks MC-dropout draws its dropout masks per choice row, "
-                  "BaRA its global gate per example."]
+                  "BaRA its global gate per example and its local gates from uniforms the example's choices share."]
     return lines
 
 
