@@ -41,15 +41,12 @@ RESULT_VERSION = 2
 # 4: on multiple-choice tasks an example's choice rows draw BaRA's local gates from shared uniforms
 # (`BaRAConfig.local_noise` default "example"; before, "row").
 EVAL_PROTOCOL = 4
-# `BaRAConfig` defaults that a protocol changed, with the value they had before it: a run finished under
-# an older protocol was trained with these values wherever its options did not set them
-CHANGED_DEFAULTS: dict[int, dict[str, Any]] = {4: {"local_noise": "row"}}
 _RESCORED_METHODS = ("bara-global", "bara-local")
 
 
 def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_PROTOCOL) -> dict[str, Any]:
     """The `BaRAConfig` fields (as a dict) a run of ``method`` with ``options`` trains with under
-    ``protocol``: the defaults of that protocol (`CHANGED_DEFAULTS`), then the run's own ``config``.
+    ``protocol``: the defaults of that protocol (`bara.config.defaults_at`), then the run's own ``config``.
     Empty for methods without a `BaRAConfig`.
 
     Example:
@@ -58,16 +55,21 @@ def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_
         >>> effective_config("bara", {"config": {"local_noise": "row"}})["local_noise"]
         'row'
     """
-    from .config import BaRAConfig
+    from .config import defaults_at
     from .methods import METHODS
 
     if "config" not in {f.name for f in dataclasses.fields(METHODS[method])}:
         return {}
-    fields = dataclasses.asdict(BaRAConfig())
-    for changed_at in sorted(CHANGED_DEFAULTS, reverse=True):
-        if protocol < changed_at:
-            fields |= CHANGED_DEFAULTS[changed_at]
-    return fields | dict(options.get("config") or {})
+    return defaults_at(protocol) | dict(options.get("config") or {})
+
+
+def trained_config(folder: Path) -> dict[str, Any]:
+    """The `BaRAConfig` fields (as a dict) the finished run in ``folder`` was trained with: its
+    ``run.json`` options over the defaults of the protocol in its ``done.json``."""
+    from .pipeline import RUN_FILE
+
+    run = json.loads((Path(folder) / RUN_FILE).read_text())
+    return effective_config(run["method"], run.get("method_options") or {}, eval_protocol(folder))
 
 
 def eval_protocol(folder: Path) -> int | None:

@@ -228,8 +228,8 @@ class BaRAConfig:
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "BaRAConfig":
         """The config of a saved adapter: a field it lacks was added after it was saved, so it takes
-        the behaviour the adapter was trained with (`SAVED_BEFORE_FIELD`), not today's default."""
-        return cls.from_dict(SAVED_BEFORE_FIELD | data)
+        the behaviour the adapter was trained with (its first value, `defaults_at(1)`), not today's default."""
+        return cls.from_dict(defaults_at(1) | data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -247,9 +247,23 @@ class BaRAConfig:
         return cls.from_saved(data)
 
 
-# fields added after adapters were first saved, with the behaviour an adapter saved without them had
-# (their defaults became "example" later: `bara.compare.EVAL_PROTOCOL` 3 and 4)
-SAVED_BEFORE_FIELD: dict[str, Any] = {"global_draw": "row", "local_noise": "row"}
+# defaults that changed, keyed by the `bara.compare.EVAL_PROTOCOL` that changed them, with the value they had
+# before (global_draw did not exist before protocol 3: every choice row drew its own, i.e. "row")
+CHANGED_DEFAULTS: dict[int, dict[str, Any]] = {3: {"global_draw": "row"}, 4: {"local_noise": "row"}}
+
+
+def defaults_at(protocol: int) -> dict[str, Any]:
+    """The `BaRAConfig` defaults (as a dict) under `bara.compare.EVAL_PROTOCOL` ``protocol``.
+
+    Example:
+        >>> defaults_at(3)["local_noise"], defaults_at(4)["local_noise"]
+        ('row', 'example')
+    """
+    fields = dataclasses.asdict(BaRAConfig())
+    for changed_at in sorted(CHANGED_DEFAULTS, reverse=True):  # the oldest value of a field wins
+        if protocol < changed_at:
+            fields |= CHANGED_DEFAULTS[changed_at]
+    return fields
 
 
 def _positive_finite(name: str, value: Any) -> None:

@@ -1,6 +1,6 @@
 """File finished suite runs under the method label that now names their settings, after a default changed.
 
-When a `BaRAConfig` default changes (`bara.compare.CHANGED_DEFAULTS`), two kinds of finished runs
+When a `BaRAConfig` default changes (`bara.config.CHANGED_DEFAULTS`), two kinds of finished runs
 sit under the wrong label: runs of the bare method (``bara``) trained with the old default, and
 runs of the variant that spelled the new default out (``bara[local_noise=example]``). Retraining
 them would reproduce the same numbers (same settings, same seed), so this script moves them instead:
@@ -29,16 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import ARCHIVE, OUT  # noqa: E402
 
-from bara.compare import EVAL_PROTOCOL, effective_config, parse_method, run_dir  # noqa: E402
+from bara.compare import EVAL_PROTOCOL, effective_config, parse_method, run_dir, trained_config  # noqa: E402
 
 MOVES = (("bara", "bara[local_noise=row]"), ("bara[local_noise=example]", "bara"))  # in this order
 GLOBAL_DRAW_CACHE = Path(__file__).resolve().parent / "results" / "global-draw.json"  # keyed by run folder name
-
-
-def _trained_config(folder: Path) -> dict:
-    """The BaRA settings a finished run was trained with: its options over the defaults of its protocol."""
-    run, done = json.loads((folder / "run.json").read_text()), json.loads((folder / "done.json").read_text())
-    return effective_config(run["method"], run.get("method_options") or {}, done.get("eval_protocol", 1))
 
 
 def _relabel_records(folder: Path, old: str, new: str) -> None:
@@ -61,12 +55,13 @@ def plan(tasks: list[str]) -> list[tuple[str, str, str, int]]:
     for task in tasks:
         vacated: set[tuple[str, int]] = set()  # (label, seed) folders an earlier move of this task empties
         for old, new in MOVES:
+            promised, wanted = (effective_config(*parse_method(label)) for label in (old, new))
             for source in sorted(run_dir(_root(task), old, 1).parent.glob("seed*")):
                 if not (source / "done.json").exists():
                     continue
                 seed = int(source.name.removeprefix("seed"))
-                trained, wanted = _trained_config(source), effective_config(*parse_method(new), EVAL_PROTOCOL)
-                if trained == effective_config(*parse_method(old), EVAL_PROTOCOL) and trained != wanted:
+                trained = trained_config(source)
+                if trained == promised and trained != wanted:
                     continue  # its label already says how it was trained (filed by an earlier invocation)
                 if trained != wanted:
                     diff = sorted(k for k in wanted if trained.get(k) != wanted[k])

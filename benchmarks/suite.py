@@ -288,14 +288,21 @@ def _multiple_choice_bara_runs(entry: dict, without: str):
                 yield name, seed, folder, run
 
 
+def _trained_before_default(entry: dict, field: str, without: str) -> list[str]:
+    """``label sN`` of the finished BaRA runs of a multiple-choice encoder task (labels not starting with
+    ``without``) that trained ``field`` with another value than their label gives it today: made before
+    its default changed (`bara.config.CHANGED_DEFAULTS`)."""
+    from bara.compare import effective_config, trained_config
+
+    return [f"{name} s{seed}" for name, seed, folder, run in _multiple_choice_bara_runs(entry, without)
+            if trained_config(folder)[field] != effective_config(run["method"], run.get("method_options") or {})[field]]
+
+
 def _global_draw_lines(entry: dict) -> list[str]:
     """Name the BaRA runs of a multiple-choice task made before the global gate was drawn once per
     example (`bara.compare.EVAL_PROTOCOL` 3): each choice row drew its own, so one Monte-Carlo sample
     scored an example's choices with different adapters."""
-    from bara.compare import eval_protocol
-
-    old = [f"{name} s{seed}" for name, seed, folder, _ in _multiple_choice_bara_runs(entry, without="bara-local")
-           if eval_protocol(folder) < 3]  # bara-local has no global gate
+    old = _trained_before_default(entry, "global_draw", without="bara-local")  # bara-local has no global gate
     if not old:
         return []
     return [f"Trained and evaluated with the global gate drawn per choice row, not per example (before "
@@ -307,11 +314,7 @@ def _local_noise_lines(entry: dict) -> list[str]:
     """Name the BaRA runs of a multiple-choice task whose label promises the current default
     `BaRAConfig.local_noise` ("example", `bara.compare.EVAL_PROTOCOL` 4) but that were trained
     before it, with each choice row drawing its local gates alone."""
-    from bara.compare import effective_config, eval_protocol
-
-    old = [f"{name} s{seed}" for name, seed, folder, run in _multiple_choice_bara_runs(entry, without="bara-global")
-           if effective_config(run["method"], run.get("method_options") or {}, eval_protocol(folder))["local_noise"]
-           != effective_config(run["method"], run.get("method_options") or {})["local_noise"]]  # bara-global: no local gate
+    old = _trained_before_default(entry, "local_noise", without="bara-global")  # bara-global has no local gate
     if not old:
         return []
     return [f"Trained with the local gates of each choice row drawn alone (`BaRAConfig.local_noise=\"row\"`, the "

@@ -653,7 +653,7 @@ def test_suite_names_the_bara_runs_of_multiple_choice_tasks_drawn_per_choice_row
         folder = run_dir(tmp_path / task, method, seed)
         folder.mkdir(parents=True)
         (folder / "done.json").write_text(json.dumps({"method": method} | ({"eval_protocol": protocol} if protocol else {})))
-        (folder / "run.json").write_text(json.dumps({"task": task, "model": model}))
+        (folder / "run.json").write_text(json.dumps({"task": task, "model": model, "method": method}))
 
     run("bara", 1, "arc_easy")
     run("bara", 2, "arc_easy", EVAL_PROTOCOL)  # retrained with shared draws
