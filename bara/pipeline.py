@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 from torch import nn
@@ -30,6 +36,35 @@ from .predict import Predictions
 from .tasks import TaskData, load_task
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".train.lock"
+
+
+class RunFolderBusy(OSError):
+    """Another process is training into the same run folder."""
+
+
+@contextlib.contextmanager
+def locked_run_folder(out: Path):
+    """Create ``out`` and hold an exclusive lock on ``out/.train.lock`` while training into it.
+
+    Two processes training into one folder (a job started twice, a ``--resume`` launched while the
+    run still goes) would overwrite each other's checkpoints and adapter; the second gets a
+    `RunFolderBusy` error instead. Only the main process of a distributed run locks, since all its
+    ranks share the folder by design. The kernel drops the lock when the process ends, however it
+    ends, so a killed run never leaves the folder locked. Where ``fcntl`` is missing (Windows) no
+    lock is taken.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if fcntl is None or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    with open(out / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderBusy(errno.EBUSY, f"another process is training into {out} (it holds {out / LOCK_FILE}); "
+                                "wait for it to finish, or train into another folder") from None
+        yield  # closing the file releases the lock
 
 
 @dataclass
@@ -206,48 +241,48 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     warn_if_fsdp_on_cpu()
     # --batch-size is per process: one optimizer step consumes batch_size × world examples
     steps = spec.max_steps or max(1, math.ceil(spec.epochs * len(train_set) / (spec.batch_size * world)))
-    out.mkdir(parents=True, exist_ok=True)
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=spec.batch_size,
-        learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=min(spec.logging_steps, steps),
-        save_steps=min(spec.save_steps, steps), save_total_limit=1, seed=spec.seed, data_seed=spec.seed, report_to=[],
-        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
-        dataloader_num_workers=0, **method.training_overrides(),
-    )
-    warn_if_weight_decay_vanishes(args.learning_rate, args.weight_decay,
-                                  next((p.dtype for p in model.parameters() if p.requires_grad), torch.float32))
-    trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
-                                     **method.trainer_kwargs())
-    main = trainer.is_world_process_zero()
-    checkpoint = last_checkpoint(args.output_dir) if resume else None
-    if resume and checkpoint is None and main:
-        print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    after = method.after_training(model, train_set, built.collator, holdout=holdout)
-    # the trainer's clock continues the checkpoint's, so a resumed run counts its earlier sessions
-    log = {"train_seconds": trainer.clock.seconds, "clocked": True, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
-           "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-           "num_labels": len(built.task.label_names), "task_notes": built.task.notes,
-           "world_size": trainer.args.world_size}
-    if after:
-        log["after_training"] = after
-    # FSDP: every process takes part in gathering the adapter; a no-op otherwise
-    gathered = full_adapter_parameters(model) if isinstance(model, BaRAModel) else contextlib.nullcontext()
-    with gathered:
-        if main:  # only the main process writes; the others wait for it below
-            try:
-                _save_adapter_atomically(method, model, out / "adapter")
-                atomic_write(out / RUN_FILE, lambda tmp: spec.save(Path(tmp)))
-                atomic_write(out / "train_log.json",
-                              lambda tmp: Path(tmp).write_text(json.dumps(log, indent=2, default=str) + "\n"))
-            except OSError as err:
-                if isinstance(err, CheckpointSaveError):
-                    raise
-                kept = last_checkpoint(args.output_dir)
-                hint = f"the checkpoint {kept} is intact (rerun with --resume)" if kept else "no checkpoint was written"
-                raise CheckpointSaveError(err.errno or 5, f"could not write the trained adapter to {out / 'adapter'} "
-                                          f"({err.strerror or err}); {hint}") from err
-    trainer.accelerator.wait_for_everyone()
+    with locked_run_folder(out):  # creates out; a second process training into it stops here
+        args = TrainingArguments(
+            output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=spec.batch_size,
+            learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=min(spec.logging_steps, steps),
+            save_steps=min(spec.save_steps, steps), save_total_limit=1, seed=spec.seed, data_seed=spec.seed, report_to=[],
+            remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
+            dataloader_num_workers=0, **method.training_overrides(),
+        )
+        warn_if_weight_decay_vanishes(args.learning_rate, args.weight_decay,
+                                      next((p.dtype for p in model.parameters() if p.requires_grad), torch.float32))
+        trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
+                                         **method.trainer_kwargs())
+        main = trainer.is_world_process_zero()
+        checkpoint = last_checkpoint(args.output_dir) if resume else None
+        if resume and checkpoint is None and main:
+            print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
+        trainer.train(resume_from_checkpoint=checkpoint)
+        after = method.after_training(model, train_set, built.collator, holdout=holdout)
+        # the trainer's clock continues the checkpoint's, so a resumed run counts its earlier sessions
+        log = {"train_seconds": trainer.clock.seconds, "clocked": True, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
+               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "num_labels": len(built.task.label_names), "task_notes": built.task.notes,
+               "world_size": trainer.args.world_size}
+        if after:
+            log["after_training"] = after
+        # FSDP: every process takes part in gathering the adapter; a no-op otherwise
+        gathered = full_adapter_parameters(model) if isinstance(model, BaRAModel) else contextlib.nullcontext()
+        with gathered:
+            if main:  # only the main process writes; the others wait for it below
+                try:
+                    _save_adapter_atomically(method, model, out / "adapter")
+                    atomic_write(out / RUN_FILE, lambda tmp: spec.save(Path(tmp)))
+                    atomic_write(out / "train_log.json",
+                                  lambda tmp: Path(tmp).write_text(json.dumps(log, indent=2, default=str) + "\n"))
+                except OSError as err:
+                    if isinstance(err, CheckpointSaveError):
+                        raise
+                    kept = last_checkpoint(args.output_dir)
+                    hint = f"the checkpoint {kept} is intact (rerun with --resume)" if kept else "no checkpoint was written"
+                    raise CheckpointSaveError(err.errno or 5, f"could not write the trained adapter to {out / 'adapter'} "
+                                              f"({err.strerror or err}); {hint}") from err
+        trainer.accelerator.wait_for_everyone()
     return log
 
 

@@ -91,6 +91,31 @@ def test_resuming_a_finished_run_trains_no_further_step(tiny_model_dir, data_fil
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
+def test_a_second_process_cannot_train_into_a_folder_in_use(tiny_model_dir, data_file, tmp_path):
+    """While another process holds the run folder's lock (here: another open file description, which
+    flock treats like another process), training into it stops with a one-line error and writes nothing;
+    once the lock is released the same command trains, and the finished run leaves the folder unlocked."""
+    import fcntl
+
+    from bara.pipeline import LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    args = ["train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--method", "bara",
+            "--steps", "2", "--batch-size", "8", "--out", out]
+    with open(out / LOCK_FILE, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _invoke(*args)
+        assert result.exit_code == 2
+        assert f"another process is training into {out}" in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no checkpoint, adapter or run.json
+    assert _invoke(*args).exit_code == 0
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    with open(out / LOCK_FILE, "a") as again:
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the finished run had kept its lock
+
+
 def _benchmark(name: str):
     """Import ``benchmarks/<name>.py`` (the scripts are not a package; as when one runs, its siblings import by name)."""
     import importlib.util
