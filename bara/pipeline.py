@@ -50,21 +50,32 @@ def locked_run_folder(out: Path):
     Two processes training into one folder (a job started twice, a ``--resume`` launched while the
     run still goes) would overwrite each other's checkpoints and adapter; the second gets a
     `RunFolderBusy` error instead. Only the main process of a distributed run locks, since all its
-    ranks share the folder by design. The kernel drops the lock when the process ends, however it
-    ends, so a killed run never leaves the folder locked. Where ``fcntl`` is missing (Windows) no
-    lock is taken.
+    ranks share the folder by design. The lock file is removed when training ends; the kernel drops
+    the lock when the process ends, however it ends, so a killed run leaves at most an empty,
+    unlocked file. Where ``fcntl`` is missing (Windows) no lock is taken.
     """
     out.mkdir(parents=True, exist_ok=True)
     if fcntl is None or os.environ.get("RANK", "0") != "0":
         yield
         return
-    with open(out / LOCK_FILE, "a") as handle:
+    lock = out / LOCK_FILE
+    with open(lock, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunFolderBusy(errno.EBUSY, f"another process is training into {out} (it holds {out / LOCK_FILE}); "
+            raise RunFolderBusy(errno.EBUSY, f"another process is training into {out} (it holds {lock}); "
                                 "wait for it to finish, or train into another folder") from None
-        yield  # closing the file releases the lock
+        try:
+            ours = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            ours = False
+        if not ours:  # the holder finished and removed the file between our open and our lock, and a
+            # third process may already hold a new one: do not take the folder
+            raise RunFolderBusy(errno.EBUSY, f"{out} was just released by another process; run again")
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # removed while still held, so the folder keeps only the run's files
 
 
 @dataclass
