@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,12 @@ def locked_run_folder(out: Path):
         except BlockingIOError:
             raise RunFolderBusy(errno.EBUSY, f"another process is training into {out} (it holds {lock}); "
                                 "wait for it to finish, or train into another folder") from None
+        except OSError as err:  # a file system without flock (some NFS mounts): train, unguarded
+            warnings.warn(f"bara: cannot lock {lock} ({err.strerror or err}); training without the guard "
+                          "against a second process in the same folder")
+            lock.unlink(missing_ok=True)
+            yield
+            return
         try:
             ours = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:

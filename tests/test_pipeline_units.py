@@ -947,3 +947,20 @@ def test_shared_local_uniforms_couple_the_draws_but_keep_each_rows_distribution(
         layer.local_noise = "row"
         z = layer._gate(x).view(4000, 2, 4)
         assert not torch.equal(z[:, 0], z[:, 1])
+
+
+def test_run_folder_lock_falls_back_to_no_lock_where_the_file_system_has_none(tmp_path, monkeypatch):
+    """flock fails with ENOLCK on some NFS mounts: training must go on (with a warning), not fail."""
+    import errno
+
+    from bara import pipeline
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(pipeline.fcntl, "flock", no_locks)
+    entered = []
+    with pytest.warns(UserWarning, match="cannot lock .*No locks available"):
+        with pipeline.locked_run_folder(tmp_path / "run"):
+            entered.append(True)
+    assert entered == [True] and list((tmp_path / "run").iterdir()) == []
