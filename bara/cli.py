@@ -48,13 +48,6 @@ def _user_errors():
     return (ValueError, BackboneError, OSError)
 
 
-def _is_main_process() -> bool:
-    """False in the non-main processes of ``accelerate launch`` / ``torchrun`` (they print nothing)."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _threads(threads: int) -> None:
     import torch
 
@@ -104,7 +97,7 @@ def train(
 
     Example: [bold]bara train --task sst2 --method bara --steps 300 --out runs/sst2[/bold]
     """
-    from .pipeline import RunSpec, train as run_train
+    from .pipeline import RunSpec, is_main_process, train as run_train
 
     _threads(threads)
     settings = _read_yaml(config)
@@ -124,7 +117,7 @@ def train(
         log = run_train(spec, out, resume=resume)
     except _user_errors() as err:
         _fail(str(err))
-    if _is_main_process():
+    if is_main_process():  # the other processes of accelerate launch / torchrun print nothing
         took = "" if log["train_seconds"] is None else f" in {log['train_seconds']:.0f} s"  # None: resumed from an older checkpoint
         console.print(f"trained {spec.method} on {spec.task}{took} ({log['steps']} steps); adapter in {out / 'adapter'}")
 

@@ -44,6 +44,11 @@ class RunFolderBusy(OSError):
     """Another process is training into the same run folder."""
 
 
+def is_main_process() -> bool:
+    """False in the non-main processes of ``accelerate launch`` / ``torchrun`` (they share the main one's folders)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def locked_run_folder(out: Path):
     """Create ``out`` and hold an exclusive lock on ``out/.train.lock`` while training into it.
@@ -56,33 +61,38 @@ def locked_run_folder(out: Path):
     unlocked file. Where ``fcntl`` is missing (Windows) no lock is taken.
     """
     out.mkdir(parents=True, exist_ok=True)
-    if fcntl is None or os.environ.get("RANK", "0") != "0":
+    if fcntl is None or not is_main_process():
         yield
         return
     lock = out / LOCK_FILE
     with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderBusy(errno.EBUSY, f"another process is training into {out} (it holds {lock}); "
-                                "wait for it to finish, or train into another folder") from None
-        except OSError as err:  # a file system without flock (some NFS mounts): train, unguarded
-            warnings.warn(f"bara: cannot lock {lock} ({err.strerror or err}); training without the guard "
-                          "against a second process in the same folder")
-            lock.unlink(missing_ok=True)
-            yield
-            return
-        try:
-            ours = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            ours = False
-        if not ours:  # the holder finished and removed the file between our open and our lock, and a
-            # third process may already hold a new one: do not take the folder
-            raise RunFolderBusy(errno.EBUSY, f"{out} was just released by another process; run again")
+        _take_lock(handle, lock)
         try:
             yield
         finally:
             lock.unlink(missing_ok=True)  # removed while still held, so the folder keeps only the run's files
+
+
+def _take_lock(handle, lock: Path) -> None:
+    """flock ``handle`` (open on ``lock``) without waiting; `RunFolderBusy` if another process holds the
+    folder. A file system without flock (some NFS mounts) only warns: training goes on, unguarded."""
+    out = lock.parent
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunFolderBusy(errno.EBUSY, f"another process is training into {out} (it holds {lock}); "
+                            "wait for it to finish, or train into another folder") from None
+    except OSError as err:
+        warnings.warn(f"bara: cannot lock {lock} ({err.strerror or err}); training without the guard "
+                      "against a second process in the same folder")
+        return
+    try:
+        ours = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        ours = False
+    if not ours:  # the holder finished and removed the file between our open and our lock, and a
+        # third process may already hold a new one: do not take the folder
+        raise RunFolderBusy(errno.EBUSY, f"{out} was just released by another process; run again")
 
 
 @dataclass
