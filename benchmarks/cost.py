@@ -594,7 +594,8 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
                   f"![eval cost]({stem.name}_eval.png)", "",
                   "**ECE reached at each S (SST-2)** is not measured here: it comes from the calibration suite "
                   "(`benchmarks/suite.py`, `benchmarks/results/suite.md`), which reads ECE-vs-S off one S = 10 "
-                  "evaluation.", ""]
+                  "evaluation: each task's table of ECE against S for BaRA and BLoB, and the two ECE-per-cost targets "
+                  "(BaRA at S = 4 below BLoB at S = 10; `mean` mode within 25% of BaRA's S = 10) under its *Targets*.", ""]
 
     grid = cells.get("grid")
     if grid:

@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"commit": git_commit(), "hardware": hardware(),
             "cell_commits": sorted({commit for f in folders for commit in
                                     [cache[_key(f)]["commit"], *cache[_key(f)].get("commits", {}).values()]})}
-    lines = header("Global gate drawn per choice row vs per example (multiple-choice tasks)", meta, time.time() - start, command)
+    title = ("Global gate drawn per choice row vs per example, and local gates with shared uniforms (multiple-choice tasks)"
+             if args.local_noise else "Global gate drawn per choice row vs per example (multiple-choice tasks)")
+    lines = header(title, meta, time.time() - start, command)
     lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
               "Each cell: per row → per example. Δ = per example − per row, 95% paired bootstrap interval.", ""]
     lines += table(["run", "trained with draws", "examples", "ACC ×100", "ECE ×100", "NLL", "ΔNLL", "ΔECE ×100"], rows)

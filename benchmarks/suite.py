@@ -83,7 +83,8 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
         report = compare(spec, folder)
         key = f"{task} ({model}, causal LM)" if causal else task
         summaries[key] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
-                          "settings": settings, "folder": folder, "causal": causal, "seeds": seeds}
+                          "settings": settings, "folder": folder, "causal": causal, "seeds": seeds,
+                          "runs": report["runs"]}
     return summaries
 
 
@@ -124,6 +125,7 @@ def _targets(summaries: dict) -> list[str]:
                     verdict = "PASS" if mean(row, "ece") < mean(lora_row, "ece") else "MISS"
                     lines.append(f"- OOD {name}: ECE {100 * mean(row, 'ece'):.1f} vs LoRA {100 * mean(lora_row, 'ece'):.1f} — {verdict}")
         lines += _c7_target_lines(task, summaries[task])
+        lines += [f"- ECE per cost on {task}: {line}" for line in _ece_per_cost_verdicts(summaries[task])]
     if any(line.startswith("- C7 on") for line in lines):
         lines += ["", "C7 passes on a task only where every paired ΔNLL and ΔECE interval lies below 0 (constant gates, "
                   f"MC-dropout and, where it ran, the variant trained with constant gates), pooled over at least {C7_MIN_SEEDS} "
@@ -131,6 +133,52 @@ def _targets(summaries: dict) -> list[str]:
                   "ECE and AUROC intervals). On multiple-choice tasks MC-dropout draws its dropout masks per choice row, "
                   "BaRA its global gate per example and its local gates from uniforms the example's choices share."]
     return lines
+
+
+def _ece_per_cost(entry: dict) -> dict[str, dict]:
+    """Issue 5 §2's calibration-per-cost measures for default BaRA on one task, read off each run's S = 10
+    evaluation (ECE of its first S samples, seed mean) and its `mean`-mode row; empty where BaRA or BLoB
+    has no ECE curve."""
+    def mean_curve(method: str) -> dict[int, float]:
+        curves = [dict((int(k), v) for k, v in run["ece_curve"]) for run in entry.get("runs", [])
+                  if run["method"] == method and run.get("ece_curve")]
+        return {s: 100 * sum(c[s] for c in curves) / len(curves) for s in (1, 2, 4, 10) if curves and all(s in c for c in curves)}
+
+    bara, blob = mean_curve("bara"), mean_curve("blob")
+    mean_row = entry["summary"].get("bara [mean mode]")
+    if 4 not in bara or 10 not in bara or 10 not in blob or mean_row is None:
+        return {}
+    return {"bara": bara, "blob": blob, "mean_mode": 100 * mean_row["ece"][0]}
+
+
+def _ece_per_cost_verdicts(entry: dict) -> list[str]:
+    """The two targets of issue 5 §2 (BaRA at S = 4 below BLoB at S = 10; `mean` mode within 25% of BaRA's
+    S = 10 ECE), one line each, PASS / MISS."""
+    m = _ece_per_cost(entry)
+    if not m:
+        return []
+    s4, s10, blob10, mean_mode = m["bara"][4], m["bara"][10], m["blob"][10], m["mean_mode"]
+    return [f"BaRA S = 4 ECE {s4:.1f} vs BLoB S = 10 {blob10:.1f} — {'PASS' if s4 < blob10 else 'MISS'}",
+            f"BaRA `mean` mode ECE {mean_mode:.1f} vs its S = 10 ECE {s10:.1f} ({mean_mode / s10:.2f}×; target ≤ 1.25×) — "
+            f"{'PASS' if mean_mode <= 1.25 * s10 else 'MISS'}"]
+
+
+def _ece_curve_lines(entry: dict) -> list[str]:
+    """ECE against the number of Monte-Carlo samples S for BaRA and BLoB on this task (the ECE-vs-cost curve:
+    S samples cost about S LoRA passes, `mean` mode one; `benchmarks/results/cost.md` has the timings)."""
+    m = _ece_per_cost(entry)
+    if not m:
+        return []
+
+    def row(name: str, curve: dict[int, float], mean_mode: str) -> str:
+        return f"| {name} | " + " | ".join(f"{curve[s]:.1f}" if s in curve else "—" for s in (1, 2, 4, 10)) + f" | {mean_mode} |"
+
+    return ["ECE ×100 against the number of Monte-Carlo samples S (the first S of each run's S = 10 samples, mean over "
+            "the finished seeds; S samples cost about S LoRA passes, `mean` mode one, as `benchmarks/results/cost.md` "
+            "measures). Issue 5 asks for BaRA at S = 4 below BLoB at S = 10, and BaRA's `mean` mode within 25% of its "
+            "S = 10 ECE (verdicts under *Targets*).", "",
+            "| method | S = 1 | S = 2 | S = 4 | S = 10 | `mean` mode |", "|---|---|---|---|---|---|",
+            row("bara", m["bara"], f"{m['mean_mode']:.1f}"), row("blob", m["blob"], "—"), ""]
 
 
 def _uneven_seeds(in_domain: dict, methods: tuple[str, ...]) -> str:
@@ -390,7 +438,9 @@ def _figure(summaries: dict, name: str) -> Path | None:
 def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    lines = ["## Calibration suite (`benchmarks/suite.py`)", "",
+    title = ("## Calibration suite, quick smoke run (`benchmarks/suite.py --quick`: one task, two methods, one seed)"
+             if args.quick else "## Calibration suite (`benchmarks/suite.py`)")
+    lines = [title, "",
              f"Command: `python benchmarks/suite.py {' '.join(args.argv)}` · commit `{commit}` · "
              f"{platform.processor() or platform.machine()} CPU, {args.workers} worker processes × 1 torch thread · "
              f"wall {wall / 60:.1f} min (finished runs are reused, so this counts only what ran this time).", ""]
@@ -402,7 +452,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
-        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _global_draw_lines(entry) + _local_noise_lines(entry) + _confidence_lines(entry) + _c7_lines(entry)
+        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _global_draw_lines(entry) + _local_noise_lines(entry) + _confidence_lines(entry) + _ece_curve_lines(entry) + _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")
