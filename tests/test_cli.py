@@ -760,3 +760,24 @@ def test_relabel_runs_files_each_run_under_the_label_of_its_settings_once(tmp_pa
         json.dumps({"method": "bara", "method_options": {}, "seed": 2}))  # its records say per row after all
     with pytest.raises(SystemExit, match="trained with local_noise='row', not the settings of 'bara'"):
         relabel.plan(["obqa"])
+
+
+def test_suite_page_reads_ece_per_cost_off_the_seeds_curves():
+    """The suite's ECE-vs-S table and issue 5's two ECE-per-cost verdicts: seed means of each run's curve,
+    BaRA's S = 4 against BLoB's S = 10, and `mean` mode against 1.25 × BaRA's S = 10."""
+    suite = _benchmark("suite")
+    curve = lambda *ece: [[s, e] for s, e in zip((1, 2, 4, 10), ece)]
+    entry = {"runs": [{"method": "bara", "seed": 1, "ece_curve": curve(0.20, 0.15, 0.10, 0.08)},
+                      {"method": "bara", "seed": 2, "ece_curve": curve(0.20, 0.15, 0.06, 0.04)},
+                      {"method": "blob", "seed": 1, "ece_curve": curve(0.12, 0.10, 0.09, 0.09)},
+                      {"method": "lora", "seed": 1}],
+             "summary": {"bara [mean mode]": {"ece": [0.075, 0.0]}}}
+    pass_s4, pass_mean = suite._ece_per_cost_verdicts(entry)
+    assert pass_s4 == "BaRA S = 4 ECE 8.0 vs BLoB S = 10 9.0 — PASS"  # (10 + 6) / 2 against 9
+    assert "ECE 7.5 vs its S = 10 ECE 6.0 (1.25×" in pass_mean and pass_mean.endswith("PASS")
+    entry["summary"]["bara [mean mode]"]["ece"][0] = 0.08  # 1.33 × 6.0
+    entry["runs"][2]["ece_curve"] = curve(0.12, 0.10, 0.09, 0.07)
+    assert [line.rsplit(" ", 1)[-1] for line in suite._ece_per_cost_verdicts(entry)] == ["MISS", "MISS"]
+    assert "| bara | 20.0 | 15.0 | 8.0 | 6.0 | 8.0 |" in suite._ece_curve_lines(entry)
+    del entry["runs"][2]  # no BLoB curve on this task: no verdict, no table
+    assert suite._ece_per_cost_verdicts(entry) == [] and suite._ece_curve_lines(entry) == []
