@@ -477,6 +477,12 @@ def main() -> None:
     args = parser.parse_args()
     import sys
 
+    import torch
+
+    # The page's paired bootstraps are thousands of small tensor ops. With torch's default of one thread per
+    # core they stall whenever a training process holds a core: a --report-only rebuild beside one training
+    # run took over 15 min with 2 threads and 2.3 min with 1 (this 2-core machine). Runs use 1 thread anyway.
+    torch.set_num_threads(1)
     args.argv = sys.argv[1:]
     if args.quick:
         tasks, methods, seeds = ["sst2"], ["lora", "bara"], [1]
