@@ -57,29 +57,41 @@ def verdicts(summary: dict, names: list[str] = VARIANTS) -> list[str]:
     return lines
 
 
-def ece_vs_samples_rows(report: dict, names: list[str]) -> list[str]:
-    """Issue 5 §2's calibration-per-cost targets, read off each run's S = 10 evaluation (first S samples)."""
+def ece_per_cost(report: dict, name: str) -> dict | None:
+    """Issue 5 §2's calibration-per-cost measures of the BaRA variant ``name``, read off each run's S = 10
+    evaluation (ECE ×100 of its first S samples, mean over seeds) and its `mean`-mode row: ``at`` and ``blob``
+    (S → ECE, None where no curve has that S), ``mean_mode``, and the two targets, ``s4_below_blob`` (BaRA at
+    S = 4 below BLoB at S = 10; None without both) and ``mean_within`` (`mean` mode ≤ 1.25 × BaRA's S = 10).
+    None where ``name`` has no S = 10 curve or no `mean`-mode row. ``report``: ``runs`` and ``summary``."""
     curves: dict[str, list[dict[int, float]]] = {}
     for run in report["runs"]:
         if run.get("ece_curve"):
             curves.setdefault(run["method"], []).append({int(k): v for k, v in run["ece_curve"]})
 
-    def mean_at(method: str, s: int) -> float | None:
-        values = [c[s] for c in curves.get(method, []) if s in c]
-        return 100 * sum(values) / len(values) if values else None
+    def mean_at(method: str) -> dict[int, float | None]:
+        values = {s: [c[s] for c in curves.get(method, []) if s in c] for s in (1, 2, 4, 10)}
+        return {s: 100 * sum(v) / len(v) if v else None for s, v in values.items()}
 
-    blob10 = mean_at("blob", 10)
+    at, blob = mean_at(name), mean_at("blob")
+    mean_row = report["summary"].get(f"{name} [mean mode]")
+    if at[10] is None or mean_row is None:
+        return None
+    mean_mode = 100 * mean_row["ece"][0]
+    s4_below_blob = None if blob[10] is None or at[4] is None else at[4] < blob[10]
+    return {"at": at, "blob": blob, "mean_mode": mean_mode, "s4_below_blob": s4_below_blob,
+            "mean_within": mean_mode <= 1.25 * at[10]}
+
+
+def ece_vs_samples_rows(report: dict, names: list[str]) -> list[str]:
+    """Issue 5 §2's calibration-per-cost targets (`ece_per_cost`), one table row per BaRA variant."""
     rows = []
     for name in names:
-        at = {s: mean_at(name, s) for s in (1, 2, 4, 10)}
-        mean_row = report["summary"].get(f"{name} [mean mode]")
-        if at[10] is None or mean_row is None:
+        if (m := ece_per_cost(report, name)) is None:
             continue
-        mean_mode = 100 * mean_row["ece"][0]
-        vs_blob = "—" if blob10 is None or at[4] is None else f"{'PASS' if at[4] < blob10 else 'MISS'} ({at[4]:.1f} vs {blob10:.1f})"
-        within = "PASS" if mean_mode <= 1.25 * at[10] else "MISS"
+        at, blob10, mean_mode = m["at"], m["blob"][10], m["mean_mode"]
+        vs_blob = "—" if m["s4_below_blob"] is None else f"{'PASS' if m['s4_below_blob'] else 'MISS'} ({at[4]:.1f} vs {blob10:.1f})"
         rows.append(f"| {name} | " + " | ".join("—" if at[s] is None else f"{at[s]:.1f}" for s in (1, 2, 4, 10))
-                    + f" | {mean_mode:.1f} | {vs_blob} | {within} ({mean_mode / at[10]:.2f}×) |")
+                    + f" | {mean_mode:.1f} | {vs_blob} | {'PASS' if m['mean_within'] else 'MISS'} ({mean_mode / at[10]:.2f}×) |")
     return rows
 
 
