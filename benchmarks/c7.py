@@ -64,7 +64,7 @@ def ece_per_cost(report: dict, name: str) -> dict | None:
     S = 4 below BLoB at S = 10; None without both) and ``mean_within`` (`mean` mode ≤ 1.25 × BaRA's S = 10).
     None where ``name`` has no S = 10 curve or no `mean`-mode row. ``report``: ``runs`` and ``summary``."""
     curves: dict[str, list[dict[int, float]]] = {}
-    for run in report["runs"]:
+    for run in report.get("runs", []):  # a suite summary built without its runs has no curves
         if run.get("ece_curve"):
             curves.setdefault(run["method"], []).append({int(k): v for k, v in run["ece_curve"]})
 
