@@ -425,6 +425,40 @@ def _figure(summaries: dict, name: str) -> Path | None:
     return path
 
 
+GLANCE_ROWS = ("lora", "mcdropout", "ensemble", "blob", "laplace", "bara-global", "bara", "bara [constant gates, C7]",
+               "bara [mean mode]")  # the baselines issue's methods, BaRA and its two re-evaluations (map equals LoRA here)
+
+
+def _glance_table(summaries: dict) -> list[str]:
+    """One table across the tasks LoRA learned: ECE ×100 / NLL per method (seed means), the best of each in bold.
+
+    A cell names its seed count when it has fewer seeds than the most any method has on that task, because a
+    one-seed mean beside three-seed means is not a like-for-like comparison."""
+    tasks = {t: e["summary"] for t, e in summaries.items() if not e.get("causal") and _learned(e) and "lora" in e["summary"]}
+    rows = [m for m in GLANCE_ROWS if any(m in s for s in tasks.values())]
+    if not tasks or not rows:
+        return []
+    best = {t: {k: min(s[m][k][0] for m in rows if m in s) for k in ("ece", "nll")} for t, s in tasks.items()}
+    most = {t: max(s[m].get("seeds", 1) for m in rows if m in s) for t, s in tasks.items()}
+
+    def cell(task: str, method: str) -> str:
+        row = tasks[task].get(method)
+        if row is None:
+            return "—"
+        ece, nll = 100 * row["ece"][0], row["nll"][0]
+        text = (f"**{ece:.1f}**" if row["ece"][0] == best[task]["ece"] else f"{ece:.1f}") + " / " + \
+               (f"**{nll:.3f}**" if nll == best[task]["nll"] else f"{nll:.3f}")
+        seeds = row.get("seeds", 1)
+        return text + (f" ({seeds} seed{'s' if seeds > 1 else ''})" if seeds < most[task] else "")
+
+    lines = ["At a glance: ECE ×100 / NLL, mean over the finished seeds (a cell with fewer seeds than the task's "
+             "other rows says how many), on the tasks LoRA learned; best per task in bold. `constant gates` is the same "
+             "BaRA adapter with input-independent factor dropout (check C7), `mean mode` one pass with the expected gates.", "",
+             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines += [f"| {m} | " + " | ".join(cell(t, m) for t in tasks) + " |" for m in rows]
+    return lines + [""]
+
+
 def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -438,6 +472,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         lines += [f"ECE and NLL of every method (seed mean) on the tasks plain LoRA learned; BaRA outlined. NLL is "
                   f"divided by LoRA's on the same task, so the tasks share one scale (below the dashed line: better than "
                   f"LoRA). The tables below have the numbers.", "", f"![methods side by side]({figure.name})", ""]
+    lines += _glance_table(summaries)
     for task, entry in summaries.items():
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""

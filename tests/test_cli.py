@@ -762,6 +762,35 @@ def test_relabel_runs_files_each_run_under_the_label_of_its_settings_once(tmp_pa
         relabel.plan(["obqa"])
 
 
+def test_suite_glance_table_puts_every_learned_task_side_by_side(tmp_path):
+    """The suite page's at-a-glance table: one column per task LoRA learned (none for a chance-level or a causal
+    one), ECE ×100 / NLL per method, the best of each per task in bold, a seed count only where a cell has fewer."""
+    suite = _benchmark("suite")
+
+    def entry(name, losses, rows, causal=False):
+        log = tmp_path / name / "runs" / "lora" / "seed1" / "train_log.json"
+        log.parent.mkdir(parents=True)
+        log.write_text(json.dumps({"history": [{"loss": v} for v in losses]}))
+        summary = {m: {"ece": (ece, 0.0), "nll": (nll, 0.0), "seeds": seeds} for m, (ece, nll, seeds) in rows.items()}
+        return {"summary": summary, "folder": tmp_path / name, "causal": causal, "seeds": [1]}
+
+    fitted = [0.69, 0.3, 0.05]
+    summaries = {"a": entry("a", fitted, {"lora": (0.20, 1.10, 3), "blob": (0.04, 0.45, 3), "bara": (0.12, 0.64, 3),
+                                          "ensemble": (0.15, 0.40, 1), "map": (0.20, 1.10, 3)}),
+                 "b": entry("b", fitted, {"lora": (0.08, 0.668, 2), "bara": (0.04, 0.663, 2)}),
+                 "flat": entry("flat", [0.6931, 0.6931, 0.6930], {"lora": (0.01, 0.693, 1), "bara": (0.0, 0.6, 1)}),
+                 "lm": entry("lm", fitted, {"lora": (0.3, 2.0, 1), "bara": (0.1, 1.0, 1)}, causal=True)}
+    lines = suite._glance_table(summaries)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines if line.startswith("| ")}
+    assert rows["method"] == ["a", "b"]  # neither the chance-level task nor the causal one
+    assert list(rows)[1:] == ["lora", "ensemble", "blob", "bara"]  # map (a copy of LoRA here) is left out
+    assert rows["lora"] == ["20.0 / 1.100", "8.0 / 0.668"]
+    assert rows["blob"] == ["**4.0** / 0.450", "—"]
+    assert rows["ensemble"] == ["15.0 / **0.400** (1 seed)", "—"]
+    assert rows["bara"] == ["12.0 / 0.640", "**4.0** / **0.663**"]  # two seeds like every row of b: no count
+    assert suite._glance_table({"flat": summaries["flat"]}) == []
+
+
 def test_suite_page_reads_ece_per_cost_off_the_seeds_curves():
     """The suite's ECE-vs-S table and issue 5's two ECE-per-cost verdicts: seed means of each run's curve,
     BaRA's S = 4 against BLoB's S = 10, and `mean` mode against 1.25 × BaRA's S = 10."""
