@@ -91,7 +91,7 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
 def _targets(summaries: dict) -> list[str]:
     """Issue 5's targets, measured: one line each, PASS / MISS."""
     lines = []
-    in_domain = {t: s["summary"] for t, s in summaries.items() if not s.get("causal") and _learned(s)}
+    in_domain = _in_domain(summaries)
     vacuous = [t for t, s in summaries.items() if not s.get("causal") and not _learned(s)]
     def mean(row, metric):
         return row[metric][0] if row and not math.isnan(row[metric][0]) else math.nan
@@ -273,6 +273,11 @@ def _learned(entry: dict) -> bool:
     return not losses or any(last <= (1 - LEARNED_FRACTION) * first for first, last in losses.values())
 
 
+def _in_domain(summaries: dict) -> dict[str, dict]:
+    """The summaries of the encoder tasks LoRA learned: the ones the targets, the figure and the glance table read."""
+    return {task: entry["summary"] for task, entry in summaries.items() if not entry.get("causal") and _learned(entry)}
+
+
 def _fit_lines(entry: dict) -> list[str]:
     """Did plain LoRA fit its training set (the regime the comparison is meant for)? Its logged training
     loss at the start (≈ chance) and over its last 5 logging intervals, per seed."""
@@ -411,9 +416,9 @@ def _figure(summaries: dict, name: str) -> Path | None:
     from bara.plots import grouped_bars
 
     ece, nll = {}, {}
-    for task, entry in summaries.items():
-        rows = {m: row for m, row in entry["summary"].items() if "[" not in m and "→" not in m}
-        if entry.get("causal") or not _learned(entry) or "lora" not in rows:
+    for task, summary in _in_domain(summaries).items():
+        rows = {m: row for m, row in summary.items() if "[" not in m and "→" not in m}
+        if "lora" not in rows:
             continue
         ece[task] = {m: 100 * row["ece"][0] for m, row in rows.items()}
         nll[task] = {m: row["nll"][0] / rows["lora"]["nll"][0] for m, row in rows.items()}
@@ -434,12 +439,12 @@ def _glance_table(summaries: dict) -> list[str]:
 
     A cell names its seed count when it has fewer seeds than the most any method has on that task, because a
     one-seed mean beside three-seed means is not a like-for-like comparison."""
-    tasks = {t: e["summary"] for t, e in summaries.items() if not e.get("causal") and _learned(e) and "lora" in e["summary"]}
+    tasks = {t: s for t, s in _in_domain(summaries).items() if "lora" in s}
     rows = [m for m in GLANCE_ROWS if any(m in s for s in tasks.values())]
     if not tasks or not rows:
         return []
     best = {t: {k: min(s[m][k][0] for m in rows if m in s) for k in ("ece", "nll")} for t, s in tasks.items()}
-    most = {t: max(s[m].get("seeds", 1) for m in rows if m in s) for t, s in tasks.items()}
+    most = {t: max(s[m]["seeds"] for m in rows if m in s) for t, s in tasks.items()}
 
     def cell(task: str, method: str) -> str:
         row = tasks[task].get(method)
@@ -448,7 +453,7 @@ def _glance_table(summaries: dict) -> list[str]:
         ece, nll = 100 * row["ece"][0], row["nll"][0]
         text = (f"**{ece:.1f}**" if row["ece"][0] == best[task]["ece"] else f"{ece:.1f}") + " / " + \
                (f"**{nll:.3f}**" if nll == best[task]["nll"] else f"{nll:.3f}")
-        seeds = row.get("seeds", 1)
+        seeds = row["seeds"]
         return text + (f" ({seeds} seed{'s' if seeds > 1 else ''})" if seeds < most[task] else "")
 
     lines = ["At a glance: ECE ×100 / NLL, mean over the finished seeds (a cell with fewer seeds than the task's "
