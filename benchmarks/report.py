@@ -12,11 +12,62 @@ import platform
 import re
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 TARGET = ROOT.parent / "docs" / "RESULTS.md"
+# Commits that changed what a baseline's rows mean. A page generated before one of them still shows the old
+# runs (its runs were trained then), so the report says so above the page instead of letting it pass as current.
+RESULT_CHANGES = {
+    "5b25c15": {
+        "mcdropout": "its `mcdropout` rows evaluated MC-dropout with the attention dropout off (hidden dropout only)",
+        "ensemble": "its `ensemble` rows trained each member on its own subsample of the training set (about three "
+                    "times the data of the other methods)",
+    },
+}
 ORDER = ["demo.md", "suite.md", "suite-quick.md", "global-draw.md", "local-noise.md", "c7.md", "c7-rho0.md", "c7-levers.md", "c7-mixture.md", "c7-mixture-seed2.md", "c7-mixture-seeds.md", "c7-mixture-levers.md", "c7-mixture-gates.md", "c7-mixture-refit.md", "c7-mixture-refit-log.md", "c7-sst2-n2048.md", "c7-multitask.md", "c7-multitask-e10.md", "c7-multitask-e10-lever.md", "c7-multitask-mc-noise.md", "c7-dropout.md", "c7-adapter-dropout.md", "gate-decomposition.md", "c7-synthetic.md", "cost.md", "eval-order.md", "synthetic.md", "gpu.md"]
+
+
+def page_commit(text: str) -> str | None:
+    """The commit a generated page names in its header (``commit `abc1234` ``), or None for a page without one."""
+    found = re.search(r"commit `([0-9a-f]{7,40})`", text)
+    return found.group(1) if found else None
+
+
+def stale_notes(text: str, before: Callable[[str, str], bool]) -> list[str]:
+    """Notes for the rows of ``text`` that a later commit in RESULT_CHANGES made stale.
+
+    ``before(page, change)`` says whether commit ``page`` precedes commit ``change``. Only methods that have a
+    row on the page (``| method |``) count, so a page without MC-dropout gets no MC-dropout note.
+    """
+    commit = page_commit(text)
+    if commit is None:
+        return []
+    notes = []
+    for change, reasons in RESULT_CHANGES.items():
+        stale = [why for method, why in reasons.items() if re.search(rf"^\| {re.escape(method)} \|", text, re.MULTILINE)]
+        if stale and before(commit, change):
+            notes.append(f"> **Stale rows.** This page was generated on `{commit}`, before `{change}` changed these "
+                         f"baselines: {'; '.join(stale)}. `benchmarks/results/suite.md` has them retrained on the "
+                         "current code; this page's comparisons with these rows are not current.")
+    return notes
+
+
+def git_precedes(page: str, change: str) -> bool:
+    """Whether ``page`` is a strict ancestor of ``change`` in this repository's history."""
+    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{page}^{{commit}}"], capture_output=True, cwd=ROOT).returncode:
+        return False  # a commit this clone lacks (a shallow clone): say nothing rather than guess
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", page, change], capture_output=True, cwd=ROOT)
+    return ancestor.returncode == 0 and not change.startswith(page) and not page.startswith(change)
+
+
+def with_notes(text: str, notes: list[str]) -> str:
+    """``text`` with ``notes`` placed after its title line."""
+    if not notes:
+        return text
+    title, _, rest = text.partition("\n")
+    return "\n".join([title, "", *notes, rest])
 
 
 def main() -> None:
@@ -31,7 +82,9 @@ def main() -> None:
         "",
     ]
     for path in sections:  # the pages link their plots by bare file name; from docs/ they live in benchmarks/results/
-        parts += [re.sub(r"\]\(([^/()]+\.png)\)", r"](../benchmarks/results/\1)", path.read_text().strip()), ""]
+        text = path.read_text().strip()
+        text = with_notes(text, stale_notes(text, git_precedes))
+        parts += [re.sub(r"\]\(([^/()]+\.png)\)", r"](../benchmarks/results/\1)", text), ""]
     if not (RESULTS / "gpu.md").exists():
         parts += ["## Cost on a GPU", "", "Not measured: no GPU has been lent to this project's sessions yet (the device "
                   "tool's `status` said `not_drawn`). `python benchmarks/gpu_cost.py` runs the issue-5 GPU protocol "

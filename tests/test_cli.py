@@ -810,3 +810,24 @@ def test_suite_page_reads_ece_per_cost_off_the_seeds_curves():
     assert "| bara | 20.0 | 15.0 | 8.0 | 6.0 | 8.0 |" in suite._ece_curve_lines(entry)
     del entry["runs"][2]  # no BLoB curve on this task: no verdict, no table
     assert suite._ece_per_cost_verdicts(entry) == [] and suite._ece_curve_lines(entry) == []
+
+
+def test_report_flags_pages_generated_before_a_baseline_changed():
+    """benchmarks/report.py: a page from before 5b25c15 gets one note naming only the baselines it shows;
+    a later page, a page without those rows and a page with no commit get none."""
+    report = _benchmark("report")
+    page = "## C7\n\n`python benchmarks/c7.py` · commit `96a83ce` · x86_64\n\n| method | NLL |\n|---|---|\n| mcdropout | 0.5 |\n"
+    older = lambda page_commit, change: page_commit == "96a83ce"  # noqa: E731 — history stand-in
+    notes = report.stale_notes(page, older)
+    assert len(notes) == 1 and "`96a83ce`, before `5b25c15`" in notes[0]
+    assert "mcdropout" in notes[0] and "ensemble" not in notes[0]  # no ensemble row on this page
+    both = report.stale_notes(page + "| ensemble | 0.4 |\n", older)
+    assert "`mcdropout`" in both[0] and "`ensemble`" in both[0]
+    assert report.stale_notes(page.replace("96a83ce", "7178cf4"), older) == []
+    assert report.stale_notes(page.replace("| mcdropout |", "| bara |"), older) == []
+    assert report.stale_notes(page.replace("commit `96a83ce`", "no commit"), older) == []
+    noted = report.with_notes(page, notes)
+    assert noted.split("\n")[:3] == ["## C7", "", notes[0]] and noted.endswith(page.split("\n", 1)[1])
+    assert not report.git_precedes("0000000", "5b25c15")  # a commit the clone lacks: no note, no guess
+    if report.git_precedes("96a83ce", "5b25c15"):  # this project's history is there (not a shallow clone)
+        assert not report.git_precedes("5b25c15", "5b25c15") and not report.git_precedes("7178cf4", "5b25c15")
