@@ -55,9 +55,10 @@ def stale_notes(text: str, before: Callable[[str, str], bool]) -> list[str]:
 
 
 def git_precedes(page: str, change: str) -> bool:
-    """Whether ``page`` is a strict ancestor of ``change`` in this repository's history."""
-    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{page}^{{commit}}"], capture_output=True, cwd=ROOT).returncode:
-        return False  # a commit this clone lacks (a shallow clone): say nothing rather than guess
+    """Whether ``page`` is a strict ancestor of ``change`` in this repository's history.
+
+    A commit this clone lacks (a shallow clone) makes git exit 128: no note rather than a guess.
+    """
     ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", page, change], capture_output=True, cwd=ROOT)
     return ancestor.returncode == 0 and not change.startswith(page) and not page.startswith(change)
 
