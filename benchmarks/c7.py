@@ -35,6 +35,9 @@ from pathlib import Path
 from bara.compare import CompareSpec, compare, mean_curve, parse_method, run_dir, split_methods, summarise, train_nll_by_epoch
 from bara.pipeline import RunSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import stale_mcdropout_note  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ["bara", "bara[kl_warmup=0.5]", "bara[rho0=0.2]", "bara[beta_local=0.01]", "bara[variant=additive]",
             "bara[gate_lr_multiplier=10]", "bara[local_kl=marginal]", "bara[local_kl=marginal,rho0=0.2]"]
@@ -405,6 +408,13 @@ def run_folder(task: str, train_size: int, epochs: float) -> str:
     return task.replace(":", "-") + size + length
 
 
+def stale_baseline_lines(out: Path, methods: list[str], seeds: list[int]) -> list[str]:
+    """The note naming the seeds whose MC-dropout run under ``out`` predates attention dropout in its
+    predictive: archived runs restored for ``--report-only`` keep their old evaluation, while the page
+    header names the commit it was rebuilt on, so `benchmarks/report.py` cannot tell from that."""
+    return stale_mcdropout_note(out, seeds) if "mcdropout" in methods else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2")
@@ -452,6 +462,7 @@ def main() -> None:
              + f"MiniLM-L6, {args.task}, {args.train_size} training examples{' per part' if '+' in args.task else ''}, {args.epochs:g} epochs, "
              f"{args.eval_size} evaluation examples{' per part' if '+' in args.task else ''}, max length {args.max_length}.", "",
              table.strip(), "",
+             *stale_baseline_lines(out, methods, seeds_done),
              "| BaRA variant | seeds | ECE×100 / NLL | constant gates ECE×100 / NLL | beats constant gates | beats MC-dropout | s̄ | s̄ spread across inputs |",
              "|---|---|---|---|---|---|---|---|"] + verdicts(report["summary"], variants)
     others = [v for v in VARIANTS if v not in variants] if args.name is None else []  # a named run reports its own

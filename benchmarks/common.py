@@ -89,6 +89,22 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**PASS**" if ok else "**MISS**")
 
 
+def stale_mcdropout_note(folder: Path, seeds: list[int]) -> list[str]:
+    """A note naming the seeds whose finished MC-dropout run under ``folder`` was evaluated before
+    `bara.compare.EVAL_PROTOCOL` 2 (attention dropout off, hidden dropout only: a weaker baseline than the
+    method asks), or ``[]`` when none was. Seeds without a finished run are not named.
+
+    A page rebuilt from such runs carries the new commit in its header, so only the runs can tell.
+    """
+    from bara.compare import eval_protocol, run_dir
+
+    old = [seed for seed in seeds if (eval_protocol(run_dir(folder, "mcdropout", seed)) or 2) < 2]
+    if not old:
+        return []
+    return [f"MC-dropout seed(s) {', '.join(map(str, old))} were evaluated with attention dropout off (hidden dropout "
+            "only; fixed in `5b25c15`), so their MC-dropout is weaker than the method asks; they are to be retrained.", ""]
+
+
 def median(values: list[float]) -> float:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(values) if values else float("nan")

@@ -17,11 +17,15 @@ import json
 import math
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bara.compare import CompareSpec, compare, split_methods
 from bara.pipeline import RunSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import stale_mcdropout_note  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "suite"
@@ -293,17 +297,8 @@ def _fit_lines(entry: dict) -> list[str]:
 
 
 def _eval_protocol_lines(entry: dict) -> list[str]:
-    """Name the MC-dropout seeds evaluated before MC-dropout dropped attention probabilities too
-    (`bara.compare.EVAL_PROTOCOL` 2): their predictive had hidden dropout only, a weaker baseline."""
-    from bara.compare import eval_protocol, run_dir
-
-    if "mcdropout" not in entry["summary"]:
-        return []
-    old = [seed for seed in entry["seeds"] if (eval_protocol(run_dir(entry["folder"], "mcdropout", seed)) or 2) < 2]
-    if not old:
-        return []
-    return [f"MC-dropout seed(s) {', '.join(map(str, old))} were evaluated with attention dropout off (hidden dropout "
-            "only; fixed in `5b25c15`), so their MC-dropout is weaker than the method asks; they are to be retrained.", ""]
+    """The note naming MC-dropout seeds evaluated before it dropped attention probabilities too."""
+    return stale_mcdropout_note(entry["folder"], entry["seeds"]) if "mcdropout" in entry["summary"] else []
 
 
 @functools.lru_cache(maxsize=None)

@@ -562,6 +562,21 @@ def test_suite_names_the_mc_dropout_seeds_evaluated_without_attention_dropout(tm
     assert suite._eval_protocol_lines({"summary": {"lora": {}}, "folder": tmp_path, "seeds": [1]}) == []
 
 
+def test_c7_page_names_the_mc_dropout_runs_evaluated_without_attention_dropout(tmp_path):
+    """A C7 page rebuilt from archived runs names its commit, not the runs'; the runs' own protocol flags them."""
+    from bara.compare import EVAL_PROTOCOL, run_dir
+
+    c7 = _benchmark("c7")
+    for seed, result in ((2, {"method": "mcdropout", "eval_protocol": 1}), (3, {"method": "mcdropout", "eval_protocol": EVAL_PROTOCOL})):
+        done = run_dir(tmp_path, "mcdropout", seed) / "done.json"
+        done.parent.mkdir(parents=True)
+        done.write_text(json.dumps(result))
+    (note, _) = c7.stale_baseline_lines(tmp_path, ["lora", "mcdropout", "bara"], [1, 2, 3])
+    assert note.startswith("MC-dropout seed(s) 2 were evaluated with attention dropout off")  # 1 never finished
+    assert c7.stale_baseline_lines(tmp_path, ["lora", "bara"], [1, 2, 3]) == []  # no MC-dropout row to flag
+    assert c7.stale_baseline_lines(tmp_path, ["mcdropout"], [3]) == []
+
+
 def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     """C7's verdict on the suite page follows the paired ΔNLL intervals, not the point estimates."""
     import torch
