@@ -11,11 +11,11 @@ Example:
     ...     y = model(torch.randn(2, 3, 8))
 """
 
-from .config import BaRAConfig
-from .io import export_lora, load_adapter, save_adapter
-from .layer import GATE_MODES, BaRALinear, GateContext
-from .model import BaRAModel, fix_gates, gate_mode, get_bara_model
-from .objective import (
+from bara.config import BaRAConfig
+from bara.io import export_lora, save_adapter
+from bara.layer import GATE_MODES, BaRALinear, GateContext
+from bara.model import BaRAModel, fix_gates, gate_mode, get_bara_model, load_adapter
+from bara.objective import (
     KLTerms,
     deterministic_ranks,
     effective_ranks,
@@ -40,7 +40,7 @@ __all__ = [
 def __getattr__(name: str):
     # The trainer pulls in transformers' Trainer; import it only when asked for.
     if name == "BaRATrainer":
-        from .trainer import BaRATrainer
+        from bara.trainer import BaRATrainer
 
         return BaRATrainer
     raise AttributeError(f"module 'bara' has no attribute {name!r}")

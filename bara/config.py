@@ -108,7 +108,7 @@ class BaRAConfig:
             where their probabilities agree, they keep the same factors, so the sampling noise
             does not fall on the difference between the choices' scores. The constant-gate control
             (check C7) shares its uniforms the same way. ``"row"`` draws each choice row
-            independently (the default until `bara.compare.EVAL_PROTOCOL` 4; the README gives
+            independently (the default until `bara.harness.compare.EVAL_PROTOCOL` 4; the README gives
             the paired runs that decided the change).
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
@@ -247,13 +247,13 @@ class BaRAConfig:
         return cls.from_saved(data)
 
 
-# defaults that changed, keyed by the `bara.compare.EVAL_PROTOCOL` that changed them, with the value they had
+# defaults that changed, keyed by the `bara.harness.compare.EVAL_PROTOCOL` that changed them, with the value they had
 # before (global_draw did not exist before protocol 3: every choice row drew its own, i.e. "row")
 CHANGED_DEFAULTS: dict[int, dict[str, Any]] = {3: {"global_draw": "row"}, 4: {"local_noise": "row"}}
 
 
 def defaults_at(protocol: int) -> dict[str, Any]:
-    """The `BaRAConfig` defaults (as a dict) under `bara.compare.EVAL_PROTOCOL` ``protocol``.
+    """The `BaRAConfig` defaults (as a dict) under `bara.harness.compare.EVAL_PROTOCOL` ``protocol``.
 
     Example:
         >>> defaults_at(3)["local_noise"], defaults_at(4)["local_noise"]

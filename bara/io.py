@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING
 
-from .config import BaRAConfig
-from .layer import BaRALinear
-from .model import BaRAModel
+from bara.config import BaRAConfig
+from bara.layer import BaRALinear
+
+if TYPE_CHECKING:  # the model imports this module, not the reverse
+    from bara.model import BaRAModel
 
 CONFIG_NAME = "bara_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -157,14 +159,6 @@ def copy_adapter_state(own: dict[str, torch.Tensor], tensors: dict[str, torch.Te
     with torch.no_grad():
         for key, param in own.items():
             param.copy_(tensors[key].to(device=param.device, dtype=param.dtype))
-
-
-def load_adapter(base_model: nn.Module, path: str | os.PathLike) -> BaRAModel:
-    """Build a `BaRAModel` on ``base_model`` from a saved adapter; shapes are checked per layer."""
-    config, tensors = read_adapter(path)
-    model = BaRAModel(base_model, config)
-    copy_adapter_state(_adapter_state(model), tensors, path)
-    return model
 
 
 def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:

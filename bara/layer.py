@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .config import BaRAConfig
-from .gates import GlobalGate, LocalGate, hard_bernoulli, kl_bernoulli, relaxed_bernoulli
+from bara.config import BaRAConfig
+from bara.gates import GlobalGate, LocalGate, hard_bernoulli, kl_bernoulli, relaxed_bernoulli
 
 # mode -> (how the global gate is set, how the local gate is set); each "sample", "mean" or "one".
 GATE_MODES: dict[str, tuple[str, str]] = {

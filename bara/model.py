@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import BaRAConfig
-from .layer import GATE_MODES, BaRALinear, GateContext
+from bara.config import BaRAConfig
+from bara.io import _adapter_state, copy_adapter_state, read_adapter, save_adapter
+from bara.layer import GATE_MODES, BaRALinear, GateContext
 
 
 # -- target matching ---------------------------------------------------------------------
@@ -203,15 +204,11 @@ class BaRAModel(AdapterModel):
 
     def save_pretrained(self, path: str, prune: bool = True) -> dict[str, int]:
         """Write ``bara_config.json`` and ``adapter_model.safetensors`` (see `bara.io`)."""
-        from .io import save_adapter
-
         return save_adapter(self, path, prune=prune)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, path: str) -> "BaRAModel":
         """Rebuild a saved adapter on ``base_model`` (see `bara.io`)."""
-        from .io import load_adapter
-
         return load_adapter(base_model, path)
 
     def trainable_parameter_count(self) -> int:
@@ -269,6 +266,14 @@ def fix_gates(model: BaRAModel, keep: dict[str, Tensor]) -> None:
         if probs.shape != (layers[name].r,):
             raise ValueError(f"fix_gates: layer {name} needs {layers[name].r} keep-probabilities, got shape {tuple(probs.shape)}")
         layers[name].constant_keep.copy_(probs.clamp(0.0, 1.0))
+
+
+def load_adapter(base_model: nn.Module, path: str | os.PathLike) -> BaRAModel:
+    """Build a `BaRAModel` on ``base_model`` from a saved adapter; shapes are checked per layer."""
+    config, tensors = read_adapter(path)
+    model = BaRAModel(base_model, config)
+    copy_adapter_state(_adapter_state(model), tensors, path)
+    return model
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import BaRAModel
+from bara.model import BaRAModel
 
 
 @dataclass

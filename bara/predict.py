@@ -3,7 +3,7 @@
 In ``sample`` mode the S samples of a batch go through the model together (the batch is
 repeated S times along its first axis, in chunks of at most ``max_rows`` rows), so S samples
 cost one large forward instead of S small ones. Examples go through longest first, so that a
-batch pads little (`EncodedDataset.longest_first`); the results come back in dataset order.
+batch pads little (the dataset's `longest_first` order); the results come back in dataset order.
 Gate statistics (``E_q[z]`` per instance and
 layer) are collected along the way for the rank report.
 """
@@ -14,22 +14,41 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from .data import Collator, EncodedDataset
-from .layer import GATE_MODES
-from .model import BaRAModel, gate_mode
-from .objective import gate_probabilities
+from bara.layer import GATE_MODES
+from bara.model import BaRAModel, gate_mode
+from bara.objective import gate_probabilities
 
 try:  # a progress bar when rich is present
     from rich.progress import track
 except ImportError:  # pragma: no cover
     def track(it, **_):
         return it
+
+
+class PredictionDataset(Protocol):
+    """What `predict` needs of a dataset: indexable examples that a collate function batches, the labels
+    ``[N]``, the class count (multiple-choice batches are padded to it), a domain tag per example
+    (``None`` where there is none) and the longest-first order of the examples."""
+
+    num_classes: int
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+    @property
+    def labels(self) -> Tensor: ...
+    @property
+    def domains(self) -> list[str | None]: ...
+    def longest_first(self) -> list[int]: ...
+
+
+Collate = Callable[[list[Any]], dict[str, Tensor]]
 
 
 def enable_dropout(model: nn.Module) -> None:
@@ -74,7 +93,7 @@ class Predictions:
         return torch.stack([p.sum(-1) for p in self.gate_probs.values()]).mean(0)
 
 
-def length_sorted_loader(dataset: EncodedDataset, collator: Collator, batch_size: int,
+def length_sorted_loader(dataset: PredictionDataset, collator: Collate, batch_size: int,
                          longest_first: bool = True) -> tuple[DataLoader, Tensor]:
     """A loader over ``dataset`` longest example first, and the index that puts what comes out of it
     back in dataset order: ``outputs[restore]`` (with ``longest_first=False``: dataset order throughout)."""
@@ -114,7 +133,7 @@ def _collect_gates(model: nn.Module, batch: dict[str, Tensor], reps: int, n: int
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: EncodedDataset, collator: Collator, *, mode: str = "sample", samples: int = 10,
+def predict(model: nn.Module, dataset: PredictionDataset, collator: Collate, *, mode: str = "sample", samples: int = 10,
             batch_size: int = 32, max_rows: int = 512, device: str | torch.device = "cpu",
             sample_fn: Callable[[nn.Module], None] | None = None, progress: bool = False,
             longest_first: bool = True) -> Predictions:

@@ -46,9 +46,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from .io import CONFIG_NAME, WEIGHTS_NAME, _adapter_state, copy_adapter_state, read_adapter, save_adapter
-from .model import BaRAModel
-from .objective import kl_terms, kl_warmup_factor, rank_summary
+from bara.io import CONFIG_NAME, WEIGHTS_NAME, _adapter_state, copy_adapter_state, read_adapter, save_adapter
+from bara.model import BaRAModel
+from bara.objective import kl_terms, kl_warmup_factor, rank_summary
 
 
 PREFIX_CHECKPOINT = "checkpoint"

@@ -8,7 +8,7 @@ a sparser local prior, a smaller local-KL weight, the additive (hierarchical-pri
 larger gate learning rate, and the marginal local KL (no mutual-information tax; `local_mi_weight`
 keeps a fraction of it; `local_kl=ceiling` charges each input only for the factors it keeps above ρ0),
 and `gate_holdout`: the adapter trains on part of the training set and the local gates are then
-refitted on the held-out rest by the predictive likelihood (`bara.refit`), so that the gates see
+refitted on the held-out rest by the predictive likelihood (`bara.experimental.refit`), so that the gates see
 where the adapter fails to generalise instead of where it fits.
 
     python benchmarks/c7.py --quick          # SST-2, seed 1
@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare, mean_curve, parse_method, run_dir, split_methods, summarise, train_nll_by_epoch
-from bara.pipeline import RunSpec
+from bara.harness.compare import CompareSpec, compare, mean_curve, parse_method, run_dir, split_methods, summarise, train_nll_by_epoch
+from bara.harness.pipeline import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import stale_mcdropout_note  # noqa: E402
@@ -115,7 +115,7 @@ def _predictions(folder: Path) -> tuple:
 
 
 def interval_text(result: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
-    """A `bara.metrics.paired_bootstrap` result as ``"+d [+low, +high]"``, times ``scale``."""
+    """A `bara.harness.metrics.paired_bootstrap` result as ``"+d [+low, +high]"``, times ``scale``."""
     return f"{scale * result['diff']:+.{digits}f} [{scale * result['low']:+.{digits}f}, {scale * result['high']:+.{digits}f}]"
 
 
@@ -125,7 +125,7 @@ def rank_signal_rows(out: Path, names: list[str], seeds: list[int]) -> list[str]
     import torch
     from safetensors.torch import load_file
 
-    from bara.metrics import separation_auroc
+    from bara.harness.metrics import separation_auroc
 
     rows = []
     for name in names:
@@ -185,7 +185,7 @@ def train_curve_plot(out: Path, names: list[str], seeds: list[int], stem: str) -
     It shows whether BaRA fits its training set as fast as the adapters it is compared with: a
     gated adapter that trails LoRA in training NLL is limited by capacity, whatever its gates do.
     """
-    from bara.plots import training_curves
+    from bara.harness.plots import training_curves
 
     curves, counts = {}, {}
     for name in names:
@@ -311,7 +311,7 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     trained with constant gates (`context_free_twin`, where it ran; ``twin`` names it). Negative means the learned gates
     are better. Returns None where no seed has both predictions; otherwise ``seeds``, ``mc_seeds`` and
     ``twin_seeds`` (counts), ``vs_constant`` (nll, ece, auroc), ``vs_mc`` and ``vs_twin`` (nll, ece; None
-    without such runs), each a `bara.metrics.paired_bootstrap` result, and ``per_seed`` (mean ΔNLL of
+    without such runs), each a `bara.harness.metrics.paired_bootstrap` result, and ``per_seed`` (mean ΔNLL of
     each seed, all three ways).
 
     Constant-gate predictions missing from older runs are computed when ``compute_missing`` (one extra
@@ -319,9 +319,9 @@ def paired_comparison(out: Path, name: str, seeds: list[int], compute_missing: b
     several variants reads it once)."""
     import torch
 
-    from bara.metrics import negative_log_likelihood as nll
-    from bara.metrics import paired_bootstrap
-    from bara.pipeline import evaluate
+    from bara.harness.metrics import negative_log_likelihood as nll
+    from bara.harness.metrics import paired_bootstrap
+    from bara.harness.pipeline import evaluate
 
     def boot(a, b, y, metrics) -> dict[str, dict[str, float]]:
         return {metric: paired_bootstrap(metric, a, b, y, n_boot=1000) for metric in metrics}

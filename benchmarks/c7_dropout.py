@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from bara.compare import run_dir
-from bara.metrics import classification_report, error_detection_auroc, paired_bootstrap
+from bara.harness.compare import run_dir
+from bara.harness.metrics import classification_report, error_detection_auroc, paired_bootstrap
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "suite"
@@ -47,7 +47,7 @@ MC_MEAN = ("mcdropout [mean mode]", "eval-mean")  # the MC-dropout adapter alone
 
 
 def _evaluate_and_archive(run: Path, kept: Path, sub: str, **options) -> None:
-    from bara.pipeline import evaluate
+    from bara.harness.pipeline import evaluate
 
     print(f"{run}: evaluating {sub} ...", flush=True)
     evaluate(run, out=run / sub, plots=False, progress=False, **options)

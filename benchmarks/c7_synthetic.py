@@ -2,7 +2,7 @@
 
 On the real tasks (``c7.py``) BaRA never beat its constant-gate control: the data could not tell
 whether context-dependent rank is useless there or whether the objective cannot learn it. This
-script asks the second question on `bara.synthetic.make_token_classification_task`: C6's
+script asks the second question on `bara.experimental.synthetic.make_token_classification_task`: C6's
 clusters, but every token carries a label drawn from ``softmax(κ H (W0 + ΔW_c) x_t)``, so the
 Bayes-optimal predictive is known and the score is the held-out NLL in excess of it (and ECE).
 
@@ -65,7 +65,7 @@ KEEP = 0.5
 
 
 def build_task(name: str, seed: int):
-    from bara.synthetic import make_token_classification_task
+    from bara.experimental.synthetic import make_token_classification_task
 
     spec = TASKS[name]
     return make_token_classification_task(spec["ranks"], shared=spec.get("shared", False),
@@ -74,7 +74,7 @@ def build_task(name: str, seed: int):
 
 def score(out: dict, n_clusters: int) -> dict:
     """Accuracy, ECE, NLL and NLL in excess of the Bayes-optimal predictive (same labels), overall and per cluster."""
-    from bara.metrics import accuracy, expected_calibration_error, negative_log_likelihood
+    from bara.harness.metrics import accuracy, expected_calibration_error, negative_log_likelihood
 
     probs, labels, truth = out["probs"].flatten(0, 1), out["labels"].flatten(), out["true_probs"].flatten(0, 1)
     bayes = negative_log_likelihood(truth, labels)
@@ -102,7 +102,7 @@ def gate_stats(out: dict, n_clusters: int) -> dict:
 
 def parse_variant(method: str) -> dict:
     """``"bara[beta_local=1]"`` → ``{"beta_local": 1}``: the BaRAConfig fields a BaRA variant changes."""
-    from bara.compare import parse_method
+    from bara.harness.compare import parse_method
 
     name, options = parse_method(method)
     if name != "bara" or set(options) - {"config"}:
@@ -128,7 +128,7 @@ def run_cell(task_name: str, n_train: int, method: str, seed: int, steps: int) -
     torch.set_num_threads(1)
     from bara import BaRAConfig
     from bara.model import fix_gates
-    from bara.synthetic import predict_token_classifier, train_token_classifier
+    from bara.experimental.synthetic import predict_token_classifier, train_token_classifier
 
     task = build_task(task_name, seed)
     k = len(task.clusters.ranks)
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in (args.tasks or ("clusters,shared" if args.quick else ",".join(TASKS))).split(",") if t]
     if unknown := sorted(set(tasks) - set(TASKS)):
         parser.error(f"unknown task(s) {unknown}; choose among {list(TASKS)}")
-    from bara.compare import split_methods
+    from bara.harness.compare import split_methods
 
     methods = BASE_METHODS + [v for v in split_methods(args.variants) if v not in BASE_METHODS]
     for method in methods[len(BASE_METHODS):]:

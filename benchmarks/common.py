@@ -91,12 +91,12 @@ def verdict(ok: bool | None) -> str:
 
 def stale_mcdropout_note(folder: Path, seeds: list[int]) -> list[str]:
     """A note naming the seeds whose finished MC-dropout run under ``folder`` was evaluated before
-    `bara.compare.EVAL_PROTOCOL` 2 (attention dropout off, hidden dropout only: a weaker baseline than the
+    `bara.harness.compare.EVAL_PROTOCOL` 2 (attention dropout off, hidden dropout only: a weaker baseline than the
     method asks), or ``[]`` when none was. Seeds without a finished run are not named.
 
     A page rebuilt from such runs carries the new commit in its header, so only the runs can tell.
     """
-    from bara.compare import eval_protocol, run_dir
+    from bara.harness.compare import eval_protocol, run_dir
 
     old = [seed for seed in seeds if (eval_protocol(run_dir(folder, "mcdropout", seed)) or 2) < 2]
     if not old:

@@ -1,7 +1,7 @@
 """What BaRA costs next to LoRA (and BLoB): training step time and memory, evaluation with S samples,
 and how the step time grows with the rank r and the sequence length.
 
-Reference LoRA is peft's (`bara.methods.get_method("lora")`: what users compare against); BaRA is
+Reference LoRA is peft's (`bara.harness.methods.get_method("lora")`: what users compare against); BaRA is
 also run in ``ones`` mode (same adapter, all gates open: exactly LoRA's maths) to isolate what the
 gates themselves cost. BLoB (`get_method("blob")`) is included when the library has it.
 
@@ -70,7 +70,7 @@ PARTS = ["train", "memory", "eval", "grid"]
 
 # -- models and steps ----------------------------------------------------------------------
 def available_methods() -> list[str]:
-    from bara.methods import METHODS
+    from bara.harness.methods import METHODS
 
     return ["lora", "bara", "bara-ones"] + (["blob"] if "blob" in METHODS else [])
 
@@ -78,15 +78,15 @@ def available_methods() -> list[str]:
 def build_head(backbone: str, seed: int = 0):
     """(head, target_modules, modules_to_save, vocab_size) — a fresh copy each call."""
     if backbone == "minilm":
-        from bara.backbones import load_backbone
-        from bara.heads import SequenceClassifier
+        from bara.harness.backbones import load_backbone
+        from bara.harness.heads import SequenceClassifier
 
         bb = load_backbone("minilm", head="sequence_classification", num_labels=2)
         return SequenceClassifier(bb.model), ["query", "value"], ["classifier"], bb.model.config.vocab_size
     if backbone == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from bara.heads import LabelTokenClassifier
+        from bara.harness.heads import LabelTokenClassifier
 
         torch.manual_seed(seed)  # the same random weights for every configuration
         lm = LlamaForCausalLM(LlamaConfig(**LLAMA))
@@ -95,7 +95,7 @@ def build_head(backbone: str, seed: int = 0):
 
 
 def method_for(config: str, r: int):
-    from bara.methods import get_method
+    from bara.harness.methods import get_method
 
     if config == "lora":
         return get_method("lora", {"r": r, "lora_alpha": 2.0 * r})
@@ -296,7 +296,7 @@ def part_memory(backbone: str, batch: int, length: int, r: int, configs: list[st
 
 
 def part_eval(backbone: str, batch: int, length: int, r: int, warmup: int, reps: int) -> dict:
-    from bara.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
     from bara.predict import predict
 
     print(f"[eval] {backbone}: batch {batch} × {length}, S = {EVAL_SAMPLES}", flush=True)
@@ -324,7 +324,7 @@ def part_profile_eval(backbone: str, batch: int, length: int, r: int, calls: int
     """torch.profiler over `predict` calls: one LoRA pass vs BaRA `mean` and `sample` (S = 1)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bara.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
     from bara.predict import predict
 
     print(f"[profile] eval {backbone}", flush=True)
@@ -452,10 +452,10 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
     meta = cache.data["meta"]
     command = "python benchmarks/cost.py" + (" --quick" if quick else "")
     lines = header("The cost of BaRA vs LoRA" + (" (quick run)" if quick else ""), meta, wall, command)
-    from bara.methods import METHODS
+    from bara.harness.methods import METHODS
 
     blob_note = ("BLoB (`get_method('blob')`, flipout noise, closed-form Gaussian KL) is included." if "blob" in METHODS
-                 else "BLoB is not in `bara.methods.METHODS` at this commit: skipped.")
+                 else "BLoB is not in `bara.harness.methods.METHODS` at this commit: skipped.")
     lines += [
         f"Settings: r = {settings['r']} on the attention query/value projections; 1 torch thread; {blob_note} "
         f"LoRA = peft LoRA (`get_method('lora')`, α = 2r); `bara-ones` = the BaRA adapter with every gate open "

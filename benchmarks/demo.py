@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bara.demo import run_demo
+from bara.harness.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent
 

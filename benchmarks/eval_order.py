@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_commit, hardware, header, result_paths, table, write_md  # noqa: E402
 from suite import TASKS  # noqa: E402
 
-from bara.data import EncodedDataset  # noqa: E402
-from bara.pipeline import RunSpec, build, encode_split  # noqa: E402
+from bara.harness.data import EncodedDataset  # noqa: E402
+from bara.harness.pipeline import RunSpec, build, encode_split  # noqa: E402
 from bara.predict import predict  # noqa: E402
 
 BATCH = 32  # `predict`'s default batch size

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Cache, git_commit, header, run_meta, table, write_md  # noqa: E402
 from gates import find_runs, run_label  # noqa: E402
 
-from bara.pipeline import encode_split, load_trained  # noqa: E402
+from bara.harness.pipeline import encode_split, load_trained  # noqa: E402
 
 
 def decompose_run(run: Path) -> dict:

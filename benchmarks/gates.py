@@ -2,7 +2,7 @@
 
 For every finished run given, one pass in ``mean`` mode over the run's own evaluation set records
 the expected joint gates E_q[z(x)] of every layer (the same gates that the Monte-Carlo passes
-sample), and `bara.metrics.gate_profile` summarises them per domain: the rank s̄, the mean
+sample), and `bara.harness.metrics.gate_profile` summarises them per domain: the rank s̄, the mean
 keep-probability, the gate entropy (how much the Monte-Carlo passes vary which factors are on)
 and the share of nearly deterministic gates. This is the diagnosis behind check C7: a domain whose
 gates sit at 0 or 1 gets no averaging from them, one whose gates sit near ρ0 gets dropout-like
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Cache, git_commit, header, run_meta, table, write_md  # noqa: E402
 
-from bara.metrics import gate_profile  # noqa: E402
-from bara.pipeline import encode_split, load_trained  # noqa: E402
-from bara.plots import gate_profile_plot  # noqa: E402
+from bara.harness.metrics import gate_profile  # noqa: E402
+from bara.harness.pipeline import encode_split, load_trained  # noqa: E402
+from bara.harness.plots import gate_profile_plot  # noqa: E402
 
 
 def run_label(run: Path) -> str:

@@ -37,9 +37,9 @@ STALE = OUT.parent / "stale-global-draw"  # where the suite's runs trained with 
 from bara.config import BaRAConfig  # noqa: E402
 from bara.io import CONFIG_NAME  # noqa: E402
 from bara.layer import BaRALinear  # noqa: E402
-from bara.metrics import accuracy, expected_calibration_error, negative_log_likelihood, paired_bootstrap  # noqa: E402
-from bara.compare import eval_protocol  # noqa: E402
-from bara.pipeline import encode_split, load_trained, seeded_predict  # noqa: E402
+from bara.harness.metrics import accuracy, expected_calibration_error, negative_log_likelihood, paired_bootstrap  # noqa: E402
+from bara.harness.compare import eval_protocol  # noqa: E402
+from bara.harness.pipeline import encode_split, load_trained, seeded_predict  # noqa: E402
 
 TASKS = ("arc_easy", "obqa", "winogrande_s")
 METHODS = ("bara", "bara-global")
@@ -68,7 +68,7 @@ def _key(folder: Path) -> str:
 
 
 def _trained_per_example(folder: Path) -> bool:
-    """Whether the run was trained after `BaRAConfig.global_draw` (`bara.compare.EVAL_PROTOCOL` ≥ 3)."""
+    """Whether the run was trained after `BaRAConfig.global_draw` (`bara.harness.compare.EVAL_PROTOCOL` ≥ 3)."""
     return eval_protocol(folder) >= 3
 
 

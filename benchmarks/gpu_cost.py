@@ -41,7 +41,7 @@ def build(config: str, shape: dict, r: int, device: torch.device, dtype: torch.d
     """The Llama stack scored on two label tokens, wrapped by ``config``; adapters kept in fp32."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bara.heads import LabelTokenClassifier
+    from bara.harness.heads import LabelTokenClassifier
 
     torch.manual_seed(0)  # the same random weights for every configuration
     lm = LlamaForCausalLM(LlamaConfig(**shape)).to(dtype)

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Cache, fmt, git_commit, header, run_meta, table, write_md  # noqa: E402
 
-from bara.pipeline import encode_split, load_trained  # noqa: E402
+from bara.harness.pipeline import encode_split, load_trained  # noqa: E402
 
 MODES = ("default", "constant")  # learned gates (S sampled gate sets) and the C7 control
 

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import ARCHIVE, OUT  # noqa: E402
 
-from bara.compare import EVAL_PROTOCOL, effective_config, parse_method, run_dir, trained_config  # noqa: E402
+from bara.harness.compare import EVAL_PROTOCOL, effective_config, parse_method, run_dir, trained_config  # noqa: E402
 
 MOVES = (("bara", "bara[local_noise=row]"), ("bara[local_noise=example]", "bara"))  # in this order
 GLOBAL_DRAW_CACHE = Path(__file__).resolve().parent / "results" / "global-draw.json"  # keyed by run folder name

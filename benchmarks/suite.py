@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from bara.compare import CompareSpec, compare, split_methods
-from bara.pipeline import RunSpec
+from bara.harness.compare import CompareSpec, compare, split_methods
+from bara.harness.pipeline import RunSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import stale_mcdropout_note  # noqa: E402
@@ -48,7 +48,7 @@ TASKS: dict[str, dict] = {
 # subsampled to 500 (seeded, as for SST-2); the OOD sets too (MMLU subjects have ~100 questions, kept whole).
 OOD_EVAL_SIZE = 500
 OOD = {"obqa": ["arc_easy", "arc_challenge", "mmlu_college_chemistry", "mmlu_college_physics"]}
-# The causal-LM protocol (issue 5): Gemma-3-270M scores the answer letters (`bara.heads.LabelTokenClassifier`).
+# The causal-LM protocol (issue 5): Gemma-3-270M scores the answer letters (`bara.harness.heads.LabelTokenClassifier`).
 # A 270M-parameter model trains at ~5 s per batch of 8 on one CPU thread, so the budget is smaller than
 # the encoder suite's (512 training examples, 2 epochs = 128 steps; 300 evaluation examples).
 CAUSAL_MODEL = "gemma3-270m"
@@ -253,7 +253,7 @@ def _c7_target_lines(task: str, entry: dict) -> list[str]:
 
 def _lora_losses(entry: dict) -> dict[int, tuple[float, float]]:
     """Plain LoRA's logged training loss per seed: (first logged ≈ chance, mean of the last 5 logged)."""
-    from bara.compare import run_dir
+    from bara.harness.compare import run_dir
 
     losses = {}
     for seed in entry["seeds"]:
@@ -303,7 +303,7 @@ def _eval_protocol_lines(entry: dict) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def _is_multiple_choice(task: str) -> bool:
-    from bara.tasks import load_task
+    from bara.harness.tasks import load_task
 
     return load_task(task).kind == "multiple_choice"
 
@@ -312,7 +312,7 @@ def _multiple_choice_bara_runs(entry: dict, without: str):
     """``(label, seed, folder, run spec)`` of the finished BaRA runs of a multiple-choice encoder task
     whose label does not start with ``without`` (the variant lacking the gate in question); the
     causal LM reads all choices in one sequence, so its runs are never multiple-choice rows."""
-    from bara.compare import run_dir
+    from bara.harness.compare import run_dir
 
     for name in entry["summary"]:
         if not name.startswith("bara") or name.startswith(without) or " [" in name or "→" in name:
@@ -330,7 +330,7 @@ def _trained_before_default(entry: dict, field: str, without: str) -> list[str]:
     """``label sN`` of the finished BaRA runs of a multiple-choice encoder task (labels not starting with
     ``without``) that trained ``field`` with another value than their label gives it today: made before
     its default changed (`bara.config.CHANGED_DEFAULTS`)."""
-    from bara.compare import effective_config, trained_config
+    from bara.harness.compare import effective_config, trained_config
 
     return [f"{name} s{seed}" for name, seed, folder, run in _multiple_choice_bara_runs(entry, without)
             if trained_config(folder)[field] != effective_config(run["method"], run.get("method_options") or {})[field]]
@@ -338,7 +338,7 @@ def _trained_before_default(entry: dict, field: str, without: str) -> list[str]:
 
 def _global_draw_lines(entry: dict) -> list[str]:
     """Name the BaRA runs of a multiple-choice task made before the global gate was drawn once per
-    example (`bara.compare.EVAL_PROTOCOL` 3): each choice row drew its own, so one Monte-Carlo sample
+    example (`bara.harness.compare.EVAL_PROTOCOL` 3): each choice row drew its own, so one Monte-Carlo sample
     scored an example's choices with different adapters."""
     old = _trained_before_default(entry, "global_draw", without="bara-local")  # bara-local has no global gate
     if not old:
@@ -350,7 +350,7 @@ def _global_draw_lines(entry: dict) -> list[str]:
 
 def _local_noise_lines(entry: dict) -> list[str]:
     """Name the BaRA runs of a multiple-choice task whose label promises the current default
-    `BaRAConfig.local_noise` ("example", `bara.compare.EVAL_PROTOCOL` 4) but that were trained
+    `BaRAConfig.local_noise` ("example", `bara.harness.compare.EVAL_PROTOCOL` 4) but that were trained
     before it, with each choice row drawing its local gates alone."""
     old = _trained_before_default(entry, "local_noise", without="bara-global")  # bara-global has no local gate
     if not old:
@@ -366,7 +366,7 @@ def _confidence_lines(entry: dict) -> list[str]:
     import torch
     from c7 import _predictions  # the sibling script's reader of saved predictions
 
-    from bara.compare import run_dir
+    from bara.harness.compare import run_dir
 
     cells = []
     for name in entry["summary"]:
@@ -408,7 +408,7 @@ def _c7_lines(entry: dict) -> list[str]:
 
 def _figure(summaries: dict, name: str) -> Path | None:
     """Grouped bars of ECE and NLL (relative to LoRA's) per in-domain task LoRA learned, one bar per method."""
-    from bara.plots import grouped_bars
+    from bara.harness.plots import grouped_bars
 
     ece, nll = {}, {}
     for task, summary in _in_domain(summaries).items():

@@ -1,6 +1,6 @@
 """Check C6 of DESIGN §5 at full size: context-dependent rank on the synthetic cluster tasks.
 
-Tasks (`bara.synthetic.make_cluster_task`, d = 32, K = 4 clusters, 16-token instances):
+Tasks (`bara.experimental.synthetic.make_cluster_task`, d = 32, K = 4 clusters, 16-token instances):
 
 * ``equal``    — ranks [2, 2, 2, 2], BaRA r = 8;
 * ``variable`` — ranks [1, 2, 3, 4], BaRA r = 10;
@@ -59,7 +59,7 @@ CONTROL_ANGLE = 10.0  # degrees between the clusters' effective update subspaces
 
 
 def build_task(name: str, seed: int):
-    from bara.synthetic import ClusterTask, make_cluster_task
+    from bara.experimental.synthetic import ClusterTask, make_cluster_task
 
     task = make_cluster_task(TASKS[name]["ranks"], seed=seed)
     if name == "control":
@@ -84,7 +84,7 @@ def analyse(task, model, seed: int, lora: bool, n_eval: int = 1024) -> dict:
     """Per-cluster effective updates vs the truth, and the gate statistics behind them."""
     from bara.model import gate_mode
     from bara.objective import expected_pi, gate_probabilities
-    from bara.synthetic import adjusted_rand_index
+    from bara.experimental.synthetic import adjusted_rand_index
 
     x, _, _, cluster = task.sample(n_eval, torch.Generator().manual_seed(20_000 + seed))  # as evaluate_synthetic
     layer = dict(model.bara_layers())["proj"]
@@ -134,7 +134,7 @@ def analyse(task, model, seed: int, lora: bool, n_eval: int = 1024) -> dict:
 def run_cell(task_name: str, n_train: int, method: str, r: int, seed: int, steps: int) -> dict:
     torch.set_num_threads(1)
     import bara
-    from bara.synthetic import train_synthetic
+    from bara.experimental.synthetic import train_synthetic
 
     task = build_task(task_name, seed)
     start = time.perf_counter()
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = header("C6 at full size: synthetic context-dependent rank" + (" (quick run)" if args.quick else ""), meta, wall, command)
     lines += [
         f"Settings: d = 32, K = 4, 16 tokens per instance, ‖m_c‖ = 3, σx = 1, noise 0.1; Adam lr 1e-2, batch 64, "
-        f"{args.steps} steps per run (`bara.synthetic.train_synthetic`); N_train ∈ {sizes}; seeds {seeds} (seed = task, data "
+        f"{args.steps} steps per run (`bara.experimental.synthetic.train_synthetic`); N_train ∈ {sizes}; seeds {seeds} (seed = task, data "
         "and init); evaluation on 1024 fresh instances, BaRA in `mean` mode, LoRA = the same adapter in `ones` mode. "
         f"BaRA uses the DESIGN §2 defaults (τ = 1, β_l = 0.1, ρ0 = 0.5, α0 = 1/3). Sum of per-run training times: "
         f"{fmt_seconds(meta['compute_seconds'])}.",

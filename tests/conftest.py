@@ -66,7 +66,7 @@ def token_dataset(n: int = 16, seed: int = 3):
     first real token), with its collator."""
     import random
 
-    from bara.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
 
     rng = random.Random(seed)
     items = []

@@ -11,7 +11,7 @@ still computed from the same gates, with β_g large and no warm-up, so that coun
 once per rank (instead of once) or summing the local KL over ranks would show in the weights.
 
 Part 2 (`run_cli`, only when MODEL_DIR and DATA_DIR are given): runs the real ``bara train``
-command (``bara.cli.app``) unchanged in every process and records, per rank, which output files
+command (``bara.harness.cli.app``) unchanged in every process and records, per rank, which output files
 that rank wrote (``OUT/writes-rank{R}.json``).
 """
 
@@ -33,7 +33,7 @@ BARA_OPTIONS = dict(r=4, target_modules=["query", "value"], modules_to_save=["cl
 
 def dataset():
     """16 random sequences (lengths 4..11) labelled by the parity of their second token."""
-    from bara.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
 
     g = torch.Generator().manual_seed(3)
     items = []
@@ -47,7 +47,7 @@ def dataset():
 def tiny_bert_head():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from bara.heads import SequenceClassifier
+    from bara.harness.heads import SequenceClassifier
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -87,7 +87,7 @@ class _WriteLog:
 
     def install(self) -> None:
         import bara.io
-        import bara.pipeline
+        import bara.harness.pipeline
 
         original_save, original_write = bara.io.save_adapter, Path.write_text
         log = self.paths
@@ -108,7 +108,7 @@ def run_cli(out: Path, model_dir: str, data_dir: str, rank: int) -> int:
     """``bara train`` exactly as a user runs it under ``accelerate launch``; returns its exit code."""
     from typer.main import get_command
 
-    from bara.cli import app
+    from bara.harness.cli import app
 
     writes = _WriteLog()
     writes.install()

@@ -1,4 +1,4 @@
-"""Tests for bara.backbones (CPU, fast; gemma only when its cache exists or BARA_TEST_GEMMA=1)."""
+"""Tests for bara.harness.backbones (CPU, fast; gemma only when its cache exists or BARA_TEST_GEMMA=1)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from bara import backbones
-from bara.backbones import (
+from bara.harness import backbones
+from bara.harness.backbones import (
     ALIASES,
     Backbone,
     BackboneError,
@@ -140,7 +140,7 @@ def tiny_llama_dir(tmp_path_factory):
 
 def test_tiny_llama_causal_lm(tiny_llama_dir, caplog):
     backbones._PAD_WARNED.discard(str(tiny_llama_dir))
-    with caplog.at_level(logging.WARNING, logger="bara.backbones"):
+    with caplog.at_level(logging.WARNING, logger="bara.harness.backbones"):
         bb = load_backbone(str(tiny_llama_dir), head="causal_lm")
         load_backbone(str(tiny_llama_dir), head="causal_lm")
     pad_msgs = [r for r in caplog.records if "no pad token" in r.getMessage()]

@@ -1,4 +1,4 @@
-"""BLoB (`bara.methods.blob`): the KL, the layer's two modes and its per-row Flipout noise, a short
+"""BLoB (`bara.harness.methods.blob`): the KL, the layer's two modes and its per-row Flipout noise, a short
 training run with `BLoBTrainer`, prediction, and the safetensors-only save / load round trip."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bara.heads import SequenceClassifier
-from bara.methods.blob import (BLoB, BLoBConfig, BLoBLinear, BLoBModel, BLoBTrainer, blob_cycle_length, blob_kl_weight,
+from bara.harness.heads import SequenceClassifier
+from bara.harness.methods.blob import (BLoB, BLoBConfig, BLoBLinear, BLoBModel, BLoBTrainer, blob_cycle_length, blob_kl_weight,
                                gaussian_kl, load_blob, sampling)
 from conftest import token_dataset, tiny_bert
 

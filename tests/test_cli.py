@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bara.cli import app
-from bara.tasks import resolve_data_dir
+from bara.harness.cli import app
+from bara.harness.tasks import resolve_data_dir
 
 runner = CliRunner()
 
@@ -22,7 +22,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT saved with the real MiniLM tokenizer (all offline)."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from bara.backbones import resolve_model_path
+    from bara.harness.backbones import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -97,7 +97,7 @@ def test_a_second_process_cannot_train_into_a_folder_in_use(tiny_model_dir, data
     once the lock is released the same command trains and removes its lock file when done."""
     import fcntl
 
-    from bara.pipeline import LOCK_FILE
+    from bara.harness.pipeline import LOCK_FILE
 
     out = tmp_path / "run"
     out.mkdir()
@@ -169,7 +169,7 @@ def test_map_at_blobs_weight_decay_trains_bit_for_bit_as_lora(tiny_model_dir, da
 
 
 def test_weight_decay_warning_follows_the_dtype():
-    from bara.pipeline import warn_if_weight_decay_vanishes
+    from bara.harness.pipeline import warn_if_weight_decay_vanishes
 
     with pytest.warns(UserWarning, match="no effect"):
         assert warn_if_weight_decay_vanishes(1e-4, 1e-5)  # BLoB's own setting: 1e-9
@@ -284,7 +284,7 @@ def test_compare_archive_rebuilds_a_lost_comparison_without_retraining(tiny_mode
 
 
 def test_train_nll_per_epoch_reads_the_data_term(tmp_path):
-    from bara.compare import final_train_nll, train_nll_by_epoch
+    from bara.harness.compare import final_train_nll, train_nll_by_epoch
 
     def log(*steps):  # (epoch, loss, nll or None)
         return {"history": [{"epoch": e, "loss": l} | ({"nll": n} if n is not None else {}) for e, l, n in steps]
@@ -308,7 +308,7 @@ def test_train_nll_per_epoch_reads_the_data_term(tmp_path):
 
 
 def test_archive_run_refuses_an_unfinished_run(tmp_path):
-    from bara.compare import archive_run, restore_run
+    from bara.harness.compare import archive_run, restore_run
 
     with pytest.raises(ValueError, match="not a finished run"):
         archive_run(tmp_path / "run", tmp_path / "kept")
@@ -316,7 +316,7 @@ def test_archive_run_refuses_an_unfinished_run(tmp_path):
 
 
 def test_archive_keeps_records_and_ood_predictions_but_no_weights(tmp_path):
-    from bara.compare import archive_run, restore_run
+    from bara.harness.compare import archive_run, restore_run
 
     run, kept, fresh = tmp_path / "run", tmp_path / "kept", tmp_path / "fresh"
     for name in ("done.json", "eval/predictions.safetensors", "ood-arc_easy/predictions.safetensors",
@@ -331,7 +331,7 @@ def test_archive_keeps_records_and_ood_predictions_but_no_weights(tmp_path):
 
 
 def test_method_lists_keep_commas_inside_options():
-    from bara.compare import split_methods
+    from bara.harness.compare import split_methods
 
     assert split_methods("lora,bara[local_kl=marginal,rho0=0.2], blob") == ["lora", "bara[local_kl=marginal,rho0=0.2]", "blob"]
     assert split_methods(" lora ,, ") == ["lora"]
@@ -414,7 +414,7 @@ def test_mc_noise_benchmark_redraws_the_gates_per_seed_and_reproduces_each_draw(
 
 
 def test_ensemble_members_train_on_the_same_examples_from_different_seeds(tiny_model_dir, data_file, tmp_path):
-    from bara.pipeline import RunSpec, build, train
+    from bara.harness.pipeline import RunSpec, build, train
 
     spec = RunSpec(model=str(tiny_model_dir), task="classification", data=str(data_file), method="ensemble",
                    train_size=8, seed=3, max_steps=1, batch_size=4, max_length=16)
@@ -427,7 +427,7 @@ def test_ensemble_members_train_on_the_same_examples_from_different_seeds(tiny_m
 
 
 def test_eval_order_benchmark_counts_the_tokens_each_order_feeds():
-    from bara.data import EncodedDataset, EncodedExample
+    from bara.harness.data import EncodedDataset, EncodedExample
 
     fed_tokens = _benchmark("eval_order").fed_tokens
     seqs = EncodedDataset([EncodedExample([1] * n, 0, 2, None) for n in (2, 9, 3, 8)], "sequence_classification", 2)
@@ -464,7 +464,7 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     vs_constant, vs_mc, vs_twin = cells[9].split(" · ")  # per seed: two against constant gates, one against MC-dropout
     assert len(vs_constant.split(", ")) == 2 and len(vs_mc.split(", ")) == 1 and vs_twin == "—"
     assert cells[7:9] == ["—", "—"]  # the variant was not trained with constant gates
-    from bara.metrics import negative_log_likelihood
+    from bara.harness.metrics import negative_log_likelihood
     predictions = [c7._predictions(tmp_path / "runs" / m / "seed1" / "eval") for m in ("bara", "mcdropout")]
     (p, y), (m, _) = predictions
     assert vs_mc == f"{negative_log_likelihood(p, y) - negative_log_likelihood(m, y):+.3f}"
@@ -478,8 +478,8 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
 
 
 def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropout(tiny_model_dir, data_file, tmp_path, monkeypatch):
-    from bara.compare import archive_run, run_dir
-    from bara.metrics import negative_log_likelihood
+    from bara.harness.compare import archive_run, run_dir
+    from bara.harness.metrics import negative_log_likelihood
 
     out, archive = tmp_path / "out", tmp_path / "archive"
     result = _invoke("compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--steps", "2",
@@ -549,7 +549,7 @@ def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
 
 
 def test_suite_names_the_mc_dropout_seeds_evaluated_without_attention_dropout(tmp_path):
-    from bara.compare import EVAL_PROTOCOL, run_dir
+    from bara.harness.compare import EVAL_PROTOCOL, run_dir
 
     suite = _benchmark("suite")
     for seed, result in ((1, {"method": "mcdropout"}), (2, {"method": "mcdropout", "eval_protocol": EVAL_PROTOCOL})):
@@ -564,7 +564,7 @@ def test_suite_names_the_mc_dropout_seeds_evaluated_without_attention_dropout(tm
 
 def test_c7_page_names_the_mc_dropout_runs_evaluated_without_attention_dropout(tmp_path):
     """A C7 page rebuilt from archived runs names its commit, not the runs'; the runs' own protocol flags them."""
-    from bara.compare import EVAL_PROTOCOL, run_dir
+    from bara.harness.compare import EVAL_PROTOCOL, run_dir
 
     c7 = _benchmark("c7")
     for seed, result in ((2, {"method": "mcdropout", "eval_protocol": 1}), (3, {"method": "mcdropout", "eval_protocol": EVAL_PROTOCOL})):
@@ -582,7 +582,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from bara.compare import run_dir
+    from bara.harness.compare import run_dir
 
     suite = _benchmark("suite")
     labels = torch.arange(400) % 2
@@ -636,7 +636,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     import torch
     from safetensors.torch import save_file
 
-    from bara.compare import run_dir
+    from bara.harness.compare import run_dir
 
     suite, c7 = _benchmark("suite"), _benchmark("c7")
     labels = torch.arange(400) % 2
@@ -684,7 +684,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
 
 
 def test_suite_names_the_bara_runs_of_multiple_choice_tasks_drawn_per_choice_row(tmp_path):
-    from bara.compare import EVAL_PROTOCOL, run_dir
+    from bara.harness.compare import EVAL_PROTOCOL, run_dir
 
     suite = _benchmark("suite")
 
@@ -709,7 +709,7 @@ def test_suite_names_the_bara_runs_of_multiple_choice_tasks_drawn_per_choice_row
 
 
 def test_suite_names_the_bara_runs_trained_before_the_local_noise_default_changed(tmp_path):
-    from bara.compare import EVAL_PROTOCOL, parse_method, run_dir
+    from bara.harness.compare import EVAL_PROTOCOL, parse_method, run_dir
 
     suite = _benchmark("suite")
 
@@ -737,7 +737,7 @@ def test_suite_names_the_bara_runs_trained_before_the_local_noise_default_change
 def test_relabel_runs_files_each_run_under_the_label_of_its_settings_once(tmp_path, monkeypatch):
     """After the local_noise default changed: bara trained per row → bara[local_noise=row], the spelled-out
     new default → bara; the records follow, a second invocation moves nothing, a mismatch moves nothing."""
-    from bara.compare import EVAL_PROTOCOL, parse_method, run_dir
+    from bara.harness.compare import EVAL_PROTOCOL, parse_method, run_dir
 
     relabel = _benchmark("relabel_runs")
     out, archive = tmp_path / "out", tmp_path / "archive"

@@ -37,7 +37,7 @@ def launched(tmp_path_factory) -> tuple[Path, dict[str, dict[str, torch.Tensor]]
     batch and seed) and the two controls."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from bara.backbones import resolve_model_path
+    from bara.harness.backbones import resolve_model_path
 
     root = tmp_path_factory.mktemp("ddp")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
@@ -191,7 +191,7 @@ def test_fsdp2_trains_saves_and_reloads_like_a_single_process(tmp_path, wrap):
 
 
 def test_an_fsdp_launch_on_cpu_says_it_is_plain_ddp(monkeypatch):
-    from bara.pipeline import warn_if_fsdp_on_cpu
+    from bara.harness.pipeline import warn_if_fsdp_on_cpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)

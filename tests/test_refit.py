@@ -1,4 +1,4 @@
-"""The held-out refit of the local gates (`bara.refit`) and BaRA's ``gate_holdout`` option."""
+"""The held-out refit of the local gates (`bara.experimental.refit`) and BaRA's ``gate_holdout`` option."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from bara.config import BaRAConfig
-from bara.heads import SequenceClassifier
-from bara.methods import get_method
+from bara.harness.heads import SequenceClassifier
+from bara.harness.methods import get_method
 from bara.model import get_bara_model
-from bara.refit import predictive_nll, refit_local_gates, split_holdout
+from bara.experimental.refit import predictive_nll, refit_local_gates, split_holdout
 
 from conftest import tiny_bert, token_dataset
 
@@ -36,7 +36,7 @@ def test_split_holdout_refuses_fractions_that_leave_a_side_empty(fraction, messa
 def _misled_model(data, collator, seed: int = 0):
     """A BaRA classifier whose adapter was trained on flipped labels: on the true labels the
     held-out likelihood is best served by gates that drop its factors."""
-    from bara.data import EncodedDataset, EncodedExample
+    from bara.harness.data import EncodedDataset, EncodedExample
 
     torch.manual_seed(seed)
     head = SequenceClassifier(tiny_bert(num_labels=2, seed=seed))
@@ -138,8 +138,8 @@ def test_bara_gate_holdout_option_splits_and_validates():
 @pytest.mark.parametrize("scope", ["affine", "full"])
 def test_refit_learning_rate_defaults_to_the_scope_s_own(scope):
     """A direct API call without ``lr`` uses the scope's own rate, the one `bara[gate_holdout=...]` uses."""
-    from bara.methods.bara import BaRA
-    from bara.refit import REFIT_LR
+    from bara.harness.methods.bara import BaRA
+    from bara.experimental.refit import REFIT_LR
 
     data, collator = token_dataset(8)
     log = refit_local_gates(_misled_model(data, collator), data, collator, epochs=1, batch_size=8, scope=scope)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bara.cli import app
+from bara.harness.cli import app
 
 runner = CliRunner()
 STEPS = 40
@@ -33,7 +33,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     """A tiny random BERT with the real MiniLM tokenizer, 24 + 8 examples, and a run config."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from bara.backbones import resolve_model_path
+    from bara.harness.backbones import resolve_model_path
 
     root = tmp_path_factory.mktemp("kill")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
@@ -90,7 +90,7 @@ def test_sigkill_then_resume_gives_the_same_adapter_bit_for_bit(setup, tmp_path)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
     stderr = tmp_path / "stderr.txt"
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bara.cli", *_train_args(setup, killed)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "bara.harness.cli", *_train_args(setup, killed)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
     watch: dict = {}
     watcher = threading.Thread(target=_kill_when_checkpointed, args=(proc, killed / "checkpoints", watch), daemon=True)
@@ -134,8 +134,8 @@ def _trainer(out: Path, *, trainer_cls=None, max_steps: int = 6):
     from transformers import TrainingArguments
 
     import bara
-    from bara.data import Collator, EncodedDataset, EncodedExample
-    from bara.heads import SequenceClassifier
+    from bara.harness.data import Collator, EncodedDataset, EncodedExample
+    from bara.harness.heads import SequenceClassifier
     from conftest import tiny_bert
 
     g = torch.Generator().manual_seed(0)
@@ -230,7 +230,7 @@ def test_checkpoints_hold_everything_needed_to_resume(tmp_path):
 
 def test_compare_reports_unknown_training_time_for_runs_resumed_before_the_clock(tmp_path):
     """Runs resumed from a checkpoint without a clock logged only their last session's seconds."""
-    from bara.compare import _train_time_unknown
+    from bara.harness.compare import _train_time_unknown
 
     def unknown(log: dict) -> bool:
         path = tmp_path / "train_log.json"

@@ -11,8 +11,8 @@ import torch
 from scipy.stats import spearmanr
 
 import bara
-from bara.metrics import domain_permutation_test
-from bara.synthetic import adjusted_rand_index, make_cluster_task, train_synthetic
+from bara.harness.metrics import domain_permutation_test
+from bara.experimental.synthetic import adjusted_rand_index, make_cluster_task, train_synthetic
 
 
 def _config(r, **kw):
@@ -87,7 +87,7 @@ def test_c4_rank_varies_across_domains_unless_the_gate_network_is_frozen():
 
     frozen_config = _config(8)
     torch.manual_seed(1)
-    from bara.synthetic import LinearStack
+    from bara.experimental.synthetic import LinearStack
 
     frozen = bara.get_bara_model(LinearStack(task.w0), frozen_config)
     for _, layer in frozen.bara_layers():
@@ -109,7 +109,7 @@ def _nll(probs, labels):
 
 
 def test_token_classification_task_draws_labels_from_its_true_probabilities():
-    from bara.synthetic import make_token_classification_task
+    from bara.experimental.synthetic import make_token_classification_task
 
     task = make_token_classification_task([2, 2, 2, 2], seed=0)
     x, labels, probs, cluster = task.sample(2000, torch.Generator().manual_seed(0))
@@ -127,7 +127,7 @@ def test_token_classification_task_draws_labels_from_its_true_probabilities():
 
 
 def test_shared_control_uses_one_update_and_the_gain_scales_it():
-    from bara.synthetic import make_token_classification_task
+    from bara.experimental.synthetic import make_token_classification_task
 
     shared = make_token_classification_task([2, 2, 2], shared=True, gain=3.0, seed=1)
     plain = make_token_classification_task([2, 2, 2], gain=1.0, seed=1)
@@ -140,11 +140,11 @@ def test_shared_control_uses_one_update_and_the_gain_scales_it():
 
 @pytest.mark.parametrize("method", ["lora", "dropout"])
 def test_controls_train_only_the_factors(method):
-    from bara.synthetic import make_token_classification_task, train_token_classifier
+    from bara.experimental.synthetic import make_token_classification_task, train_token_classifier
 
     task = make_token_classification_task([2, 2], d=8, seed=0)
     torch.manual_seed(0)
-    fresh = bara.get_bara_model(__import__("bara.synthetic", fromlist=["TokenClassifier"]).TokenClassifier(
+    fresh = bara.get_bara_model(__import__("bara.experimental.synthetic", fromlist=["TokenClassifier"]).TokenClassifier(
         task.clusters.w0, task.head, task.scale), _config(4))
     model = train_token_classifier(task, _config(4), method=method, steps=30, n_train=32, keep=0.3, seed=0)
     (name, layer), = model.bara_layers()
@@ -158,7 +158,7 @@ def test_controls_train_only_the_factors(method):
 
 
 def test_train_token_classifier_rejects_bad_arguments():
-    from bara.synthetic import make_token_classification_task, train_token_classifier
+    from bara.experimental.synthetic import make_token_classification_task, train_token_classifier
 
     task = make_token_classification_task([2], d=8)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -169,7 +169,7 @@ def test_train_token_classifier_rejects_bad_arguments():
 
 def test_one_labelled_token_ignores_the_other_labels():
     """With labelled_tokens=1 the fit may not depend on the labels of tokens 2..T."""
-    from bara.synthetic import make_token_classification_task, train_token_classifier
+    from bara.experimental.synthetic import make_token_classification_task, train_token_classifier
 
     task = make_token_classification_task([2, 2], d=8, seed=0)
     first = train_token_classifier(task, _config(2), method="lora", steps=20, n_train=16, labelled_tokens=1)

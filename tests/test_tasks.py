@@ -1,4 +1,4 @@
-"""Tests for bara.tasks: real-data loaders (counts from shared/data/README.md), generic files, errors."""
+"""Tests for bara.harness.tasks: real-data loaders (counts from shared/data/README.md), generic files, errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bara.tasks import KNOWN_TASKS, Example, TaskData, TaskError, causal_prompt, load_task, resolve_data_dir
+from bara.harness.tasks import KNOWN_TASKS, Example, TaskData, TaskError, causal_prompt, load_task, resolve_data_dir
 
 DATA = resolve_data_dir()
 needs_data = pytest.mark.skipif(not (DATA / "README.md").is_file(),

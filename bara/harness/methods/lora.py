@@ -9,7 +9,7 @@ from typing import ClassVar
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from .base import Method
+from bara.harness.methods.base import Method
 
 
 @dataclasses.dataclass

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..predict import Predictions, predict
-from .base import Method
-from .lora import LoRA
+from bara.predict import Predictions, predict
+from bara.harness.methods.base import Method, TrainRun
+from bara.harness.methods.lora import LoRA
 
 MEMBERS_FILE = "ensemble.json"
 
@@ -33,11 +33,10 @@ class Ensemble(Method):
     def member(self) -> LoRA:
         return LoRA(r=self.r, lora_alpha=self.lora_alpha)
 
-    def fit(self, spec: Any, out: Path, resume: bool) -> dict[str, Any]:
+    def fit(self, spec: Any, out: Path, resume: bool, train: TrainRun) -> dict[str, Any]:
         """Train each member as a LoRA run in ``out/members/<i>`` with seed ``spec.seed + 1000 i`` (its head
-        init and data order) on the training examples of ``spec`` (the same subsample for every member)."""
-        from ..pipeline import train
-
+        init and data order) on the training examples of ``spec`` (the same subsample for every member),
+        each by ``train`` (the pipeline's own training of one run)."""
         logs = []
         for i in range(self.members):
             member_spec = dataclasses.replace(spec, method="lora", method_options={"r": self.r, "lora_alpha": self.lora_alpha},

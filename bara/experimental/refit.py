@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
-from .data import Collator, EncodedDataset
-from .model import BaRAModel, gate_mode
-from .objective import kl_terms
-from .predict import _repeat
+from bara.harness.data import Collator, EncodedDataset
+from bara.model import BaRAModel, gate_mode
+from bara.objective import kl_terms
+from bara.predict import _repeat
 
 
 def split_holdout(dataset: EncodedDataset, fraction: float, seed: int) -> tuple[EncodedDataset, EncodedDataset]:

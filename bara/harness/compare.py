@@ -26,7 +26,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .pipeline import RunSpec
+from bara.harness.pipeline import RunSpec
 
 METRICS = ("accuracy", "ece", "nll", "brier")
 LOWER_IS_BETTER = {"ece": True, "nll": True, "brier": True, "accuracy": False}
@@ -55,8 +55,8 @@ def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_
         >>> effective_config("bara", {"config": {"local_noise": "row"}})["local_noise"]
         'row'
     """
-    from .config import defaults_at
-    from .methods import METHODS
+    from bara.config import defaults_at
+    from bara.harness.methods import METHODS
 
     if "config" not in {f.name for f in dataclasses.fields(METHODS[method])}:
         return {}
@@ -66,7 +66,7 @@ def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_
 def trained_config(folder: Path) -> dict[str, Any]:
     """The `BaRAConfig` fields (as a dict) the finished run in ``folder`` was trained with: its
     ``run.json`` options over the defaults of the protocol in its ``done.json``."""
-    from .pipeline import RUN_FILE
+    from bara.harness.pipeline import RUN_FILE
 
     run = json.loads((Path(folder) / RUN_FILE).read_text())
     return effective_config(run["method"], run.get("method_options") or {}, eval_protocol(folder))
@@ -151,7 +151,7 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     """
     import yaml
 
-    from .methods import METHODS
+    from bara.harness.methods import METHODS
 
     name, _, rest = text.partition("[")
     name = name.strip()
@@ -193,7 +193,7 @@ def _capped_eval_size(task: str, cap: int | None) -> int | None:
     """``cap`` examples of ``task``'s evaluation split, or all of them when it has fewer."""
     if cap is None:
         return None
-    from .tasks import load_task
+    from bara.harness.tasks import load_task
 
     return min(cap, len(load_task(task).eval))
 
@@ -203,7 +203,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
     import torch
 
     torch.set_num_threads(1)
-    from .pipeline import evaluate, train
+    from bara.harness.pipeline import evaluate, train
 
     job = dict(job)
     label = job.pop("label")
@@ -242,7 +242,7 @@ _IRRELEVANT_FIELDS = {"save_steps", "logging_steps"}
 
 def _check_same_spec(folder: Path, spec: RunSpec) -> None:
     """Refuse to reuse a finished run that was trained with other settings (a silent wrong result)."""
-    from .pipeline import RUN_FILE
+    from bara.harness.pipeline import RUN_FILE
 
     if not (folder / RUN_FILE).exists():
         return
@@ -301,7 +301,7 @@ def final_train_nll(log_path: Path) -> float | None:
 
 def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_curve: bool) -> dict[str, Any]:
     """Redo the evaluations an older result version got wrong, keeping the trained adapter."""
-    from .pipeline import evaluate
+    from bara.harness.pipeline import evaluate
 
     if method in _RESCORED_METHODS:
         result["eval"] = evaluate(folder, out=folder / "eval", progress=False, sample_counts=ECE_CURVE_SAMPLES if ece_curve else ())
@@ -315,7 +315,7 @@ def _rescore(result: dict[str, Any], folder: Path, label: str, method: str, ece_
 
 def compare(spec: CompareSpec, out: str | Path, console=None) -> dict[str, Any]:
     """Run every (method, seed) of ``spec`` and write results.json, results.md and the plots."""
-    from .methods import get_method
+    from bara.harness.methods import get_method
 
     parsed = {label: parse_method(label) for label in spec.methods}  # unknown names fail before anything runs
     for name, options in parsed.values():
@@ -459,7 +459,7 @@ def plot_comparison(results: list[dict[str, Any]], spec: CompareSpec, out: Path)
     """Combined reliability diagram (first seed of each method) and ECE vs number of samples."""
     from safetensors.torch import load_file
 
-    from . import plots
+    from bara.harness import plots
 
     first = min(spec.seeds)
     curves = {}

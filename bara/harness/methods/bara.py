@@ -10,12 +10,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import BaRAConfig
-from ..data import Collator, EncodedDataset
-from ..model import BaRAModel, fix_gates, get_bara_model
-from ..predict import Predictions, enable_dropout, predict
-from ..refit import SCOPES, refit_local_gates, split_holdout
-from .base import Method
+from bara.config import BaRAConfig
+from bara.harness.data import Collator, EncodedDataset
+from bara.model import BaRAModel, fix_gates, get_bara_model
+from bara.predict import Predictions, enable_dropout, predict
+from bara.experimental.refit import SCOPES, refit_local_gates, split_holdout
+from bara.harness.methods.base import Method
 
 
 @dataclasses.dataclass
@@ -30,7 +30,7 @@ class BaRA(Method):
     # evaluation only: keep the backbone's dropout on in sampled predictions (gates and MC-dropout together;
     # check C7 asks whether the gates add anything on top of the dropout the backbone already trained with)
     eval_dropout: bool = False
-    # research option for check C7 (`bara.refit`): train the adapter on 1 − gate_holdout of the training
+    # research option for check C7 (`bara.experimental.refit`): train the adapter on 1 − gate_holdout of the training
     # set, then refit the local gates on the held-out rest by the predictive likelihood (0: off);
     # refit_scope "affine" refits each layer's gate biases and one scale of its gate weights, "full" all of them;
     # refit_epochs=0 holds the data out without refitting (the ablation that separates the two effects)

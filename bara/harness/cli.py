@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.table import Table
 from click.core import ParameterSource
 from rich.console import Console
-from rich.table import Table
 
 app = typer.Typer(
     add_completion=False,
@@ -31,7 +31,8 @@ app = typer.Typer(
         "Start with [bold]bara demo[/bold] (MiniLM-L6 on tweets, LoRA vs BaRA, about 10 min on 2 CPU cores)."
     ),
 )
-console = Console()
+from bara.harness.console import console, print_metrics
+
 err_console = Console(stderr=True)
 
 
@@ -43,7 +44,7 @@ def _fail(message: str) -> None:
 def _user_errors():
     """Turn the library's user-facing exceptions into one-line errors (OSError: disk full, read-only
     output folder, missing file, ...)."""
-    from .backbones import BackboneError
+    from bara.harness.backbones import BackboneError
 
     return (ValueError, BackboneError, OSError)
 
@@ -97,7 +98,7 @@ def train(
 
     Example: [bold]bara train --task sst2 --method bara --steps 300 --out runs/sst2[/bold]
     """
-    from .pipeline import RunSpec, is_main_process, train as run_train
+    from bara.harness.pipeline import RunSpec, is_main_process, train as run_train
 
     _threads(threads)
     settings = _read_yaml(config)
@@ -139,7 +140,7 @@ def evaluate(
 
     Example: [bold]bara evaluate --adapter runs/sst2 --samples 10[/bold]
     """
-    from .pipeline import evaluate as run_evaluate
+    from bara.harness.pipeline import evaluate as run_evaluate
 
     _threads(threads)
     if samples is not None and samples <= 0:
@@ -168,23 +169,12 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def print_metrics(rows: dict[str, dict[str, Any]], title: str) -> None:
-    table = Table(title=title)
-    for column in ("method", "ACC", "ECE ×100", "NLL", "Brier", "s̄ (rank)", "r_glob", "eval s"):
-        table.add_column(column, justify="right")
-    for name, m in rows.items():
-        rank = m.get("joint_effective_rank")
-        table.add_row(name, f"{100 * m['accuracy']:.1f}", f"{100 * m['ece']:.1f}", f"{m['nll']:.3f}", f"{m['brier']:.3f}",
-                      "—" if rank is None else f"{rank:.2f} / {int(m['max_rank'])}",
-                      "—" if rank is None else f"{m['r_glob']:.1f}",
-                      "—" if m.get("eval_seconds") is None else f"{m['eval_seconds']:.0f}")
-    console.print(table)
 
 
 @app.command()
 def tasks() -> None:
     """List the built-in tasks and data formats."""
-    from .tasks import KNOWN_TASKS
+    from bara.harness.tasks import KNOWN_TASKS
 
     table = Table(title="tasks")
     table.add_column("name")
@@ -197,7 +187,7 @@ def tasks() -> None:
 @app.command()
 def methods() -> None:
     """List the methods and their default hyperparameters."""
-    from .methods import METHODS
+    from bara.harness.methods import METHODS
 
     for name, cls in METHODS.items():
         console.print(f"[bold]{name}[/bold]: {(cls.__doc__ or '').strip().splitlines()[0]}")
@@ -217,7 +207,7 @@ def demo(
     Trains both in parallel processes (one thread each), evaluates BaRA with S = 1, 4, 10 samples
     and LoRA with one pass, and writes a report folder with a table and plots.
     """
-    from .demo import run_demo
+    from bara.harness.demo import run_demo
 
     try:
         run_demo(out, train_size=train_size, eval_size=eval_size, epochs=epochs, seed=seed, console=console)
@@ -257,8 +247,8 @@ def compare(
 
     Example: [bold]bara compare --task sst2 --methods lora,bara --seeds 1,2,3 --out runs/cmp-sst2[/bold]
     """
-    from .compare import CompareSpec, compare as run_compare, split_methods
-    from .pipeline import RunSpec
+    from bara.harness.compare import CompareSpec, compare as run_compare, split_methods
+    from bara.harness.pipeline import RunSpec
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]

@@ -1,11 +1,11 @@
 """Turn task examples into model inputs: tokenise once, pad per batch.
 
-Three layouts, one per head (see `bara.heads`):
+Three layouts, one per head (see `bara.harness.heads`):
 
 * ``sequence_classification``: ``text`` (+ ``text_pair``) → ``input_ids [B, T]``.
 * ``multiple_choice``: one (question, choice) pair per choice → ``input_ids [B, C, T]`` with a
   ``choice_mask [B, C]`` for examples that have fewer than C choices.
-* ``causal_lm``: the prompt of `bara.tasks.causal_prompt`, left-padded, with ``choice_mask``.
+* ``causal_lm``: the prompt of `bara.harness.tasks.causal_prompt`, left-padded, with ``choice_mask``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .tasks import Example, TaskData, causal_prompt
+from bara.harness.tasks import Example, TaskData, causal_prompt
 
 HEADS = ("sequence_classification", "multiple_choice", "causal_lm")
 

@@ -54,9 +54,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..data import Collator, EncodedDataset
-from ..predict import Predictions, length_sorted_loader, predict
-from .lora import LoRA
+from bara.harness.data import Collator, EncodedDataset
+from bara.predict import Predictions, length_sorted_loader, predict
+from bara.harness.methods.lora import LoRA
 
 POSTERIOR_FILE = "laplace_posterior.safetensors"
 FORMAT = "bara-laplace-kfac-v1"

@@ -1,7 +1,7 @@
 """The common interface every method implements: wrap a backbone head → train → predict → save/load.
 
 A method is a small object built from its hyperparameters (one YAML mapping or the defaults
-of its dataclass). The pipeline (`bara.pipeline`) never branches on the method's name: it
+of its dataclass). The pipeline (`bara.harness.pipeline`) never branches on the method's name: it
 asks the method.
 """
 
@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import nn
 
-from ..data import Collator, EncodedDataset
-from ..predict import Predictions, predict
-from ..trainer import BaRATrainer
+from bara.harness.data import Collator, EncodedDataset
+from bara.predict import Predictions, predict
+from bara.trainer import BaRATrainer
+
+# the pipeline's training of one run: (spec, out folder, resume=...) -> its training log
+TrainRun = Callable[..., dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -41,8 +45,9 @@ class Method:
         return dataclasses.asdict(self)
 
     # -- the four steps ---------------------------------------------------------------
-    def fit(self, spec: Any, out: Path, resume: bool) -> dict[str, Any] | None:
-        """Train a method that is not one model (e.g. an ensemble); ``None`` = the standard loop."""
+    def fit(self, spec: Any, out: Path, resume: bool, train: TrainRun) -> dict[str, Any] | None:
+        """Train a method that is not one model (e.g. an ensemble, whose members each ``train``s as a
+        run of its own); ``None`` = the standard loop."""
         return None
 
     def wrap(self, head: nn.Module, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:

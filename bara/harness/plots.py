@@ -27,7 +27,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from torch import Tensor
 
-from bara.metrics import expected_calibration_error, reliability_bins
+from bara.harness.metrics import expected_calibration_error, reliability_bins
 
 __all__ = ["ece_vs_samples", "global_gate_bars", "grouped_bars", "rank_histogram", "reliability_diagram", "training_curves"]
 
@@ -569,7 +569,7 @@ def gate_profile_plot(
 ) -> Path:
     """Per layer and domain, the mean keep-probability E_q[z] (solid) and the gate entropy (dashed).
 
-    ``profiles`` maps a run label to the output of ``bara.metrics.gate_profile`` (domain -> stats);
+    ``profiles`` maps a run label to the output of ``bara.harness.metrics.gate_profile`` (domain -> stats);
     one panel per run. A domain whose gates sit near 0 or 1 has low entropy: its Monte-Carlo passes
     all use the same factors, so its predictions get no averaging from the gates.
     """

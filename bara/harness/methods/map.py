@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from .lora import LoRA
+from bara.harness.methods.lora import LoRA
 
 
 @dataclasses.dataclass
@@ -15,7 +15,7 @@ class MAP(LoRA):
 
     At BLoB's weight decay 1e-5 and learning rates up to ~3e-3, AdamW's per-step factor 1 − lr·wd
     rounds to exactly 1 in float32, so this trains bit for bit as LoRA (training warns; see
-    ``bara.pipeline.warn_if_weight_decay_vanishes``). Pass e.g. ``weight_decay=0.01`` for a decay that acts.
+    ``bara.harness.pipeline.warn_if_weight_decay_vanishes``). Pass e.g. ``weight_decay=0.01`` for a decay that acts.
     """
 
     name: ClassVar[str] = "map"

@@ -26,15 +26,15 @@ except ImportError:  # Windows
 import torch
 from torch import nn
 
-from .backbones import Backbone, backbone_kind, load_backbone
-from .data import Collator, EncodedDataset, encode, label_token_ids
-from .heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
-from .methods import Method, get_method
-from .metrics import classification_report, domain_permutation_test
-from .model import BaRAModel
-from .objective import expected_pi, rank_summary
-from .predict import Predictions
-from .tasks import TaskData, load_task
+from bara.harness.backbones import Backbone, backbone_kind, load_backbone
+from bara.harness.data import Collator, EncodedDataset, encode, label_token_ids
+from bara.harness.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
+from bara.harness.methods import Method, get_method
+from bara.harness.metrics import classification_report, domain_permutation_test
+from bara.model import BaRAModel
+from bara.objective import expected_pi, rank_summary
+from bara.predict import Predictions
+from bara.harness.tasks import TaskData, load_task
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".train.lock"
@@ -249,12 +249,12 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
     """
     from transformers import TrainingArguments
 
-    from .io import atomic_write
-    from .trainer import CheckpointSaveError, full_adapter_parameters, last_checkpoint
+    from bara.io import atomic_write
+    from bara.trainer import CheckpointSaveError, full_adapter_parameters, last_checkpoint
 
     out = Path(out)
     spec.validate()
-    custom = get_method(spec.method, spec.method_options).fit(spec, out, resume)
+    custom = get_method(spec.method, spec.method_options).fit(spec, out, resume, train)
     if custom is not None:
         spec.save(out / RUN_FILE)
         (out / "train_log.json").write_text(json.dumps(custom, indent=2, default=str) + "\n")
@@ -335,7 +335,7 @@ def _save_adapter_atomically(method: Method, model: nn.Module, path: Path) -> No
 # -- evaluation ----------------------------------------------------------------------------
 def find_run(adapter: str | Path) -> tuple[RunSpec, Path]:
     """The run spec and adapter folder for ``adapter`` (a run folder or its ``adapter/``)."""
-    from .io import PICKLE_SUFFIXES
+    from bara.io import PICKLE_SUFFIXES
 
     adapter = Path(adapter)
     if adapter.is_file() and adapter.suffix.lower() in PICKLE_SUFFIXES:
@@ -465,7 +465,7 @@ def domain_tests(preds: Predictions) -> dict[str, Any]:
 
 def write_plots(model: nn.Module, preds: Predictions, task: TaskData, out: Path, label: str) -> list[Path]:
     """Reliability diagram; for BaRA also the per-layer E π map and the rank histogram."""
-    from . import plots
+    from bara.harness import plots
 
     paths = [plots.reliability_diagram({label: (preds.probs, preds.labels)}, out / "reliability.png",
                                        title=f"{label} on {task.name}")]
