@@ -1,7 +1,7 @@
-"""`BaRAConfig`: every knob of a BaRA adapter, validated on construction.
+"""`BaRAConfig`: every setting of a BaRA adapter, validated on construction.
 
-Defaults follow DESIGN §2 ("Defaults" table). Every invalid value raises a one-line
-`ValueError` naming the field, the value and what is allowed.
+Every invalid value raises a one-line `ValueError` naming the field, the value and what is allowed.
+The defaults are the method's; docs/configuration.md says when to change each field.
 """
 
 from __future__ import annotations
@@ -13,17 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GATE_INPUTS = ("x", "Ax")
-VARIANTS = ("product", "additive")
 PRIORS = ("beta", "ibp")
-RELAXATIONS = ("concrete", "straight_through")
-LOCAL_KLS = ("instance", "marginal", "ceiling")
-GLOBAL_DRAWS = ("example", "row")
-LOCAL_NOISES = ("row", "example")
+LOCAL_PRIORS = ("fixed", "global")
+
+# options that earlier versions had, with the one behaviour this version keeps: a saved adapter that
+# used that value loads; one trained with another value is refused with a message that says so
+RETIRED_OPTIONS: dict[str, Any] = {
+    "gate_input": "x", "variant": "product", "relaxation": "concrete", "local_kl": "instance",
+    "local_mi_weight": 0.0, "center_gate_input": False, "global_draw": "example", "local_noise": "example",
+}
 
 
 def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming the known fields."""
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming the known fields.
+
+    Example:
+        >>> dataclass_from_dict(BaRAConfig, {"r": 4}).r
+        4
+    """
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -37,117 +44,71 @@ def _fail(name: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class BaRAConfig:
-    """Configuration of a BaRA adapter (DESIGN §2).
+    """Configuration of a BaRA adapter.
 
     Args:
-        r: maximum rank, the number of rank-1 factors ("topics") per adapted layer.
+        r: maximum rank, the number of rank-1 factors per adapted layer.
         lora_alpha: LoRA scale numerator; the update is scaled by ``lora_alpha / r``.
             ``None`` means ``2 * r``.
         target_modules: names of the ``nn.Linear`` layers to adapt: a list of name
             suffixes (``["query", "value"]``) or one regular expression matched against the
-            full module name (``r".*\\.(q|v)_proj$"``), as in peft.
-        alpha0: global prior ``π_k ~ Beta(alpha0, 1)`` (prior mean ``alpha0 / (1 + alpha0)``).
-        rho0: local prior ``l_nk ~ Bernoulli(rho0)``.
+            full module name (``r".*\\.(q|v)_proj$"``), as in peft. ``None``: the attention
+            query and value projections.
+        alpha0: the global prior: ``π_k ~ Beta(alpha0, 1)`` (prior mean ``alpha0 / (1 + alpha0)``);
+            with ``prior="ibp"`` each stick ``ν_j ~ Beta(alpha0, 1)``, so about ``alpha0`` factors are
+            expected in use.
+        prior: ``"beta"`` (independent, exchangeable π_k) or ``"ibp"`` (stick-breaking:
+            ``π_k = Π_{j≤k} ν_j``, so later factors are used less and die first).
+        rho0: the local prior ``l_nk ~ Bernoulli(rho0)`` when ``local_prior="fixed"``.
+        local_prior: ``"fixed"``: each input's local gate pays its KL against ``Bernoulli(rho0)``;
+            ``"global"``: against the layer's learned usage ``Bernoulli(π_k)`` (in expectation over
+            q(π)), so an input pays only for deviating from how its layer uses factor k, and the
+            global gate learns from how often inputs use each factor.
         temperature: τ of the binary-Concrete relaxation used while training.
-        beta_global, beta_local: weights β_g, β_l of the global and local KL terms. β_l
-            weighs the local KL against an instance's whole likelihood: with many labels per
-            instance (tokens), DESIGN's 0.1 lets the gates invent input dependence where one map
-            suffices, and ``beta_local=1`` (the untempered ELBO) prevents it; with one label per
-            instance, 1 switches the input dependence off (`benchmarks/results/c7-synthetic.md`).
+        beta_global, beta_local: weights β_g, β_l of the global and local KL terms. β_l weighs
+            the local KL against an instance's whole likelihood.
         kl_warmup: fraction of training steps over which β_t rises linearly 0 → 1.
-        gate_input: ``"x"`` pools the layer input (default); ``"Ax"`` pools ``A x``.
-        variant: ``"product"`` (z = g·l, default) or ``"additive"`` (one gate with
-            probability σ(logit π + ℓ(x)), the focused-topic-model form).
-        prior: ``"beta"`` (independent π_k) or ``"ibp"`` (stick-breaking, ordered factors).
-        relaxation: ``"concrete"`` (relaxed Bernoulli) or ``"straight_through"`` (hard gates
-            forward, relaxed gradients backward) for the training forward.
-        local_kl: ``"instance"`` (the ELBO's ``mean_n KL(q(l|x_n) ‖ Bern(ρ0))``, default) or
-            ``"marginal"``: ``KL(mean_n q(l|x_n) ‖ Bern(ρ0))`` over the batch. The instance KL
-            equals the marginal KL plus the mutual information between input and gates, so it
-            taxes exactly the context dependence BaRA is after; the marginal form keeps the
-            sparsity pressure and drops that tax (no longer an ELBO; a research option).
-            ``"ceiling"``: the marginal KL plus each instance's KL to the nearest prior in the
-            family ``{Bern(ρ) : ρ ≤ ρ0}``, i.e. ``KL(q(l|x_n) ‖ Bern(ρ0))`` where ``q > ρ0``
-            and 0 below: an input may switch factors off without a mutual-information tax, but
-            keeping one above ρ0 costs what the ELBO charges (a research option against a
-            well-fitted domain taking every factor while another pays for it in the marginal
-            KL). The marginal term is what keeps the gates alive: with the hinge alone every
-            gate of the SST-2+BoolQ mixture switched off within a third of an epoch.
-        local_mi_weight: with ``local_kl="marginal"``, how much of the tax to keep: the local
-            term becomes ``KL(q̄ ‖ Bern(ρ0)) + λ · mean_n KL(q(l|x_n) ‖ q̄)``. λ = 0 is the
-            marginal KL, λ = 1 the instance KL (the ELBO) exactly; in between, the gates may
-            depend on the input at a discount while each input's gate keeps some entropy.
         lora_dropout: dropout probability on the adapter's input while training, as peft's
-            ``LoraConfig.lora_dropout`` (with ``gate_input="x"`` the gates still pool the undropped input). 0 (default)
-            is DESIGN §2; 0.1 trains the same adapter regulariser as the ``mcdropout``
-            baseline, so check C7 can ask whether the gates add anything on top of it.
-        context_dependent: ``True`` (default) learns the local gates' input weights ``W_g``.
-            ``False`` freezes ``W_g`` at 0, so each factor's local gate is a learned constant
-            ``σ(b_g)``, the same for every input: the model keeps its whole objective, warm-up and
-            gate learning rate and loses only the dependence on the input. It is check C7's
-            control *trained as such*: swapping constant gates into an adapter trained with
-            input-dependent gates (gate mode ``constant``) also removes what the factors
-            co-adapted to, so it can lose for a reason other than the missing context.
-        center_gate_input: ``True`` subtracts a running mean (over the training batches, saved with
-            the adapter) from the local gates' normalised input ``LN(x̄)``. Uncentred, the mean
-            direction every input shares lets ``W_g`` act as a bias with an Adam step on each of its
-            ``d`` coordinates, so a pull common to all inputs (the local KL's towards ρ0) moves it
-            far faster than ``b_g``; centred, ``W_g`` sees only what differs between inputs. ``False``
-            (default) is DESIGN §2. A research option for check C7.
-        global_draw: on multiple-choice inputs (``[examples, choices, tokens]``, each choice read as
-            its own sequence), ``"example"`` (default) draws the global gate (π and g) once per
-            example and shares it across the example's choices, so one Monte-Carlo sample scores
-            every choice with the same adapter, as one weight draw of BLoB does; the local gates
-            stay per choice, since each choice is its own input. ``"row"`` draws per choice row
-            (the behaviour before this option existed; kept to measure what it changes).
-        local_noise: on multiple-choice inputs, ``"example"`` (default) draws the local gates of an
-            example's choice rows from shared uniforms, ``z_ck = 1[u_k < q_ck]`` (common random
-            numbers; the relaxed draw shares its logistic noise the same way). Each choice keeps
-            its own context-dependent probability q_ck and the same marginal distribution, but one
-            Monte-Carlo sample no longer scores the choices with independently dropped factors:
-            where their probabilities agree, they keep the same factors, so the sampling noise
-            does not fall on the difference between the choices' scores. The constant-gate control
-            (check C7) shares its uniforms the same way. ``"row"`` draws each choice row
-            independently (the default until `bara.harness.compare.EVAL_PROTOCOL` 4; the README gives
-            the paired runs that decided the change).
-        kuma_a_init, kuma_b_init: initial Kumaraswamy parameters (9, 1 gives E π = 0.9).
+            ``LoraConfig.lora_dropout`` (the gates still pool the undropped input).
+        context_dependent: ``True`` learns the local gates' input weights ``W_g``. ``False``
+            freezes ``W_g`` at 0, so each factor's local gate is a learned constant ``σ(b_g)``,
+            the same for every input: the control that tells whether the input dependence helps.
+        kuma_a_init, kuma_b_init: initial Kumaraswamy parameters of the global gate. ``kuma_a_init=None``
+            starts the posterior at the prior (``a = alpha0``, ``b = 1``); 9, 1 gives E π = 0.9.
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
-        prune_threshold: factors with E π below this are dropped when saving (not with
-            ``gate_input="Ax"``, whose gates normalise over every factor's ``A x``).
+        prune_threshold: factors with E π below this are dropped when saving.
         modules_to_save: extra modules (e.g. a new classifier head) trained fully and saved.
+        rank_pattern: per-layer rank after pruning (written by `save_pretrained`).
 
     Example:
         >>> cfg = BaRAConfig(r=8, target_modules=["query", "value"])
         >>> cfg.scaling
         2.0
+        >>> BaRAConfig(rho0=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: BaRAConfig.rho0=1.5 is invalid: must lie strictly between 0 and 1
     """
 
     r: int = 8
     lora_alpha: float | None = None
     target_modules: list[str] | str | None = None
     alpha0: float = 1.0 / 3.0
+    prior: str = "beta"
     rho0: float = 0.5
+    local_prior: str = "fixed"
     temperature: float = 1.0
     beta_global: float = 1.0
     beta_local: float = 0.1
     kl_warmup: float = 0.1
-    gate_input: str = "x"
-    variant: str = "product"
-    prior: str = "beta"
-    relaxation: str = "concrete"
-    local_kl: str = "instance"
-    local_mi_weight: float = 0.0
     lora_dropout: float = 0.0
     context_dependent: bool = True
-    center_gate_input: bool = False
-    global_draw: str = "example"
-    local_noise: str = "example"
-    kuma_a_init: float = 9.0
+    kuma_a_init: float | None = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
     prune_threshold: float = 0.05
     modules_to_save: list[str] | None = None
-    rank_pattern: dict[str, int] = field(default_factory=dict)  # per-layer rank after pruning
+    rank_pattern: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lora_alpha is None:
@@ -183,27 +144,15 @@ class BaRAConfig:
                 _fail(name, value, "must be a finite number >= 0")
         if not (isinstance(self.kl_warmup, (int, float)) and 0.0 <= self.kl_warmup <= 1.0):
             _fail("kl_warmup", self.kl_warmup, "must be a fraction of training in [0, 1]")
-        for name, allowed in (
-            ("gate_input", GATE_INPUTS),
-            ("variant", VARIANTS),
-            ("prior", PRIORS),
-            ("relaxation", RELAXATIONS),
-            ("local_kl", LOCAL_KLS),
-            ("global_draw", GLOBAL_DRAWS),
-            ("local_noise", LOCAL_NOISES),
-        ):
+        for name, allowed in (("prior", PRIORS), ("local_prior", LOCAL_PRIORS)):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")
-        if not (isinstance(self.local_mi_weight, (int, float)) and 0.0 <= self.local_mi_weight <= 1.0):
-            _fail("local_mi_weight", self.local_mi_weight, "must lie in [0, 1] (0: marginal KL, 1: instance KL)")
-        if self.local_mi_weight and self.local_kl != "marginal":
-            _fail("local_mi_weight", self.local_mi_weight, "applies only with local_kl='marginal'")
         if not (isinstance(self.lora_dropout, (int, float)) and 0.0 <= self.lora_dropout < 1.0):
             _fail("lora_dropout", self.lora_dropout, "must be a probability in [0, 1)")
-        for name in ("context_dependent", "center_gate_input"):
-            if not isinstance(getattr(self, name), bool):
-                _fail(name, getattr(self, name), "must be true or false")
-        _positive_finite("kuma_a_init", self.kuma_a_init)
+        if not isinstance(self.context_dependent, bool):
+            _fail("context_dependent", self.context_dependent, "must be true or false")
+        if self.kuma_a_init is not None:
+            _positive_finite("kuma_a_init", self.kuma_a_init)
         _positive_finite("kuma_b_init", self.kuma_b_init)
         if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):
             _fail("local_bias_init", self.local_bias_init, "must be a finite number")
@@ -219,19 +168,38 @@ class BaRAConfig:
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BaRAConfig":
+        """Build from a dict of fields; an unknown field is an error that names the known ones."""
         return dataclass_from_dict(cls, data)
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "BaRAConfig":
-        """The config of a saved adapter: a field it lacks was added after it was saved, so it takes
-        the behaviour the adapter was trained with (its first value, `defaults_at(1)`), not today's default."""
-        return cls.from_dict(defaults_at(1) | data)
+        """The config of a saved adapter. Options that earlier versions had are accepted at the value
+        this version keeps and refused, with a message naming them, at any other.
+
+        Example:
+            >>> BaRAConfig.from_saved({"r": 4, "global_draw": "example"}).r
+            4
+            >>> BaRAConfig.from_saved({"r": 4, "variant": "additive"})
+            Traceback (most recent call last):
+            ...
+            ValueError: the adapter was trained with variant='additive', which this version of bara no longer supports (only 'product')
+        """
+        data = dict(data)
+        for name, kept in RETIRED_OPTIONS.items():
+            if name in data:
+                value = data.pop(name)
+                if value != kept:
+                    raise ValueError(f"the adapter was trained with {name}={value!r}, which this version of bara "
+                                     f"no longer supports (only {kept!r})")
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
+        """Write the config as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -245,25 +213,6 @@ class BaRAConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object of BaRAConfig fields")
         return cls.from_saved(data)
-
-
-# defaults that changed, keyed by the `bara.harness.compare.EVAL_PROTOCOL` that changed them, with the value they had
-# before (global_draw did not exist before protocol 3: every choice row drew its own, i.e. "row")
-CHANGED_DEFAULTS: dict[int, dict[str, Any]] = {3: {"global_draw": "row"}, 4: {"local_noise": "row"}}
-
-
-def defaults_at(protocol: int) -> dict[str, Any]:
-    """The `BaRAConfig` defaults (as a dict) under `bara.harness.compare.EVAL_PROTOCOL` ``protocol``.
-
-    Example:
-        >>> defaults_at(3)["local_noise"], defaults_at(4)["local_noise"]
-        ('row', 'example')
-    """
-    fields = dataclasses.asdict(BaRAConfig())
-    for changed_at in sorted(CHANGED_DEFAULTS, reverse=True):  # the oldest value of a field wins
-        if protocol < changed_at:
-            fields |= CHANGED_DEFAULTS[changed_at]
-    return fields
 
 
 def _positive_finite(name: str, value: Any) -> None:

@@ -45,39 +45,27 @@ def kept_factors(layer: BaRALinear, threshold: float) -> torch.Tensor:
         return torch.nonzero(layer.global_gate.expected_pi() >= threshold).flatten()
 
 
-def prunable(layer: BaRALinear) -> bool:
-    """Whether dropping dead factors leaves the kept ones exactly as trained.
-
-    Not with ``gate_input="Ax"``: the gate layer-normalises ``A x̄`` over all r factors, dead ones
-    included, so removing a row of A would change every kept factor's gate.
-    """
-    return layer.gate_input == "x"
-
-
 def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The layer's adapter tensors restricted to the ``keep`` factors (all of them unless ``prunable``)."""
-    if not prunable(layer) and len(keep) != layer.r:
-        raise ValueError(f"a layer with gate_input={layer.gate_input!r} cannot be pruned: its gates read every factor")
-    state = {
+    """The layer's adapter tensors restricted to the ``keep`` factors.
+
+    Dropping a factor leaves the others exactly as trained: each factor's gates read only the
+    layer's input and its own parameters (with the stick-breaking prior, a dead factor's later
+    factors are dead too, since their usage is a product that includes it)."""
+    return {
         "lora_A.weight": layer.lora_A.weight[keep],
         "lora_B.weight": layer.lora_B.weight[:, keep],
-        "global_gate.a_raw": layer.global_gate.a_raw[keep],
-        "global_gate.b_raw": layer.global_gate.b_raw[keep],
+        "global_gate.log_a": layer.global_gate.log_a[keep],
+        "global_gate.log_b": layer.global_gate.log_b[keep],
         "local_gate.weight": layer.local_gate.weight[keep],
         "local_gate.bias": layer.local_gate.bias[keep],
     }
-    if layer.local_gate.centered:  # the running mean of the gate's input (over the input's coordinates)
-        state["local_gate.input_mean"] = layer.local_gate.input_mean
-        state["local_gate.input_count"] = layer.local_gate.input_count
-    return state
 
 
 def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) -> dict[str, int]:
     """Save config + weights of ``model``; returns how many factors were pruned per layer.
 
     With ``prune`` the factors with ``E_q[π] < config.prune_threshold`` are left out and the
-    per-layer ranks go to ``rank_pattern`` — except in layers whose gates read ``A x``
-    (``gate_input="Ax"``), which keep every factor (see ``prunable``).
+    per-layer ranks go to ``rank_pattern``.
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,11 +73,8 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
     tensors: dict[str, torch.Tensor] = {}
     pruned: dict[str, int] = {}
     threshold = config.prune_threshold if prune else 0.0
-    dead_but_kept = 0
     for name, layer in model.bara_layers():
-        alive = kept_factors(layer, threshold) if prune else torch.arange(layer.r)
-        keep = alive if prunable(layer) else torch.arange(layer.r)
-        dead_but_kept += len(keep) - len(alive)
+        keep = kept_factors(layer, threshold) if prune else torch.arange(layer.r)
         pruned[name] = layer.r - len(keep)
         config.rank_pattern[name] = len(keep)
         for key, value in _layer_state(layer, keep).items():
@@ -103,8 +88,6 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
     total = sum(pruned.values())
     if total:
         print(f"bara: pruned {total} dead factor(s) (E π < {config.prune_threshold}) across {sum(1 for v in pruned.values() if v)} layer(s)")
-    if dead_but_kept:
-        print(f"bara: kept {dead_but_kept} dead factor(s): with gate_input='Ax' the gates read every factor's A x")
     return pruned
 
 
@@ -143,7 +126,19 @@ def read_adapter_files(path: str | os.PathLike, config_name: str = CONFIG_NAME) 
 def read_adapter(path: str | os.PathLike) -> tuple[BaRAConfig, dict[str, torch.Tensor]]:
     """Read and check a BaRA adapter directory without touching any model."""
     config, tensors = read_adapter_files(path)
-    return BaRAConfig.from_saved(config), tensors
+    return BaRAConfig.from_saved(config), _upgrade(tensors)
+
+
+def _upgrade(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Earlier versions stored the Kumaraswamy parameters as ``softplus⁻¹(a)``; this one stores
+    ``log a``. The conversion is exact."""
+    upgraded = {}
+    for key, value in tensors.items():
+        for old, new in (("global_gate.a_raw", "global_gate.log_a"), ("global_gate.b_raw", "global_gate.log_b")):
+            if key.endswith(old):
+                key, value = key[: -len(old)] + new, torch.log(torch.nn.functional.softplus(value.float())).to(value.dtype)
+        upgraded[key] = value
+    return upgraded
 
 
 def copy_adapter_state(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: object) -> None:
@@ -165,12 +160,9 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
     """Live tensors of everything an adapter file holds, keyed as in the file."""
     state: dict[str, torch.Tensor] = {}
     for name, layer in model.bara_layers():
-        for key in ("lora_A.weight", "lora_B.weight", "global_gate.a_raw", "global_gate.b_raw",
+        for key in ("lora_A.weight", "lora_B.weight", "global_gate.log_a", "global_gate.log_b",
                     "local_gate.weight", "local_gate.bias"):
             state[f"{name}.{key}"] = layer.get_parameter(key)
-        if layer.local_gate.centered:
-            for key in ("local_gate.input_mean", "local_gate.input_count"):
-                state[f"{name}.{key}"] = layer.get_buffer(key)
     for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict(keep_vars=True).items():
             state[f"{module_name}.{key}"] = value

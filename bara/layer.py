@@ -1,9 +1,13 @@
-"""`BaRALinear`: one adapted ``nn.Linear`` (DESIGN §2).
+"""`BaRALinear`: one adapted ``nn.Linear``.
 
 ``y_t = W0 x_t + b0 + c · B (z_n ⊙ A x_t)`` where ``z_n ∈ [0,1]^r`` is the joint gate of the
-instance n the token t belongs to: ``z_nk = g_nk · l_nk`` (global × local), or one additive-logit
-gate for ``variant="additive"``. In ``ones`` mode the layer is literally
-``base_layer(x) + scaling * lora_B(lora_A(x))`` — plain LoRA.
+instance n the token t belongs to: ``z_nk = g_nk · l_nk`` (global × local). In ``ones`` mode the
+layer is literally ``base_layer(x) + scaling * lora_B(lora_A(x))``: plain LoRA.
+
+How each gate is set in a forward is a small strategy object (`GateDraw`): sampled, replaced by
+its expectation, or held open. A gate mode (`GATE_MODES`) pairs one strategy for the global gate
+with one for the local gate. Each forward leaves its statistics, the KL terms included, in the
+layer's public `GateStats` (``layer.stats``), which `bara.objective` reads.
 """
 
 from __future__ import annotations
@@ -16,21 +20,116 @@ import torch
 from torch import Tensor, nn
 
 from bara.config import BaRAConfig
-from bara.gates import GlobalGate, LocalGate, hard_bernoulli, kl_bernoulli, relaxed_bernoulli
+from bara.gates import GlobalGate, LocalGate, expected_local_kl, hard_bernoulli, kl_bernoulli, relaxed_bernoulli
 
-# mode -> (how the global gate is set, how the local gate is set); each "sample", "mean" or "one".
-GATE_MODES: dict[str, tuple[str, str]] = {
-    "sample": ("sample", "sample"),
-    "mean": ("mean", "mean"),
-    "ones": ("one", "one"),
-    "global": ("sample", "one"),
-    "global_mean": ("mean", "one"),
-    "local": ("one", "sample"),
-    "local_mean": ("one", "mean"),
-    # check C7's control: input-independent factor dropout with the keep-probabilities set by
-    # `bara.model.fix_gates` (by default the data-average of E_q[z]); no learned gate is used
-    "constant": ("constant", "one"),
+
+# -- how a gate is set in one forward ---------------------------------------------------------
+@dataclass(frozen=True)
+class GateInputs:
+    """One gate's distribution in a forward: ``logits`` and ``probs`` of a draw (per row) and its
+    expectation ``mean``. ``logits`` is a callable: only a relaxed draw needs it."""
+
+    logits: object  # () -> Tensor
+    probs: Tensor
+    mean: Tensor
+
+
+class GateDraw:
+    """How a gate is set in one forward. ``random``: predictions average several passes;
+    ``in_use``: the gate is part of the model in this mode, so its KL counts."""
+
+    random: bool = False
+    in_use: bool = True
+
+    def draw(self, gate: GateInputs, training: bool, temperature: float, noise: Tensor | None) -> Tensor | float:
+        raise NotImplementedError
+
+    def expectation(self, gate: GateInputs) -> Tensor | float:
+        return gate.mean
+
+
+class Sampled(GateDraw):
+    """A relaxed (binary-Concrete) draw in training, an exact Bernoulli draw in prediction.
+
+    Example:
+        >>> p = torch.tensor([[0.0, 1.0]])
+        >>> Sampled().draw(GateInputs(lambda: torch.logit(p), p, p), False, 1.0, None)
+        tensor([[0., 1.]])
+    """
+
+    random = True
+
+    def draw(self, gate: GateInputs, training: bool, temperature: float, noise: Tensor | None) -> Tensor:
+        if training:
+            return relaxed_bernoulli(gate.logits(), temperature, noise)
+        return hard_bernoulli(gate.probs.detach(), noise)
+
+
+class Expected(GateDraw):
+    """The gate replaced by its expectation (one deterministic pass)."""
+
+    def draw(self, gate: GateInputs, training: bool, temperature: float, noise: Tensor | None) -> Tensor:
+        return gate.mean
+
+
+class Open(GateDraw):
+    """The gate held at 1: the factor is always on."""
+
+    in_use = False
+
+    def draw(self, gate: GateInputs, training: bool, temperature: float, noise: Tensor | None) -> float:
+        return 1.0
+
+    def expectation(self, gate: GateInputs) -> float:
+        return 1.0
+
+
+class ConstantDraw(Sampled):
+    """Input-independent factor dropout at fixed keep-probabilities (`bara.fix_gates`), in place of
+    the joint gate: the control that tells whether the learned gates add anything to dropout."""
+
+    in_use = False
+
+
+@dataclass(frozen=True)
+class GateMode:
+    """A pair of strategies: how the global gate and how the local gate are set."""
+
+    global_draw: GateDraw
+    local_draw: GateDraw
+
+    @property
+    def random(self) -> bool:
+        return self.global_draw.random or self.local_draw.random
+
+
+_SAMPLED, _EXPECTED, _OPEN = Sampled(), Expected(), Open()
+GATE_MODES: dict[str, GateMode] = {
+    "sample": GateMode(_SAMPLED, _SAMPLED),
+    "mean": GateMode(_EXPECTED, _EXPECTED),
+    "ones": GateMode(_OPEN, _OPEN),
+    "global": GateMode(_SAMPLED, _OPEN),
+    "global_mean": GateMode(_EXPECTED, _OPEN),
+    "local": GateMode(_OPEN, _SAMPLED),
+    "local_mean": GateMode(_OPEN, _EXPECTED),
+    "constant": GateMode(ConstantDraw(), _OPEN),
 }
+
+
+# -- what a forward reports -----------------------------------------------------------------
+@dataclass
+class GateStats:
+    """The statistics of one layer's last forward.
+
+    ``local_probs`` [rows, r]: σ(ℓ(x)); ``expected_pi`` [r]: E_q[π]; ``gate_probs`` [rows, r]:
+    E_q[z] given the mode; ``global_kl`` (scalar) and ``local_kl`` ([rows]) only when autograd
+    records and the gate is in use (prediction skips them)."""
+
+    local_probs: Tensor
+    expected_pi: Tensor
+    gate_probs: Tensor
+    global_kl: Tensor | None = None
+    local_kl: Tensor | None = None
 
 
 @dataclass
@@ -50,6 +149,9 @@ class GateContext:
     # counts the model's forwards, so that a layer called twice in one (shared weights, e.g. ALBERT)
     # adds up the local KL of its calls; None for a layer used outside a BaRAModel
     forward: int | None = None
+    # whether the model's forward is running: activation checkpointing re-runs layers inside backward,
+    # after the forward returned, and those calls must not change what the loss saw
+    active: bool = False
     _weights: tuple = field(default=(None, None, None), repr=False)  # (mask, dtype, pooling weights)
 
     def pool_weights(self, dtype: torch.dtype) -> Tensor | None:
@@ -65,7 +167,7 @@ class GateContext:
         return weights
 
 
-def _per_row(draws: Tensor | float | None, choices: int) -> Tensor | float | None:
+def _per_row(draws: Tensor | float, choices: int) -> Tensor | float:
     """Per-example draws [examples, r] repeated over each example's ``choices`` consecutive rows."""
     return draws.repeat_interleave(choices, 0) if isinstance(draws, Tensor) and draws.dim() == 2 and choices > 1 else draws
 
@@ -74,12 +176,15 @@ class BaRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus r gated rank-1 factors ``b_k a_kᵀ``.
 
     Attributes mirror peft's LoRA layers: ``base_layer``, ``lora_A`` (din→r), ``lora_B``
-    (r→dout), ``scaling``; plus ``global_gate`` and ``local_gate``.
+    (r→dout), ``scaling``; plus ``global_gate``, ``local_gate`` and ``stats`` (the last forward's
+    `GateStats`).
 
     Example:
         >>> layer = BaRALinear(nn.Linear(16, 4), BaRAConfig(r=2))
         >>> layer(torch.randn(3, 5, 16)).shape
         torch.Size([3, 5, 4])
+        >>> layer.stats.gate_probs.shape
+        torch.Size([3, 2])
     """
 
     def __init__(self, base_layer: nn.Linear, config: BaRAConfig, r: int | None = None,
@@ -94,13 +199,7 @@ class BaRALinear(nn.Module):
         self.scaling = config.scaling
         self.temperature = config.temperature
         self.rho0 = config.rho0
-        self.variant = config.variant
-        self.global_draw = config.global_draw
-        self.local_noise = config.local_noise
-        self.gate_input = config.gate_input
-        self.straight_through = config.relaxation == "straight_through"
-        self.local_kl_kind = config.local_kl
-        self.local_mi_weight = config.local_mi_weight
+        self.hierarchical = config.local_prior == "global"
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -110,15 +209,12 @@ class BaRALinear(nn.Module):
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as LoRA/peft
         nn.init.zeros_(self.lora_B.weight)  # ΔW = 0 at start
         self.global_gate = GlobalGate(r, config.alpha0, config.kuma_a_init, config.kuma_b_init, config.prior).to(**factory)
-        gate_dim = self.in_features if config.gate_input == "x" else r
-        self.local_gate = LocalGate(gate_dim, r, config.local_bias_init, config.context_dependent,
-                                    config.center_gate_input).to(**factory)
+        self.local_gate = LocalGate(self.in_features, r, config.local_bias_init, config.context_dependent).to(**factory)
         self.mode = "sample"
         self.context = context if context is not None else GateContext()
-        self._stats: dict[str, Tensor] = {}
-        self._stats_forward: int | None = None  # the context's forward that wrote _stats
+        self.stats: GateStats | None = None
+        self._stats_forward: int | None = None  # the context's forward that wrote stats
         self._warned_reshaped_call = False
-        self.global_used = True  # whether the last forward used the global gate (for its KL)
         self.register_buffer("constant_keep", torch.ones(r), persistent=False)  # for mode "constant"
         self._cached_gate: Tensor | None = None
 
@@ -141,64 +237,6 @@ class BaRALinear(nn.Module):
         return torch.bmm(weights, h).squeeze(1)  # Σ_t w_t h_t without an [n, T, d] temporary
 
     # -- gates ---------------------------------------------------------------------------
-    def _gate(self, pooled: Tensor) -> Tensor:
-        """Joint gate z [n, r] for the current mode; records the statistics of this forward."""
-        global_kind, local_kind = GATE_MODES[self.mode]
-        logits = self.local_gate(pooled.to(self.local_gate.weight.dtype))
-        local_p = torch.sigmoid(logits)
-        expected_pi = self.global_gate.expected_pi()
-        stats = {"local_probs": local_p, "expected_pi": expected_pi}
-        stochastic = self.training
-        log_pi = log_1m_pi = None
-        # on multiple-choice inputs an example's choice rows share one global draw (``global_draw``). The
-        # `constant` control draws like the local gates (per row, or from shared uniforms under
-        # ``local_noise``): it stands in for the joint gate z = g·l, whose randomness is mostly the local
-        # part (E π ≈ 1 for most factors)
-        draws, choices = self._global_draws(logits.shape[0]) if global_kind == "sample" else (logits.shape[0], 1)
-        noise = self._local_uniforms(logits) if local_kind == "sample" or global_kind == "constant" else None
-        if global_kind == "sample" or (self.variant == "additive" and local_kind != "one"):
-            # training: one draw of π per forward (DESIGN §2); prediction: one per instance, so that
-            # the S Monte-Carlo copies of an input average over q(π) too
-            log_pi, log_1m_pi = self.global_gate.sample_log_pi(None if stochastic else draws)
-
-        if self.variant == "additive" and global_kind != "one" and local_kind != "one":
-            z = self._additive_gate(logits, expected_pi, _per_row(log_pi, choices), _per_row(log_1m_pi, choices),
-                                    global_kind, stats, noise)
-        else:
-            shape = (draws, logits.shape[1])
-            g = _per_row(self._one_gate(global_kind, lambda: (log_pi - log_1m_pi).expand(shape), expected_pi.expand(shape),
-                                        torch.exp(log_pi).expand(shape) if log_pi is not None else None, stochastic,
-                                        noise if global_kind == "constant" else None), choices)
-            l = self._one_gate(local_kind, lambda: logits, local_p, local_p, stochastic, noise)
-            z = g * l
-            # the KL terms only feed a loss: prediction (no autograd) skips them
-            if local_kind != "one" and torch.is_grad_enabled() and (kl := self._local_kl(local_p, self.rho0)) is not None:
-                stats["local_kl"] = kl
-        self.global_used = global_kind not in ("one", "constant")
-        if self.global_used and torch.is_grad_enabled():
-            # computed here, inside the forward, where sharded (FSDP) parameters are gathered
-            stats["global_kl"] = self.global_gate.kl()
-        stats["gate_probs"] = self._expected_gate(expected_pi, local_p, global_kind, local_kind)
-        self._record(stats)
-        return z
-
-    def _record(self, stats: dict[str, Tensor]) -> None:
-        """Keep this call's statistics; a second call within one model forward (a layer whose
-        weights are shared across depth) has local gates of its own, so its local KL adds up."""
-        if getattr(torch._C, "_current_graph_task_id", lambda: -1)() != -1:
-            return  # activation checkpointing re-runs the forward inside backward: keep what the loss saw
-        forward = self.context.forward
-        previous = self._stats if forward is not None and forward == self._stats_forward else {}
-        if "local_kl" in previous and "local_kl" in stats:
-            if previous["local_kl"].shape == stats["local_kl"].shape:
-                stats["local_kl"] = previous["local_kl"] + stats["local_kl"]
-            elif not self._warned_reshaped_call:  # e.g. DeBERTa-v2 sends its position table through query_proj
-                self._warned_reshaped_call = True
-                warnings.warn(f"BaRA: a layer was called twice in one forward on {previous['local_kl'].shape[0]} "
-                              f"and then {stats['local_kl'].shape[0]} rows; only the last call's local KL and gate "
-                              "statistics count (leave this module out of target_modules if it is not per-token)")
-        self._stats, self._stats_forward = stats, forward
-
     def _choice_layout(self, rows: int) -> tuple[int, int]:
         """``(examples, choices)`` of a multiple-choice batch of ``rows`` choice rows, else ``(rows, 1)``."""
         layout = self.context.choice_rows
@@ -206,96 +244,106 @@ class BaRALinear(nn.Module):
             return layout.shape[0], layout.shape[1]
         return rows, 1
 
-    def _global_draws(self, rows: int) -> tuple[int, int]:
-        """``(draws, choices)``: the global gate draws ``draws`` rows, each shared by ``choices``
-        consecutive rows: an example's choice rows under ``global_draw="example"``, else one row."""
-        return self._choice_layout(rows) if self.global_draw == "example" else (rows, 1)
+    def gate(self, pooled: Tensor) -> Tensor:
+        """Joint gate z [rows, r] for the current mode, from the pooled inputs [rows, d]; records
+        this forward's `GateStats`.
 
-    def _local_uniforms(self, logits: Tensor) -> Tensor | None:
-        """The uniforms of the local draws when an example's choice rows share them
-        (``local_noise="example"``): each row keeps its own keep-probability, so its draw has the
-        same distribution as alone, but rows with similar probabilities keep the same factors.
-        None (fresh uniforms per row) otherwise."""
-        examples, choices = self._choice_layout(logits.shape[0])
-        if self.local_noise != "example" or choices == 1:
-            return None
-        return _per_row(torch.rand(examples, logits.shape[1], device=logits.device, dtype=logits.dtype), choices)
+        On multiple-choice inputs (each choice its own row) an example's rows share one global draw,
+        so that one Monte-Carlo sample scores every choice with the same adapter, and draw their local
+        gates from shared uniforms: each row keeps its own keep-probability (and marginal), but rows
+        whose probabilities agree keep the same factors, so the sampling noise does not fall on the
+        difference between the choices' scores.
+        """
+        mode = GATE_MODES[self.mode]
+        logits = self.local_gate(pooled.to(self.local_gate.weight.dtype))
+        local_p = torch.sigmoid(logits)
+        expected_pi = self.global_gate.expected_pi()
+        rows, r = logits.shape
+        examples, choices = self._choice_layout(rows)
+        recording = torch.is_grad_enabled()  # the KL terms only feed a loss: prediction skips them
+        shared = choices > 1 and mode.random
+        noise = _per_row(torch.rand(examples, r, device=logits.device, dtype=logits.dtype), choices) if shared else None
 
-    def _one_gate(self, kind, logits_fn, mean_p, sample_p, stochastic, noise=None) -> Tensor | float:
-        if kind == "one":
-            return 1.0
-        if kind == "constant":
-            keep = self.constant_keep.expand_as(mean_p)
-            if not self.training:
-                return hard_bernoulli(keep, noise)
-            return relaxed_bernoulli(torch.logit(keep, eps=1e-6), self.temperature, noise=noise)
-        if kind == "mean":
-            return mean_p
-        if stochastic:
-            return relaxed_bernoulli(logits_fn(), self.temperature, self.straight_through, noise)
-        return hard_bernoulli(sample_p.detach(), noise)
+        # the global gate: one draw of π per forward in training (its relaxed gates per example); in
+        # prediction one per example, so that the S copies of an input average over q(π) as well
+        log_pi = log_1m_pi = None
+        if mode.global_draw is _SAMPLED or (self.hierarchical and recording and mode.local_draw.in_use):
+            log_pi, log_1m_pi = self.global_gate.sample_log_pi(None if self.training else examples)
+        if isinstance(mode.global_draw, ConstantDraw):
+            keep = self.constant_keep.expand(rows, r)
+            global_in = GateInputs(lambda: torch.logit(keep, eps=1e-6), keep, keep)
+            g = mode.global_draw.draw(global_in, self.training, self.temperature, noise)
+        else:
+            shape = (examples, r)
+            global_in = GateInputs(lambda: (log_pi - log_1m_pi).expand(shape),
+                                   torch.exp(log_pi).expand(shape) if log_pi is not None else expected_pi,
+                                   expected_pi)
+            g = _per_row(mode.global_draw.draw(global_in, self.training, self.temperature, None), choices)
+        local_in = GateInputs(lambda: logits, local_p, local_p)
+        z = (g * mode.local_draw.draw(local_in, self.training, self.temperature, noise)).expand(rows, r)
 
-    def _additive_gate(self, logits, expected_pi, log_pi, log_1m_pi, kind, stats, noise=None) -> Tensor:
-        """Variant B: ``q(z=1 | x, π) = σ(logit π + ℓ(x))`` with prior ``Bernoulli(π)``."""
-        if kind == "mean":  # plug-in approximation E_π σ(logit π + ℓ) ≈ σ(logit E π + ℓ)
-            return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + logits)
-        gate_logits = (log_pi - log_1m_pi) + logits
-        if torch.is_grad_enabled() and (kl := self._local_kl(torch.sigmoid(gate_logits), torch.exp(log_pi))) is not None:
-            stats["local_kl"] = kl
-        if self.training:
-            return relaxed_bernoulli(gate_logits, self.temperature, self.straight_through, noise)
-        return hard_bernoulli(torch.sigmoid(gate_logits).detach(), noise)
+        stats = GateStats(local_probs=local_p, expected_pi=expected_pi,
+                          gate_probs=self._expected_gate(mode, global_in, local_p))
+        if recording and mode.local_draw.in_use:
+            stats.local_kl = self._local_kl(local_p, log_1m_pi)
+        if recording and mode.global_draw.in_use:
+            # computed here, inside the forward, where sharded (FSDP) parameters are gathered
+            stats.global_kl = self.global_gate.kl()
+        self._record(stats)
+        return z
 
-    def _local_kl(self, q: Tensor, prior: Tensor | float) -> Tensor | None:
-        """Per-instance local KL [n] (``marginal``: the KL of the batch-average gate, per instance,
-        plus ``local_mi_weight`` × each instance's KL from that average; ``ceiling``: that marginal
-        KL plus each instance's KL on the factors it keeps above the prior's keep-probability).
+    def _local_kl(self, q: Tensor, log_1m_pi: Tensor | None) -> Tensor:
+        """Per-row local KL [rows]: against ``Bernoulli(ρ0)``, or (``local_prior="global"``) against the
+        layer's usage ``Bernoulli(π_k)`` in expectation over q(π) (`bara.gates.expected_local_kl`)."""
+        if not self.hierarchical:
+            return kl_bernoulli(q, self.rho0).sum(-1)
+        return expected_local_kl(q, self.global_gate.expected_log_pi(), log_1m_pi).sum(-1)
 
-        Skipped (None) when no gradient is being recorded: prediction never needs it."""
-        if not torch.is_grad_enabled():
-            return None
-        if self.local_kl_kind == "instance":
-            return kl_bernoulli(q, prior).sum(-1)
-        prior_mean = prior.mean(0) if isinstance(prior, Tensor) and prior.dim() == 2 else prior
-        average = q.mean(0)
-        kl = kl_bernoulli(average, prior_mean).sum(-1).expand(q.shape[0])
-        if self.local_mi_weight:  # mean over n of KL(q_n ‖ q̄) is the input-gate mutual information
-            kl = kl + self.local_mi_weight * kl_bernoulli(q, average).sum(-1)
-        if self.local_kl_kind == "ceiling":  # KL(q‖ρ) is 0 with zero slope at q = ρ: the hinge is smooth
-            kl = kl + (kl_bernoulli(q, prior) * (q > prior)).sum(-1)
-        return kl
+    @staticmethod
+    def _expected_gate(mode: GateMode, global_in: GateInputs, local_p: Tensor) -> Tensor:
+        """``E_q[z]`` per row and factor [rows, r], respecting factors the mode holds open."""
+        g = mode.global_draw.expectation(global_in)
+        l = mode.local_draw.expectation(GateInputs(None, local_p, local_p))
+        return torch.ones_like(local_p) * g * l
 
-    def _expected_gate(self, expected_pi, local_p, global_kind, local_kind) -> Tensor:
-        """``E_q[z]`` per instance and factor, respecting factors forced open by the mode."""
-        if global_kind == "constant":
-            return self.constant_keep.expand_as(local_p)
-        g = expected_pi if global_kind != "one" else torch.ones_like(expected_pi)
-        if local_kind == "one":
-            return g.expand_as(local_p)
-        if self.variant == "additive" and global_kind != "one":
-            return torch.sigmoid(torch.logit(expected_pi, eps=1e-6) + torch.logit(local_p, eps=1e-6))
-        return g * local_p
+    def _record(self, stats: GateStats) -> None:
+        """Keep this call's statistics; a second call within one model forward (a layer whose
+        weights are shared across depth) has local gates of its own, so its local KL adds up.
+        Calls after the model's forward returned (activation checkpointing re-running the layer in
+        backward) leave the statistics the loss saw as they were."""
+        ctx = self.context
+        if ctx.forward is not None and not ctx.active:
+            return
+        previous = self.stats if ctx.forward is not None and ctx.forward == self._stats_forward else None
+        if previous is not None and previous.local_kl is not None and stats.local_kl is not None:
+            if previous.local_kl.shape == stats.local_kl.shape:
+                stats.local_kl = previous.local_kl + stats.local_kl
+            elif not self._warned_reshaped_call:  # e.g. DeBERTa-v2 sends its position table through query_proj
+                self._warned_reshaped_call = True
+                warnings.warn(f"BaRA: a layer was called twice in one forward on {previous.local_kl.shape[0]} "
+                              f"and then {stats.local_kl.shape[0]} rows; only the last call's local KL and gate "
+                              "statistics count (leave this module out of target_modules if it is not per-token)")
+        self.stats, self._stats_forward = stats, ctx.forward
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         result = self.base_layer(x)
         x_lora = x if x.dtype == self.lora_A.weight.dtype else x.to(self.lora_A.weight.dtype)
         if self.mode == "ones":
-            self._stats = {}
+            self.stats = None
             return result + (self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x_lora)))).to(result.dtype)
         if self.r == 0:
-            self._stats = {}
+            self.stats = None
             return result
         h = self.lora_A(self.lora_dropout(x_lora))
         tokens = self._instance_view(x_lora)
         if self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]:
             z = self._cached_gate
         else:
-            pooled = self._pool(tokens if self.gate_input == "x" else self._instance_view(h))
-            z = self._gate(pooled)
+            z = self.gate(self._pool(tokens))
             self._cached_gate = z.detach()
         gated = (self._instance_view(h) * z.to(h.dtype).unsqueeze(1)).reshape(h.shape)
         return result + (self.scaling * self.lora_B(gated)).to(result.dtype)
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, scaling={self.scaling:g}, mode={self.mode!r}, gate_input={self.gate_input!r}, variant={self.variant!r}"
+        return f"r={self.r}, scaling={self.scaling:g}, mode={self.mode!r}"

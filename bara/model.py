@@ -151,6 +151,7 @@ class BaRAModel(AdapterModel):
         # a causal LM's token labels mark its answer (pooled out of the gates); a token classifier's do not
         self._causal_lm = _is_causal_lm(model)
         self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
+        self._end_hook = model.register_forward_hook(self._end_forward)
 
     # -- mask routing --------------------------------------------------------------------
     def _capture_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -161,6 +162,7 @@ class BaRAModel(AdapterModel):
         ctx = self.context
         ctx.reuse_gates = False
         ctx.forward = (ctx.forward or 0) + 1
+        ctx.active = True
         ctx.choice_rows = _choice_rows(tokens, bound.get("choice_mask"))
         if not isinstance(mask, Tensor):
             ctx.pool_mask = None
@@ -182,6 +184,11 @@ class BaRAModel(AdapterModel):
             has_prompt = prompt.any(dim=-1, keepdim=True)
             mask = torch.where(has_prompt, prompt, mask)  # causal LM: pool the prompt only, never the answer
         ctx.pool_mask = mask
+
+    def _end_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook: the forward is over; later calls of a layer (activation checkpointing
+        recomputing it inside backward) do not change its statistics."""
+        self.context.active = False
 
     # -- gate statistics and layers ------------------------------------------------------
     def bara_layers(self) -> Iterator[tuple[str, BaRALinear]]:
@@ -235,7 +242,8 @@ def gate_mode(model: BaRAModel, mode: str) -> Iterator[BaRAModel]:
 
     Modes: ``sample`` (relaxed gates in training, hard Bernoulli draws in eval), ``mean``
     (``z = E_q[π] ⊙ σ(ℓ(x))``), ``ones`` (all gates 1: plain LoRA), ``global`` (local gates
-    forced to 1), ``global_mean``, ``local`` (global gates forced to 1), ``local_mean``.
+    forced to 1), ``global_mean``, ``local`` (global gates forced to 1), ``local_mean``, and
+    ``constant`` (input-independent dropout at the keep-probabilities set by `fix_gates`).
 
     Example:
         >>> with gate_mode(model, "ones"):        # doctest: +SKIP
@@ -253,7 +261,7 @@ def gate_mode(model: BaRAModel, mode: str) -> Iterator[BaRAModel]:
 
 
 def fix_gates(model: BaRAModel, keep: dict[str, Tensor]) -> None:
-    """Set the per-layer keep-probabilities ``[r]`` used by gate mode ``constant`` (check C7).
+    """Set the per-layer keep-probabilities ``[r]`` used by gate mode ``constant``.
 
     Typically ``keep[layer] = E_x E_q[z_k(x)]``: the same average rank as the trained gates, but
     without any dependence on the input.

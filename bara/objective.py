@@ -1,10 +1,12 @@
-"""The variational objective and the effective-rank statistics (DESIGN §2).
+"""The variational objective and the effective-rank statistics.
 
 Negative ELBO per example (the trainer adds the likelihood term and multiplies the KL by the
 warm-up factor β_t):
 
-``L = mean_n[−log p(y_n | x_n, z_n)] + β_t ( β_l · mean_n Σ_{layers,k} KL_Bern(σ(ℓ_nk) ‖ ρ0)
+``L = mean_n[−log p(y_n | x_n, z_n)] + β_t ( β_l · mean_n Σ_{layers,k} KL(q(l_nk | x_n) ‖ p(l_nk))
       + (β_g / N) Σ_{layers,k} KL(Kuma(a_k, b_k) ‖ Beta(α0, 1)) )``
+
+with the local prior ``p(l_nk) = Bern(ρ0)`` or, hierarchically, ``Bern(π_k)`` in expectation over q(π).
 
 A multiple-choice example (a cross-encoder reads each of its C choices as its own sequence) has one
 local gate per choice sequence: its local KL sums over its real choices, as its likelihood counts the
@@ -42,16 +44,14 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
         raise ValueError(f"num_examples={num_examples} must be the (positive) number of training examples")
     cfg = model.bara_config
     # a plain tensor: outside the forward pass FSDP parameters are DTensors
-    stats = [v for _, layer in model.bara_layers() for v in layer._stats.values() if isinstance(v, Tensor)]
-    zero = stats[0].new_zeros(()) if stats else torch.zeros(())
+    stats = [layer.stats for _, layer in model.bara_layers() if layer.r > 0 and layer.stats is not None]
+    zero = stats[0].local_probs.new_zeros(()).float() if stats else torch.zeros(())
     global_kl, local_kl = zero, zero
-    for _, layer in model.bara_layers():
-        if layer.r == 0 or not layer._stats:
-            continue
-        if "global_kl" in layer._stats:
-            global_kl = global_kl + layer._stats["global_kl"]
-        if "local_kl" in layer._stats:
-            local_kl = local_kl + _per_example(layer._stats["local_kl"], model.context.choice_rows)
+    for layer_stats in stats:
+        if layer_stats.global_kl is not None:
+            global_kl = global_kl + layer_stats.global_kl
+        if layer_stats.local_kl is not None:
+            local_kl = local_kl + _per_example(layer_stats.local_kl, model.context.choice_rows)
     total = cfg.beta_global * global_kl / num_examples + cfg.beta_local * local_kl
     return KLTerms(global_kl=global_kl, local_kl=local_kl, total=total)
 
@@ -82,7 +82,7 @@ def kl_warmup_factor(step: int, total_steps: int, warmup_fraction: float) -> flo
 
 def gate_probabilities(model: BaRAModel) -> dict[str, Tensor]:
     """``{layer: E_q[z] of shape [instances, r]}`` for the last forward pass."""
-    return {name: layer._stats["gate_probs"].detach() for name, layer in model.bara_layers() if "gate_probs" in layer._stats}
+    return {name: layer.stats.gate_probs.detach() for name, layer in model.bara_layers() if layer.stats is not None}
 
 
 def effective_ranks(model: BaRAModel) -> dict[str, Tensor]:
@@ -115,7 +115,7 @@ def rank_summary(model: BaRAModel, gate_probs: dict[str, Tensor] | None = None) 
     """
     probs = gate_probabilities(model) if gate_probs is None else gate_probs
     # E π as seen by the last forward when there was one (no parameter access: FSDP-safe)
-    pis = {name: layer._stats["expected_pi"].detach() for name, layer in model.bara_layers() if "expected_pi" in layer._stats}
+    pis = {name: layer.stats.expected_pi.detach() for name, layer in model.bara_layers() if layer.stats is not None}
     pis = pis or expected_pi(model)
     layers = [name for name in pis if name in probs and probs[name].numel() > 0]
     if not layers:

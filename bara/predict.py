@@ -113,7 +113,7 @@ def is_stochastic(model: nn.Module, mode: str) -> bool:
     if isinstance(model, BaRAModel):
         if mode not in GATE_MODES:
             raise ValueError(f"gate mode {mode!r} is unknown; allowed: {', '.join(GATE_MODES)}")
-        return any(kind in ("sample", "constant") for kind in GATE_MODES[mode])
+        return GATE_MODES[mode].random
     return mode == "sample"
 
 

@@ -14,7 +14,7 @@ from conftest import padded_batch, tiny_bert
 def _trained_looking(model):
     torch.manual_seed(3)
     for _, layer in model.bara_layers():
-        for param in (layer.lora_B.weight, layer.local_gate.weight, layer.global_gate.a_raw, layer.global_gate.b_raw):
+        for param in (layer.lora_B.weight, layer.local_gate.weight, layer.global_gate.log_a, layer.global_gate.log_b):
             with torch.no_grad():
                 param.add_(0.3 * torch.randn_like(param))
     with torch.no_grad():
@@ -39,32 +39,43 @@ def test_round_trip_is_bit_exact_in_mean_mode_and_writes_no_pickle(tmp_path):
         assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, expected)
 
 
-def test_an_adapter_saved_before_the_draw_options_existed_loads_with_the_draws_it_was_trained_with(tmp_path):
-    """``global_draw`` and ``local_noise`` came later with the default "example"; an adapter whose saved
-    config lacks them was trained drawing per choice row, and loads so. One that names them keeps them."""
+def test_an_adapter_of_an_earlier_version_loads_exactly_or_is_refused_by_name(tmp_path):
+    """Earlier versions stored softplus⁻¹(a) as ``a_raw`` and had options since retired: such an adapter
+    loads with the same gates, unless it used a retired option at a value this version lacks."""
     import json
 
-    model = bara.get_bara_model(tiny_bert(), _config(local_noise="row"))
-    model.save_pretrained(tmp_path / "new")
-    saved = json.loads((tmp_path / "new" / "bara_config.json").read_text())
-    assert (saved["global_draw"], saved["local_noise"]) == ("example", "row")
-    old = {k: v for k, v in saved.items() if k not in ("global_draw", "local_noise")}
-    (tmp_path / "new" / "bara_config.json").rename(tmp_path / "kept.json")
-    (tmp_path / "new" / "bara_config.json").write_text(json.dumps(old))
-    loaded = bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "new")
-    assert {(layer.global_draw, layer.local_noise) for _, layer in loaded.bara_layers()} == {("row", "row")}
-    assert (loaded.bara_config.global_draw, loaded.bara_config.local_noise) == ("row", "row")
-    assert bara.BaRAConfig.load(tmp_path / "kept.json").global_draw == "example"
-    assert bara.BaRAConfig().local_noise == "example"  # what a new model gets
+    from safetensors.torch import load_file, save_file
 
-
-@pytest.mark.parametrize("gate_input", ["x", "Ax"])
-def test_saving_prunes_dead_factors_without_moving_the_kept_gates(tmp_path, capsys, gate_input):
     ids, mask = padded_batch([6, 3], total=6, left=False)
-    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config(gate_input=gate_input))).eval()
+    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config())).eval()
+    with bara.gate_mode(model, "mean"):
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    model.save_pretrained(tmp_path / "old")
+    weights = tmp_path / "old" / "adapter_model.safetensors"
+    tensors = {}
+    for key, value in load_file(weights).items():  # rewrite the file as the earlier version wrote it
+        if key.endswith(("log_a", "log_b")):
+            key, value = key.replace(".log_", "._raw_"), value.exp() + torch.log(-torch.expm1(-value.exp()))
+            key = key.replace("._raw_a", ".a_raw").replace("._raw_b", ".b_raw")
+        tensors[key] = value
+    save_file(tensors, weights)
+    config = json.loads((tmp_path / "old" / "bara_config.json").read_text())
+    config |= {"global_draw": "example", "local_noise": "example", "gate_input": "x"}
+    (tmp_path / "old" / "bara_config.json").write_text(json.dumps(config))
+    loaded = bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "old").eval()
+    with bara.gate_mode(loaded, "mean"):
+        assert torch.allclose(loaded(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-6)
+    (tmp_path / "old" / "bara_config.json").write_text(json.dumps(config | {"local_noise": "row"}))
+    with pytest.raises(ValueError, match="trained with local_noise='row', which this version of bara no longer supports"):
+        bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "old")
+
+
+def test_saving_prunes_dead_factors_without_moving_the_kept_gates(tmp_path, capsys):
+    ids, mask = padded_batch([6, 3], total=6, left=False)
+    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config())).eval()
     layer_name, layer = next(iter(model.bara_layers()))
     with torch.no_grad():
-        layer.global_gate.a_raw[1] = -12.0  # a ≈ 6e-6: E π ≈ 0, a dead factor
+        layer.global_gate.log_a[1] = -12.0  # a ≈ 6e-6: E π ≈ 0, a dead factor
     with bara.gate_mode(model, "mean"):
         expected = model(input_ids=ids, attention_mask=mask).logits
         expected_gates = bara.gate_probabilities(model)[layer_name]
@@ -73,25 +84,21 @@ def test_saving_prunes_dead_factors_without_moving_the_kept_gates(tmp_path, caps
     with bara.gate_mode(loaded, "mean"):
         assert torch.allclose(loaded(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5)
         gates = bara.gate_probabilities(loaded)[layer_name]
-    if gate_input == "x":
-        assert pruned[layer_name] == 1 and sum(pruned.values()) == 1
-        assert "pruned 1 dead factor" in capsys.readouterr().out
-        assert loaded.base_model.get_submodule(layer_name).r == 3
-        assert loaded.bara_config.rank_pattern == {layer_name: 3}
-        expected_gates = expected_gates[:, [0, 2, 3]]
-    else:  # the gates layer-normalise A x̄ over every factor: dropping one would move the others
-        assert sum(pruned.values()) == 0 and loaded.bara_config.rank_pattern == {}
-        assert "kept 1 dead factor(s): with gate_input='Ax'" in capsys.readouterr().out
+    assert pruned[layer_name] == 1 and sum(pruned.values()) == 1
+    assert "pruned 1 dead factor" in capsys.readouterr().out
+    assert loaded.base_model.get_submodule(layer_name).r == 3
+    assert loaded.bara_config.rank_pattern == {layer_name: 3}
+    expected_gates = expected_gates[:, [0, 2, 3]]
     # the logits of this tiny model barely react to its adapters, so compare the kept factors' gates too
     assert torch.allclose(gates, expected_gates, atol=1e-6)
 
 
-@pytest.mark.parametrize("gate_input", ["x", "Ax"])
-def test_peft_export_loads_and_equals_the_global_mean_part(tmp_path, gate_input):
+@pytest.mark.parametrize("prior", ["beta", "ibp"])
+def test_peft_export_loads_and_equals_the_global_mean_part(tmp_path, prior):
     ids, mask = padded_batch([6, 3], total=6, left=True)
-    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config(gate_input=gate_input))).eval()
+    model = _trained_looking(bara.get_bara_model(tiny_bert(), _config(prior=prior))).eval()
     with torch.no_grad():
-        next(iter(model.bara_layers()))[1].global_gate.a_raw[0] = -12.0
+        next(iter(model.bara_layers()))[1].global_gate.log_a[-1] = -12.0
     model.save_pretrained(tmp_path / "pruned")  # then export the pruned (ragged-rank) model
     reloaded = bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "pruned").eval()
     with bara.gate_mode(reloaded, "global_mean"):
@@ -137,6 +144,6 @@ def test_kl_drives_the_gate_parameters():
     terms.total.backward()
     for _, layer in model.bara_layers():
         assert layer.local_gate.weight.grad.abs().sum() > 0
-        assert layer.global_gate.a_raw.grad.abs().sum() > 0
+        assert layer.global_gate.log_a.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="num_examples=0"):
         bara.kl_divergence(model, 0)

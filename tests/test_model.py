@@ -22,9 +22,7 @@ from conftest import padded_batch, tiny_bert, tiny_gemma3, tiny_llama
     ("temperature", 0, "temperature=0"), ("temperature", -0.5, "temperature"),
     ("beta_global", -1, "beta_global"), ("beta_local", float("inf"), "beta_local"),
     ("kl_warmup", 1.5, "kl_warmup"), ("kl_warmup", -0.1, "kl_warmup"),
-    ("gate_input", "h", "'x', 'Ax'"), ("variant", "sum", "'product', 'additive'"),
-    ("prior", "gaussian", "'beta', 'ibp'"), ("relaxation", "gumbel", "'concrete'"), ("local_kl", "total", "'instance', 'marginal', 'ceiling'"),
-    ("local_mi_weight", 1.5, "[0, 1]"), ("local_mi_weight", 0.5, "local_kl='marginal'"),
+    ("prior", "gaussian", "'beta', 'ibp'"), ("local_prior", "learned", "'fixed', 'global'"),
     ("lora_dropout", 1.0, "[0, 1)"), ("lora_dropout", -0.1, "lora_dropout"),
     ("kuma_a_init", 0, "kuma_a_init"), ("kuma_b_init", -1, "kuma_b_init"),
     ("local_bias_init", float("nan"), "local_bias_init"), ("prune_threshold", 1.0, "prune_threshold"),
@@ -231,37 +229,6 @@ def test_gate_mode_restores_and_rejects_unknown_modes():
         model.set_gate_mode("dropout")
 
 
-def test_marginal_local_kl_is_the_kl_of_the_batch_average_gate():
-    from bara.gates import kl_bernoulli
-
-    model = bara.get_bara_model(MaskedToy(), bara.BaRAConfig(r=3, target_modules=["proj"], local_kl="marginal")).train()
-    with torch.no_grad():
-        model.proj.local_gate.weight.normal_()
-    model(torch.randn(5, 4, 6))
-    probs = model.proj._stats["local_probs"]
-    expected = kl_bernoulli(probs.mean(0), 0.5).sum()
-    assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected)
-    instance = kl_bernoulli(probs, 0.5).sum(-1).mean()
-    assert instance > expected  # the instance KL adds the input-gate mutual information
-
-
-@pytest.mark.parametrize("weight", [0.3, 1.0])
-def test_local_mi_weight_interpolates_between_marginal_and_instance_kl(weight):
-    from bara.gates import kl_bernoulli
-
-    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.3, local_kl="marginal", local_mi_weight=weight)
-    model = bara.get_bara_model(MaskedToy(), config).train()
-    with torch.no_grad():
-        model.proj.local_gate.weight.normal_()
-    model(torch.randn(5, 4, 6))
-    probs = model.proj._stats["local_probs"]
-    marginal = kl_bernoulli(probs.mean(0), 0.3).sum()
-    instance = kl_bernoulli(probs, 0.3).sum(-1).mean()
-    # mean_n KL(q_n ‖ ρ0) = KL(q̄ ‖ ρ0) + mean_n KL(q_n ‖ q̄): weight 1 recovers the ELBO's term
-    expected = marginal + weight * (instance - marginal)
-    assert torch.allclose(bara.kl_terms(model, 10).local_kl, expected, atol=1e-6)
-
-
 def test_lora_dropout_drops_the_factors_input_in_training_only_and_not_the_gates_input(tmp_path):
     torch.manual_seed(0)
     config = bara.BaRAConfig(r=3, target_modules=["proj"], lora_dropout=0.5)
@@ -275,10 +242,10 @@ def test_lora_dropout_drops_the_factors_input_in_training_only_and_not_the_gates
     model.train()
     first, second = model(x), model(x)
     assert not torch.allclose(first, second)
-    gate_probs = layer._stats["gate_probs"]
+    gate_probs = layer.stats.gate_probs
     model.eval()
     assert torch.equal(model(x), model(x))  # off at evaluation
-    assert torch.allclose(layer._stats["gate_probs"], gate_probs)  # the gates saw the undropped input
+    assert torch.allclose(layer.stats.gate_probs, gate_probs)  # the gates saw the undropped input
     model.set_gate_mode("ones")
     model.train()
     assert not torch.allclose(model(x), model(x))  # plain-LoRA mode drops the same input
@@ -286,42 +253,13 @@ def test_lora_dropout_drops_the_factors_input_in_training_only_and_not_the_gates
     assert bara.BaRAConfig.load(tmp_path / "bara_config.json").lora_dropout == 0.5
 
 
-def test_ceiling_local_kl_adds_to_the_marginal_kl_only_factors_kept_above_the_prior():
-    from bara.gates import kl_bernoulli
-
-    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.4, local_kl="ceiling")
-    model = bara.get_bara_model(MaskedToy(), config).train()
-    with torch.no_grad():
-        model.proj.local_gate.weight.normal_(std=2.0)
-        model.proj.local_gate.bias.zero_()
-    model(torch.randn(6, 4, 6))
-    probs = model.proj._stats["local_probs"]
-    assert (probs < 0.4).any() and (probs > 0.4).any()  # both sides of the ceiling are exercised
-    above = probs > 0.4
-    hinge = (kl_bernoulli(probs, 0.4) * above).sum(-1).mean()
-    marginal = kl_bernoulli(probs.mean(0), 0.4).sum()
-    local_kl = bara.kl_terms(model, 10).local_kl
-    assert torch.allclose(local_kl, marginal + hinge, atol=1e-6)
-    # per instance, only factors kept above the prior are pushed down by the hinge
-    (grad,) = torch.autograd.grad(hinge, probs)
-    assert (grad[~above] == 0).all() and (grad[above] > 0).all()
-    # with every gate below the ceiling, inputs may differ freely: only the marginal KL is left
-    with torch.no_grad():
-        model.proj.local_gate.weight.mul_(0.1)
-        model.proj.local_gate.bias.fill_(-3.0)
-    model(torch.randn(6, 4, 6))
-    probs = model.proj._stats["local_probs"]
-    assert (probs < 0.4).all() and probs.std() > 0
-    assert torch.allclose(bara.kl_terms(model, 10).local_kl, kl_bernoulli(probs.mean(0), 0.4).sum(), atol=1e-6)
-
-
 @pytest.mark.parametrize("context_dependent", [True, False])
 def test_context_independent_gates_learn_their_keep_probabilities_but_not_the_input(tmp_path, context_dependent):
-    """``context_dependent=False`` is C7's control trained as such: the same objective and learning
+    """``context_dependent=False`` is the constant-gate control trained as such: the same objective and learning
     rates, with W_g held at 0, so the local gates still move (their biases learn) but never differ
     between inputs; the setting survives a save/load round trip."""
     torch.manual_seed(0)
-    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.8, local_kl="marginal",
+    config = bara.BaRAConfig(r=3, target_modules=["proj"], rho0=0.8, beta_local=0.01,
                              context_dependent=context_dependent)
     model = bara.get_bara_model(MaskedToy(), config).train()
     layer = model.proj
@@ -349,88 +287,22 @@ def test_context_independent_gates_learn_their_keep_probabilities_but_not_the_in
     assert loaded.trainable_parameter_count() == model.trainable_parameter_count()
 
 
-def test_centred_gate_input_keeps_a_pull_shared_by_every_input_off_w_g():
-    """The centring lever: a loss whose gradient is the same for every input (what the KL's pull towards ρ0
-    is) moves W_g along the mean direction of LN(x̄) when the input is not centred, and not at all when it is,
-    because Σ_n δ (u_n − ū) = 0; the bias still takes that pull."""
-    torch.manual_seed(0)
-    x = torch.randn(16, 4, 6) + 2.0  # a large shared mean, as in a transformer's hidden states
-    grads = {}
-    for centred in (False, True):
-        model = bara.get_bara_model(MaskedToy(), bara.BaRAConfig(r=3, target_modules=["proj"],
-                                                                center_gate_input=centred)).train()
-        gate = model.proj.local_gate
-        gate(model.proj._pool(x)).sum().backward()  # dℓ_nk/dloss = 1 for every instance n
-        grads[centred] = (gate.weight.grad.abs().max().item(), gate.bias.grad.abs().max().item())
-    assert grads[False][0] > 1.0 and grads[True][0] < 1e-5
-    assert grads[True][1] == pytest.approx(16.0)
-
-
 def test_gate_logits_split_into_bias_shared_and_context_parts():
-    """`LocalGate.decompose`: the three parts add up to the logits; the shared part is W_g times the inputs'
-    mean, which centring on that same mean removes."""
+    """`LocalGate.decompose`: the three parts add up to the logits, and the context part averages to 0."""
     torch.manual_seed(0)
     pooled = torch.randn(20, 6) + torch.linspace(-3, 3, 6)
-    for centred in (False, True):
-        gate = bara.gates.LocalGate(6, 3, bias_init=1.0, centered=centred)
-        with torch.no_grad():
-            gate.weight.normal_()
-        if centred:
-            gate.train()(pooled)  # the first batch sets the running mean to this data's mean
-            gate.eval()
-        parts = gate.decompose(pooled)
-        assert torch.allclose(parts["bias"] + parts["shared"] + parts["context"], gate(pooled), atol=1e-5)
-        assert torch.allclose(parts["context"].mean(0), torch.zeros(3), atol=1e-5)
-        assert (parts["shared"].abs().max() < 1e-5) == centred
-
-
-@pytest.mark.parametrize("gate_input", ["x", "Ax"])
-def test_centred_gate_input_tracks_the_training_mean_and_survives_save_and_load(tmp_path, gate_input):
-    torch.manual_seed(0)
-    config = bara.BaRAConfig(r=3, target_modules=["proj"], center_gate_input=True, gate_input=gate_input,
-                             rho0=0.8, local_kl="marginal")
-    model = bara.get_bara_model(MaskedToy(), config).train()
-    layer = model.proj
-    x = torch.randn(64, 4, 6) + 3.0 * torch.sign(torch.randn(64, 1, 1))  # two contexts, opposite targets
-    target = x.mean((1, 2), keepdim=True).sign() * torch.ones(64, 4, 6)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    for step in range(60):
-        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
-        loss = ((model(x[batch]) - target[batch]) ** 2).mean() + bara.kl_divergence(model, num_examples=64)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert layer.local_gate.input_count.item() == 60
+    gate = bara.gates.LocalGate(6, 3, bias_init=1.0)
     with torch.no_grad():
-        pooled = layer._pool(x if gate_input == "x" else layer.lora_A(x))
-        data_mean = torch.nn.functional.layer_norm(pooled, pooled.shape[-1:]).mean(0)
-    # the latest batches dominate the running mean; the input of `Ax` drifts as A trains, so only roughly
-    assert torch.allclose(layer.local_gate.input_mean, data_mean, atol=0.05 if gate_input == "x" else 0.3)
-    model.eval()
-    before = layer.local_gate.input_mean.clone()
-    with bara.gate_mode(model, "mean"):
-        expected = model(x)
-    assert torch.equal(layer.local_gate.input_mean, before)  # prediction never moves it
-    assert bara.gate_probabilities(model)["proj"].std(0).max() > 1e-3  # the gates still tell the contexts apart
-    model.save_pretrained(str(tmp_path))
-    loaded = bara.BaRAModel.from_pretrained(MaskedToy(), str(tmp_path)).eval()
-    loaded.proj.base_layer.load_state_dict(layer.base_layer.state_dict())
-    assert torch.equal(loaded.proj.local_gate.input_mean, before)
-    assert loaded.proj.local_gate.input_count.item() == 60
-    half = bara.BaRAModel.from_pretrained(MaskedToy(), str(tmp_path)).to(torch.bfloat16)
-    assert half.proj.local_gate.input_count.dtype == torch.long  # a bf16 count would stop at 256
-    with bara.gate_mode(loaded, "mean"):
-        assert torch.allclose(loaded(x), expected, atol=1e-6)
+        gate.weight.normal_()
+    parts = gate.decompose(pooled)
+    assert torch.allclose(parts["bias"] + parts["shared"] + parts["context"], gate(pooled), atol=1e-5)
+    assert torch.allclose(parts["context"].mean(0), torch.zeros(3), atol=1e-5)
+    assert parts["shared"].abs().max() > 1e-3
 
 
 def test_context_dependent_must_be_a_boolean():
     with pytest.raises(ValueError, match="BaRAConfig.context_dependent='no'.*true or false"):
         bara.BaRAConfig(context_dependent="no")
-
-
-def test_center_gate_input_must_be_a_boolean():
-    with pytest.raises(ValueError, match="BaRAConfig.center_gate_input=1.*true or false"):
-        bara.BaRAConfig(center_gate_input=1)
 
 
 class _SharedAcrossDepth(nn.Module):
@@ -461,7 +333,7 @@ def test_a_layer_called_twice_per_forward_counts_the_local_kl_of_both_calls():
         layer.local_gate.weight.normal_()
         layer.local_gate.bias.zero_()
     calls = []
-    layer.register_forward_hook(lambda *_: calls.append(layer._stats["local_probs"].detach()))
+    layer.register_forward_hook(lambda *_: calls.append(layer.stats.local_probs.detach()))
     model.train()
     for _ in range(2):  # the second forward starts afresh
         calls.clear()

@@ -175,8 +175,8 @@ def build_gemma_cache(force: bool = False) -> Path:
     """Assemble the gemma3-270m GGUF, dequantise it and cache it as safetensors.
 
     A no-op returning the cache directory when the cache is already complete
-    (unless ``force``).  The one-time conversion takes ~1.5 min on 2 CPU cores
-    and writes ~1.1 GB (float32).
+    (unless ``force``).  The one-time conversion takes a minute or two on a
+    small CPU and writes ~1.1 GB (float32).
     """
     target = gemma_cache_dir()
     if not force and gemma_cache_ready(target):

@@ -1,6 +1,6 @@
 """Task heads that turn a backbone into "logits over the K answers" with a cross-entropy loss.
 
-* `LabelTokenClassifier` — the Bayesian-LoRA protocol for causal LMs (DESIGN §4): the prompt
+* `LabelTokenClassifier` — the Bayesian-LoRA protocol for causal LMs (as in BLoB): the prompt
   lists the choices, and the prediction is the last position's logits restricted to the label
   tokens, computed from the label rows of the LM head only (never the full vocabulary).
 * `ChoiceMaskedModel` — a multiple-choice cross-encoder whose padded choices (examples with

@@ -366,7 +366,7 @@ def paired_bootstrap(metric: str, probs_a: Tensor, probs_b: Tensor, labels: Tens
 
 
 def domain_permutation_test(values: Tensor, domains: list[str], *, rounds: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Do per-domain means of ``values`` differ more than chance? (check C4 on real data).
+    """Do per-domain means of ``values`` differ more than chance? (does the rank or the gate pattern follow the domain?).
 
     ``values`` is ``[N]`` (e.g. the per-instance rank s̄(x)) or ``[N, D]`` (e.g. every layer's gate
     probabilities side by side). The statistic is the example-weighted spread of the domain means

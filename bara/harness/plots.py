@@ -595,3 +595,125 @@ def gate_profile_plot(
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title or "Gate keep-probability and randomness by domain and layer", fontsize=10)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# rank per layer (AdaLoRA's final ranks, BaRA's r_glob per layer)
+# --------------------------------------------------------------------------------------
+
+
+def layer_ranks(
+    ranks: Mapping[str, float] | Mapping[str, Mapping[str, float]],
+    path: PathLike,
+    r_max: float | None = None,
+    reference: float | None = None,
+    title: str | None = None,
+    ylabel: str = "rank",
+) -> Path:
+    """Bar chart of one rank per layer, for one run or several side by side.
+
+    ``ranks`` maps a layer name to its rank (one run), or a run label to such a mapping (grouped
+    bars, one colour per run; a layer a run lacks leaves a gap). Layer names are shortened to the
+    part after their common dotted prefix. ``r_max`` (e.g. AdaLoRA's ``init_r``, BaRA's ``r``)
+    draws the ceiling as a dotted line and fixes the y range; ``reference`` (e.g. AdaLoRA's
+    ``target_r``, the mean rank its budget ends at) draws a dashed line. Bars are annotated with
+    their values when there are at most 60. The title gives each run's mean rank.
+
+    Example:
+        >>> from bara.harness.methods.adalora import final_ranks
+        >>> layer_ranks(final_ranks(model), "ranks.png", r_max=12, reference=8)       # doctest: +SKIP
+        >>> from bara.objective import expected_pi                                       # BaRA's r_glob per layer
+        >>> r_glob = {n: float((pi > 0.5).sum()) for n, pi in expected_pi(bara_model).items()}
+        >>> layer_ranks({"adalora": final_ranks(model), "bara": r_glob}, "both.png")   # doctest: +SKIP
+    """
+    if not ranks:
+        raise ValueError("layer_ranks: ranks is empty")
+    nested = [isinstance(v, Mapping) for v in ranks.values()]
+    if all(nested):
+        runs = {str(label): dict(values) for label, values in ranks.items()}
+    elif not any(nested):
+        runs = {"": dict(ranks)}
+    else:
+        raise ValueError("layer_ranks: ranks must map layers to numbers, or runs to such mappings, not a mix")
+    layers: list[str] = []
+    for label, values in runs.items():
+        if not values:
+            raise ValueError(f"layer_ranks: run {label!r} has no layers")
+        for layer, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"layer_ranks: {label + '/' if label else ''}{layer!r} must be a finite rank >= 0, "
+                                 f"got {value!r}")
+            if layer not in layers:
+                layers.append(layer)
+    for name, value in (("r_max", r_max), ("reference", reference)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"layer_ranks: {name} must be a finite number >= 0, got {value!r}")
+
+    short = _short_layer_names(layers)
+    n_runs = len(runs)
+    width = 0.8 / n_runs
+    fig = _new_figure(max(5.0, 0.3 * len(layers) * max(1.0, 0.6 * n_runs) + 2.0), 3.6, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(layers))
+    annotate = len(layers) * n_runs <= 60
+    for i, (label, values) in enumerate(runs.items()):
+        heights = np.asarray([float(values.get(layer, math.nan)) for layer in layers], dtype=np.float64)
+        shown = ~np.isnan(heights)
+        xs = (x - 0.4 + (i + 0.5) * width)[shown]
+        ax.bar(xs, heights[shown], width * 0.92, color=_color(i), label=label or None)
+        if annotate:
+            for xi, h in zip(xs, heights[shown]):
+                ax.text(xi, h, f"{h:g}", ha="center", va="bottom", fontsize=6.5)
+    top = max(float(v) for values in runs.values() for v in values.values())
+    if r_max is not None:
+        ax.axhline(r_max, color="black", lw=0.9, ls=":", label=f"max {r_max:g}")
+        top = max(top, float(r_max))
+    if reference is not None:
+        ax.axhline(reference, color="black", lw=0.9, ls="--", label=f"target {reference:g}")
+        top = max(top, float(reference))
+    ax.set_ylim(0, max(1.0, top) * 1.12)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(short, rotation=60 if len(layers) > 6 else 0, ha="right" if len(layers) > 6 else "center",
+                       fontsize=7 if len(layers) > 24 else 8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    if n_runs > 1 or r_max is not None or reference is not None:
+        ax.legend(fontsize=7, ncol=min(4, n_runs + 2), loc="upper right")
+    means = ", ".join(f"{label + ' ' if label else ''}mean {np.mean(list(v.values())):.2f}" for label, v in runs.items())
+    ax.set_title(title or f"{ylabel.capitalize()} per layer ({means})", fontsize=10)
+    return _save(fig, path)
+
+
+__all__ += ["layer_ranks"]
+
+
+def adalora_ranks(report: Mapping[str, Any] | PathLike, path: PathLike, title: str | None = None) -> Path:
+    """`layer_ranks` of an AdaLoRA adapter: its final rank per layer against ``init_r`` (dotted) and
+    ``target_r`` (dashed).
+
+    ``report`` is what ``bara.harness.methods.adalora.rank_report`` returns, or the adapter folder
+    (or its ``adalora_ranks.json``) that ``AdaLoRA.save`` wrote.
+
+    Example:
+        >>> adalora_ranks("runs/sst2/adalora/adapter", "runs/sst2/adalora/ranks.png")  # doctest: +SKIP
+    """
+    import json
+
+    if not isinstance(report, Mapping):
+        file = Path(report)
+        file = file / "adalora_ranks.json" if file.is_dir() else file
+        try:
+            report = json.loads(file.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"adalora_ranks: cannot read {file} ({err})") from err
+    if not isinstance(report.get("ranks"), Mapping):
+        raise ValueError("adalora_ranks: the report has no 'ranks' mapping (layer -> rank)")
+    return layer_ranks(report["ranks"], path, r_max=report.get("init_r"), reference=report.get("target_r"),
+                       title=title or (f"AdaLoRA final rank per layer (mean {report.get('mean_rank', 0):.2f}, "
+                                       f"init_r {report.get('init_r')}, target_r {report.get('target_r')})"))
+
+
+__all__ += ["adalora_ranks"]

@@ -1,8 +1,8 @@
 """``mcdropout``: LoRA with dropout 0.1 on its input, and at evaluation *all* of the model's
 dropout layers switched on for S = 10 stochastic passes (Gal & Ghahramani, ICML 2016).
 
-Dropout only on the LoRA branch barely changes the predictive (DESIGN §6: SST-2 ECE 7.3 → 7.3);
-the fair baseline turns every dropout of the model on at evaluation (ECE 7.3 → 5.7)."""
+Dropout only on the LoRA branch barely changes the predictive (MiniLM-L6 on 512 SST-2 examples, 5 epochs:
+ECE 7.3 → 7.3); the fair baseline turns every dropout of the model on at evaluation (ECE 7.3 → 5.7)."""
 
 from __future__ import annotations
 
