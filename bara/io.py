@@ -66,6 +66,17 @@ def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) 
 
     With ``prune`` the factors with ``E_q[π] < config.prune_threshold`` are left out and the
     per-layer ranks go to ``rank_pattern``.
+
+    Example:
+        >>> import tempfile
+        >>> import bara, torch
+        >>> model = bara.get_bara_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+        ...                             bara.BaRAConfig(r=4, target_modules=["0"]))
+        >>> with torch.no_grad():
+        ...     model.base_model[0].global_gate.log_a[2:] = -12.0   # two dead factors: E π ≈ 0
+        >>> bara.save_adapter(model, tempfile.mkdtemp())
+        bara: pruned 2 dead factor(s) (E π < 0.05) across 1 layer(s)
+        {'0': 2}
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +186,15 @@ def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
     Each layer's update becomes ``c · B diag(E_q[π]) A`` (the mean global gate folded into B).
     The local gate depends on the input and cannot be folded: the export equals the model in
     ``global_mean`` mode. Load it with ``peft.PeftModel.from_pretrained(base, path)``.
+
+    Example:
+        >>> import tempfile
+        >>> import bara, torch
+        >>> model = bara.get_bara_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+        ...                             bara.BaRAConfig(r=4, target_modules=["0"]))
+        >>> folder = bara.export_lora(model, tempfile.mkdtemp())
+        >>> sorted(p.name for p in folder.iterdir())
+        ['README.md', 'adapter_config.json', 'adapter_model.safetensors']
     """
     from peft import LoraConfig
 

@@ -123,7 +123,14 @@ class GateStats:
 
     ``local_probs`` [rows, r]: σ(ℓ(x)); ``expected_pi`` [r]: E_q[π]; ``gate_probs`` [rows, r]:
     E_q[z] given the mode; ``global_kl`` (scalar) and ``local_kl`` ([rows]) only when autograd
-    records and the gate is in use (prediction skips them)."""
+    records and the gate is in use (prediction skips them).
+
+    Example:
+        >>> layer = BaRALinear(nn.Linear(6, 6), BaRAConfig(r=3))
+        >>> _ = layer(torch.randn(2, 4, 6))
+        >>> layer.stats.gate_probs.shape, layer.stats.local_kl.shape, layer.stats.global_kl.shape
+        (torch.Size([2, 3]), torch.Size([2]), torch.Size([]))
+    """
 
     local_probs: Tensor
     expected_pi: Tensor
@@ -139,6 +146,11 @@ class GateContext:
     ``pool_mask`` ([instances, tokens], 1 = pool this token) is set by the model's forward
     pre-hook from the attention mask (minus label tokens of a causal LM), because linear
     layers never see the mask themselves.
+
+    Example:
+        >>> context = GateContext(pool_mask=torch.tensor([[1, 1, 0, 0]]))
+        >>> context.pool_weights(torch.float32)
+        tensor([[0.5000, 0.5000, 0.0000, 0.0000]])
     """
 
     pool_mask: Tensor | None = None

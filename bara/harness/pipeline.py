@@ -25,12 +25,14 @@ except ImportError:  # Windows
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from bara.harness.backbones import Backbone, backbone_kind, load_backbone
 from bara.harness.data import Collator, EncodedDataset, encode, label_token_ids
 from bara.harness.heads import ChoiceMaskedModel, LabelTokenClassifier, SequenceClassifier
 from bara.harness.methods import Method, get_method
 from bara.harness.metrics import classification_report, domain_permutation_test
+from bara.harness.progress import TrainingProgress, quiet_trainer
 from bara.model import BaRAModel
 from bara.objective import expected_pi, rank_summary
 from bara.predict import Predictions
@@ -238,8 +240,15 @@ def warn_if_weight_decay_vanishes(learning_rate: float, weight_decay: float, dty
     return False
 
 
-def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool | TrainerCallback = True,
+          verbose: bool = False, label: str | None = None) -> dict[str, Any]:
     """Train ``spec`` into ``out`` (``out/adapter``, ``out/run.json``, ``out/train_log.json``).
+
+    ``progress``: True draws one progress bar on the main process (steps, time left, loss and, for
+    BaRA, the effective rank s̄ and the KL), False draws nothing, and a ``TrainerCallback`` (e.g. a
+    `bara.harness.progress.StatusReporter`) is used instead of the bar. The raw log dictionaries go to
+    ``train_log.json`` (``history``); ``verbose`` also prints them, one per logging step. ``label``
+    names the run on its bar (default: the method).
 
     Checkpoints go to ``out/checkpoints`` every ``save_steps`` (written atomically); ``resume``
     continues from the newest complete one (optimizer, scheduler, RNG and data position included).
@@ -254,7 +263,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
 
     out = Path(out)
     spec.validate()
-    custom = get_method(spec.method, spec.method_options).fit(spec, out, resume, train)
+    custom = get_method(spec.method, spec.method_options).fit(spec, out, resume, _nested_train(spec, out, progress, verbose))
     if custom is not None:
         spec.save(out / RUN_FILE)
         (out / "train_log.json").write_text(json.dumps(custom, indent=2, default=str) + "\n")
@@ -274,18 +283,27 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
             output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=spec.batch_size,
             learning_rate=spec.learning_rate, lr_scheduler_type="linear", logging_steps=min(spec.logging_steps, steps),
             save_steps=min(spec.save_steps, steps), save_total_limit=1, seed=spec.seed, data_seed=spec.seed, report_to=[],
-            remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
+            remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
             dataloader_num_workers=0, **method.training_overrides(),
         )
         warn_if_weight_decay_vanishes(args.learning_rate, args.weight_decay,
                                       next((p.dtype for p in model.parameters() if p.requires_grad), torch.float32))
         trainer = method.trainer_class()(model=model, args=args, train_dataset=train_set, data_collator=built.collator,
                                          **method.trainer_kwargs())
+        quiet_trainer(trainer)  # no tqdm bar, no raw log dictionaries on the terminal: `shown` draws the run
+        shown = progress if isinstance(progress, TrainerCallback) else (
+            TrainingProgress(label or spec.method, show=bool(progress), verbose=verbose) if progress or verbose else None)
+        if shown is not None:
+            trainer.add_callback(shown)
         main = trainer.is_world_process_zero()
         checkpoint = last_checkpoint(args.output_dir) if resume else None
-        if resume and checkpoint is None and main:
-            print(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
-        trainer.train(resume_from_checkpoint=checkpoint)
+        if resume and checkpoint is None and main and hasattr(shown, "note"):
+            shown.note(f"bara: no checkpoint under {args.output_dir}; starting from scratch")
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        finally:  # a failed run releases the terminal too
+            if shown is not None and hasattr(shown, "close"):
+                shown.close()
         after = method.after_training(model, train_set, built.collator, holdout=holdout)
         # the trainer's clock continues the checkpoint's, so a resumed run counts its earlier sessions
         log = {"train_seconds": trainer.clock.seconds, "clocked": True, "steps": steps, "resumed_from": checkpoint, "history": trainer.state.log_history,
@@ -312,6 +330,19 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: boo
                                               f"({err.strerror or err}); {hint}") from err
         trainer.accelerator.wait_for_everyone()
     return log
+
+
+def _nested_train(parent: RunSpec, out: Path, progress: bool | TrainerCallback, verbose: bool):
+    """`train` for the runs a method trains itself (e.g. an ensemble's members): they show as the parent
+    run does, each bar named after the parent's method and the member's folder."""
+    def run(spec: RunSpec, folder: str | Path, **kwargs: Any) -> dict[str, Any]:
+        try:
+            where = Path(folder).relative_to(out).as_posix()
+        except ValueError:
+            where = Path(folder).name
+        defaults = {"progress": progress, "verbose": verbose, "label": f"{parent.method} {where}"}
+        return train(spec, folder, **(defaults | kwargs))
+    return run
 
 
 def _save_adapter_atomically(method: Method, model: nn.Module, path: Path) -> None:
@@ -352,7 +383,7 @@ def load_trained(adapter: str | Path, *, task: str | None = None, data: str | No
     """Rebuild a trained run for evaluation, optionally on another task (e.g. out of domain).
 
     ``method_options`` override the method's trained options for this evaluation only (e.g.
-    ``{"eval_samples": 20}`` or BaRA's ``{"eval_dropout": True}``); options that shape the adapter
+    ``{"eval_samples": 20}``); options that shape the adapter
     itself are read from the saved adapter, not from here."""
     spec, adapter_dir = find_run(adapter)
     eval_spec = dataclasses.replace(spec, task=task or spec.task, data=data if task else (data or spec.data),
@@ -452,8 +483,8 @@ def domain_metrics(preds: Predictions) -> dict[str, Any]:
 
 
 def domain_tests(preds: Predictions) -> dict[str, Any]:
-    """Check C4 on real data, for gated models evaluated on several domains: permutation tests of whether
-    the rank s̄(x), and the gate probabilities of every layer side by side, differ between domains.
+    """For gated models evaluated on several domains: permutation tests of whether the rank s̄(x), and
+    the gate probabilities of every layer side by side, differ between domains.
     They depend on the gates only, not on how many samples are averaged, so `evaluate` runs them once."""
     domains = _domain_names(preds)
     ranks = preds.instance_ranks

@@ -623,7 +623,7 @@ def layer_ranks(
         >>> from bara.harness.methods.adalora import final_ranks
         >>> layer_ranks(final_ranks(model), "ranks.png", r_max=12, reference=8)       # doctest: +SKIP
         >>> from bara.objective import expected_pi                                       # BaRA's r_glob per layer
-        >>> r_glob = {n: float((pi > 0.5).sum()) for n, pi in expected_pi(bara_model).items()}
+        >>> r_glob = {n: float((pi > 0.5).sum()) for n, pi in expected_pi(bara_model).items()}  # doctest: +SKIP
         >>> layer_ranks({"adalora": final_ranks(model), "bara": r_glob}, "both.png")   # doctest: +SKIP
     """
     if not ranks:

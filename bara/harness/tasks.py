@@ -389,8 +389,14 @@ _BUILTIN: dict[str, Callable[[str, Path], Loaded]] = {
 
 def _classification(records: list[tuple[str, dict[str, Any]]], text_key: str = "text", label_key: str = "label",
                     pair_key: str = "text_pair", names: list[str] | None = None) -> tuple[list[str], list[Example]]:
-    """Int labels are class indices; string labels are mapped to their sorted names (numerically if numeric)."""
-    raw = [_get(r, loc, label_key, (int, str)) for loc, r in records]
+    """Int labels are class indices; string labels are mapped to their sorted names (numerically if numeric).
+
+    Every record's own fields are checked first, in file order, so the first malformed record is the one
+    named; problems across records (mixed label kinds, a label out of range) come after."""
+    texts, raw = [], []
+    for loc, r in records:
+        texts.append(_get(r, loc, text_key))
+        raw.append(_get(r, loc, label_key, (int, str)))
     if names is None:
         if all(isinstance(v, int) for v in raw):
             bad = next(((loc, v) for (loc, _), v in zip(records, raw) if v < 0), None)
@@ -406,7 +412,7 @@ def _classification(records: list[tuple[str, dict[str, Any]]], text_key: str = "
             raise TaskError(f"{loc}: label {v!r} is a {type(v).__name__} but earlier labels are "
                             f"{type(raw[0]).__name__}s; use one kind")
     out = []
-    for (loc, r), v in zip(records, raw):
+    for (loc, r), text, v in zip(records, texts, raw):
         if isinstance(v, int):
             if not 0 <= v < len(names):
                 raise TaskError(f"{loc}: label {v} out of range; allowed: 0..{len(names) - 1}")
@@ -414,25 +420,38 @@ def _classification(records: list[tuple[str, dict[str, Any]]], text_key: str = "
         else:
             label = _choice_index(loc, label_key, v, names)
         pair = r.get(pair_key) or None
-        out.append(Example(_get(r, loc, text_key), label, text_pair=None if pair is None else str(pair)))
+        out.append(Example(text, label, text_pair=None if pair is None else str(pair)))
     return names, out
 
 
 def _multiple_choice(records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
+    """Records with ``question`` (string), ``choices`` (list of >= 2 non-empty strings) and ``answer``
+    (index into ``choices``), checked in that order, record by record."""
     out = []
     for loc, r in records:
+        question = _get(r, loc, "question")
+        if isinstance(r.get("choices"), str):  # e.g. a CSV cell: it cannot hold a list
+            raise TaskError(f"{loc}: field 'choices' must be a JSON list of strings, got the string {r['choices']!r}; "
+                            "write multiple-choice data as JSONL")
         choices = _get(r, loc, "choices", list)
         if len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-            raise TaskError(f"{loc}: field 'choices' must be a list of >= 2 non-empty strings")
+            raise TaskError(f"{loc}: field 'choices' must be a list of >= 2 non-empty strings, got {choices!r}")
         answer = _get(r, loc, "answer", int)
         if not 0 <= answer < len(choices):
             raise TaskError(f"{loc}: answer {answer} out of range; allowed: 0..{len(choices) - 1}")
-        out.append(Example(_get(r, loc, "question"), answer, choices=tuple(choices)))
+        out.append(Example(question, answer, choices=tuple(choices)))
     return out
 
 
 def _load_files(name: str, path: Path) -> Loaded:
+    """The generic ``classification`` / ``multiple_choice`` tasks: one file split 80/20, or a folder with
+    a train file and an eval file. Every record is checked (file, line, field) before any size check, so
+    a malformed file is told what is wrong with it, not that it is too small."""
     notes: list[str] = []
+    multiple_choice = name == "multiple_choice"
+
+    def examples(records: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Example]]:
+        return ([], _multiple_choice(records)) if multiple_choice else _classification(records)
     if path.is_dir():
         def find(stems: Sequence[str]) -> Path:
             for stem in stems:
@@ -442,23 +461,22 @@ def _load_files(name: str, path: Path) -> Loaded:
             raise TaskError(f"{path}: no {'/'.join(stems)}.{{jsonl,json,csv,tsv}} file in this folder")
         train_file, eval_file = find(["train"]), find(["eval", "dev", "validation", "test"])
         train_recs, eval_recs = _read_table(train_file), _read_table(eval_file)
+        label_names, both = examples(train_recs + eval_recs)  # one set of class names for both files
+        train, eval_ = both[:len(train_recs)], both[len(train_recs):]
+        for items, p in ((train, "train"), (eval_, "eval")):
+            if not items:
+                raise TaskError(f"{path}: the {p} file has no examples")
         notes.append(f"{name}: train = {train_file.name}, eval = {eval_file.name}")
     elif path.is_file():
-        records = _read_table(path)
-        if len(records) < 2:
-            raise TaskError(f"{path}: needs at least 2 examples to split into train/eval, found {len(records)}")
-        train_recs, eval_recs = _fixed_split(records, max(1, round(0.2 * len(records))))
+        label_names, items = examples(_read_table(path))
+        if len(items) < 2:
+            raise TaskError(f"{path}: needs at least 2 examples to split into train/eval, found {len(items)}")
+        train, eval_ = _fixed_split(items, max(1, round(0.2 * len(items))))
         notes.append(f"{name}: single file {path.name}; fixed-seed 80/20 split into "
-                     f"train ({len(train_recs)}) / eval ({len(eval_recs)})")
+                     f"train ({len(train)}) / eval ({len(eval_)})")
     else:
         raise TaskError(f"path not found: {path}")
-    for recs, p in ((train_recs, "train"), (eval_recs, "eval")):
-        if not recs:
-            raise TaskError(f"{path}: the {p} file has no examples")
-    if name == "multiple_choice":
-        return "multiple_choice", [], _multiple_choice(train_recs), _multiple_choice(eval_recs), notes
-    label_names, examples = _classification(train_recs + eval_recs)
-    return "classification", label_names, examples[:len(train_recs)], examples[len(train_recs):], notes
+    return ("multiple_choice" if multiple_choice else "classification"), label_names, train, eval_, notes
 
 
 def _load_hub(name: str) -> Loaded:
@@ -593,7 +611,7 @@ def _load_mixture(name: str, *, disjoint_labels: bool = False, **kwargs: Any) ->
     classes, matched by index (class names joined with ``|`` where they differ, e.g. ``negative|no``).
     With ``disjoint_labels`` (the ``multitask:`` prefix) each classification part keeps its own
     classes, named ``<part>:<class>`` and numbered one part after the other: one head serves several
-    tasks that want different updates, the setting where input-dependent gates should pay (check C7).
+    tasks that want different updates, the setting where input-dependent gates should pay.
     """
     shown = MULTITASK + name if disjoint_labels else name
     names = name.split("+")

@@ -1,8 +1,8 @@
-"""Shared helpers of the benchmark scripts: run metadata, resumable JSON caches, Markdown bits.
+"""Shared helpers of the benchmark scripts: where things live, run metadata, resumable JSON caches, Markdown bits.
 
-Every script writes ``benchmarks/results/<name>.json`` (raw results, also the resume cache) and
-``benchmarks/results/<name>.md`` (generated; never edit it by hand). ``--quick`` runs write
-``<name>_quick.*`` so that they never overwrite a full run.
+Each study folder (``benchmarks/<study>/``) holds its scripts and the pages they write: ``<name>.json``
+(raw results, also the resume cache) and ``<name>.md`` (generated; never edit it by hand). ``--quick``
+runs write ``<name>_quick.*`` so that they never overwrite a full run.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent
-REPO = ROOT.parent
-RESULTS = ROOT / "results"
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/
+REPO = BENCH.parent
+OUT = BENCH / "out"  # weights, checkpoints and run folders: not committed
+RUNS = BENCH / "results" / "runs"  # the run archive: every finished run's records, committed (no weights)
 
 
 def git_commit() -> str:
@@ -60,6 +61,16 @@ def hardware() -> dict[str, Any]:
 
 def header(title: str, meta: dict[str, Any], wall_seconds: float, command: str) -> list[str]:
     hw = meta["hardware"]
+    if hw is None:  # a cache written before it kept its run metadata, rebuilt with --report-only
+        machine = ["- the commits and hardware the cached cells were computed on are not recorded in the cache (it predates "
+                   "that record); the page's earlier builds in git name them"]
+    else:
+        machine = [
+            f"- hardware: {hw.get('cpu_model', hw['processor'] or hw['machine'])}, `os.cpu_count()` = {hw['cpu_count']}, "
+            f"{hw['platform']}, Python {hw['python']}",
+            f"- torch {hw['torch']}, threads used: {hw['torch_threads']}, CUDA available: {hw['cuda']}; "
+            f"load average at start {hw.get('load_average_at_start', '?')} (other jobs on the machine make absolute "
+            "times noisy)"]
     lines = [
         f"# {title}",
         "",
@@ -67,11 +78,7 @@ def header(title: str, meta: dict[str, Any], wall_seconds: float, command: str) 
         "",
         f"- commit: `{meta['commit']}`" + (f" (cached cells were computed at: {', '.join(f'`{c}`' for c in meta['cell_commits'])})"
                                            if set(meta.get("cell_commits", [meta["commit"]])) != {meta["commit"]} else ""),
-        f"- hardware: {hw.get('cpu_model', hw['processor'] or hw['machine'])}, `os.cpu_count()` = {hw['cpu_count']}, "
-        f"{hw['platform']}, Python {hw['python']}",
-        f"- torch {hw['torch']}, threads used: {hw['torch_threads']}, CUDA available: {hw['cuda']}; "
-        f"load average at start {hw.get('load_average_at_start', '?')} (the machine is shared, so absolute "
-        "times are noisy)",
+        *machine,
         f"- wall time of this invocation: {fmt_seconds(wall_seconds)}"
         + (f"; cells computed by earlier invocations were reused (wall time of all invocations that filled this cache: "
            f"{fmt_seconds(meta.get('wall_total', wall_seconds))})" if meta.get("reused_cells") else ""),
@@ -176,6 +183,14 @@ def run_meta(cache: Cache, wall: float, cell_commits: set[str]) -> dict[str, Any
             "wall_total": cache.add_wall(wall), "cell_commits": sorted(cell_commits)}
 
 
+def report_meta(cache: Cache, commit: str | None = None) -> dict[str, Any]:
+    """What `header` needs for a page rebuilt from ``cache`` alone (``--report-only``): the metadata stored by the
+    invocations that computed the cells (hardware, wall times, the commits the cells ran on), with the commit the
+    page is rebuilt on. The cache itself is left as it is."""
+    meta = dict(cache.data.get("meta") or {"hardware": None, "wall_total": cache.data.get("wall_total", 0.0)})
+    return meta | {"commit": commit or git_commit(), "reused_cells": True}
+
+
 def add_grid_options(parser, *, quick: str, sizes: str, tasks: str, tasks_default: str | None, steps_help: str) -> None:
     """The options every synthetic grid script shares: the grid (--sizes, --seeds, --tasks), --quick,
     --steps, --jobs and --fresh."""
@@ -215,9 +230,17 @@ def close_cache(cache: Cache, wall: float, default_commit: str, **extra: Any) ->
     return meta
 
 
-def result_paths(name: str, quick: bool) -> tuple[Path, Path, Path]:
+def page_paths(folder: Path, name: str, quick: bool) -> tuple[Path, Path, Path]:
+    """The JSON cache, the page and the stem (for figures) of page ``name`` in the study ``folder``."""
     stem = f"{name}_quick" if quick else name
-    return RESULTS / f"{stem}.json", RESULTS / f"{stem}.md", RESULTS / stem
+    return folder / f"{stem}.json", folder / f"{stem}.md", folder / stem
+
+
+def script_command(path: str | Path, args: list[str] | str = "") -> str:
+    """``python benchmarks/<study>/<script>.py ARGS``: how a page names the command that wrote it."""
+    rel = Path(path).resolve().relative_to(REPO).as_posix()
+    args = args if isinstance(args, str) else " ".join(args)
+    return f"python {rel}" + (f" {args}" if args else "")
 
 
 def write_md(path: Path, lines: list[str]) -> None:

@@ -29,11 +29,12 @@ Method (CPU, 1 torch thread, machine shared with other jobs):
 * Where a target is missed, ``torch.profiler`` shows where the time goes (top ops, and the ops
   whose time grows most from LoRA to BaRA).
 
-    python benchmarks/cost.py            # everything (~15-20 min on one busy core)
-    python benchmarks/cost.py --quick    # fewer steps, smaller grid and Llama batch (~4 min)
-    python benchmarks/cost.py --parts train,memory   # a subset
+    python benchmarks/cost/cost.py            # everything (about 10-25 min on one CPU thread)
+    python benchmarks/cost/cost.py --quick    # fewer steps, smaller grid and Llama batch (minutes)
+    python benchmarks/cost/cost.py --parts train,memory   # a subset
+    python benchmarks/cost/cost.py --report-only          # the page from the cached parts, measuring nothing
 
-Results: ``benchmarks/results/cost.{json,md}`` + PNGs; finished parts are cached in the JSON.
+Results: ``benchmarks/cost/cost.{json,md}`` + PNGs; finished parts are cached in the JSON.
 """
 
 from __future__ import annotations
@@ -54,8 +55,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Cache, fmt_seconds, git_commit, header, result_paths, run_meta, table, verdict, write_md  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import (Cache, fmt_seconds, git_commit, header, page_paths, report_meta, run_meta, script_command,  # noqa: E402
+                    table, verdict, write_md)
+
+HERE = Path(__file__).resolve().parent  # the pages
+CPU_CLOCK_SINCE = "adef514"  # the commit from which the times are process CPU time (before: wall time)
+
+
+def _times_cpu(commit: str) -> bool:
+    """Whether parts measured at ``commit`` timed process CPU time (``commit`` descends from `CPU_CLOCK_SINCE`);
+    True where git cannot tell (a shallow clone), as the report would then assume."""
+    run = subprocess.run(["git", "merge-base", "--is-ancestor", CPU_CLOCK_SINCE, commit], cwd=HERE, capture_output=True)
+    return run.returncode != 1
 
 TIME_TARGET = 1.10
 MEMORY_TARGET = 1.05
@@ -124,7 +136,7 @@ def make_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict[str, 
 
 class Stepper:
     """One training step exactly as the library's trainer does it (loss incl. KL, backward, optimizer),
-    on ``device`` (CPU here; ``benchmarks/gpu_cost.py`` passes a CUDA device)."""
+    on ``device`` (CPU here; ``gpu_cost.py`` passes a CUDA device)."""
 
     def __init__(self, method, model, batch: dict[str, torch.Tensor] | None, workdir: str, batch_size: int = 16,
                  device: torch.device = torch.device("cpu")):
@@ -447,10 +459,11 @@ def plot_eval(ev: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, md_path: Path, configs: list[str]) -> tuple[int, int]:
+def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, md_path: Path, configs: list[str],
+           report_only: bool = False) -> tuple[int, int]:
     cells = cache.data["cells"]
     meta = cache.data["meta"]
-    command = "python benchmarks/cost.py" + (" --quick" if quick else "")
+    command = script_command(__file__, [a for a in ("--quick" if quick else "", "--report-only" if report_only else "") if a])
     lines = header("The cost of BaRA vs LoRA" + (" (quick run)" if quick else ""), meta, wall, command)
     from bara.harness.methods import METHODS
 
@@ -466,12 +479,11 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
         f"stack: `LlamaConfig(hidden 2048, intermediate 5632, 2 layers, 16 heads, vocab 32000)`, random weights "
         f"(234 M parameters), the library's causal-LM head (`LabelTokenClassifier`: last position scored on 2 label "
         f"tokens), batch {settings['llama_batch']} × {settings['llama_length']}"
-        + (" (the issue allowed 4 × 256; the smaller batch keeps the run near its time budget on the shared 2-core "
-           "machine, and it is the conservative choice for the ratio: BaRA's fixed per-step gate cost weighs more "
-           "in a smaller step)."
+        + (" (the protocol allows 4 × 256; the smaller batch keeps a CPU run within its time budget, and it is the "
+           "conservative choice for the ratio: BaRA's fixed per-step gate cost weighs more in a smaller step)."
            if (settings['llama_batch'], settings['llama_length']) != (4, 256) else "."),
         "",
-        "How it is measured: see the docstring of `benchmarks/cost.py` (time: medians and the median of per-round "
+        "How it is measured: see the docstring of `benchmarks/cost/cost.py` (time: medians and the median of per-round "
         "paired ratios; memory: fresh subprocess per configuration, peak RSS over 3 training steps minus the RSS "
         "before them, with the kernel's peak counter reset through `/proc/self/clear_refs`).",
         "",
@@ -508,8 +520,8 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
             ratio = res[f"bara-S{s_max}"]["median_s"] / res[f"lora-x{s_max}"]["median_s"]
             targets.append(["minilm", f"eval, BaRA S = {s_max} / LoRA on the same {s_max} × batch rows (gate cost alone)",
                             f"≤ {TIME_TARGET} (derived)", f"{ratio:.3f}", verdict(ratio <= TIME_TARGET)])
-    lines += ["## Targets", "", "Training targets from the issue (BaRA / LoRA at r = 8); evaluation targets derived from "
-              "DESIGN §2 (\"MC evaluation costs S forward passes; `mean` mode costs one\") with the same 10 % slack. "
+    lines += ["## Targets", "", "Training targets: BaRA / LoRA at r = 8; evaluation targets derived from the method's "
+              "cost model (\"MC evaluation costs S forward passes; `mean` mode costs one\") with the same 10 % slack. "
               "BLoB and `bara-ones` rows are reported for comparison (the target applies to `bara`; `bara-ones` is held "
               "to it too since it is LoRA's maths).", ""]
     lines += table(["model", "quantity", "target", "measured", "verdict"], targets) + [""]
@@ -567,7 +579,7 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
             lines += [f"Reading: BaRA's gates add {counts['bara'] - counts['lora']:.0f} operator calls per training step "
                       f"({(counts['bara'] - counts['lora']) / 12:.0f} per adapted layer; LoRA's whole step has "
                       f"{counts['lora']:.0f}). They are tiny [instances × r] tensors, so their cost is a fixed per-step "
-                      f"overhead, about {statistics.median(fixed):.0f} ms on this machine (median BaRA − LoRA at batch "
+                      f"overhead, about {statistics.median(fixed):.0f} ms here (median BaRA − LoRA at batch "
                       f"{settings['grid_batch']} × {short} over r): hidden in a {tr['results']['lora']['median_s'] * 1e3:.0f} ms "
                       f"step at batch {tr['batch']} × {tr['length']}, but BaRA / LoRA = {min(ratios):.2f}–{max(ratios):.2f} "
                       f"at batch {settings['grid_batch']} × {short}. Where every op is a kernel launch (a GPU, ~5–10 µs "
@@ -593,7 +605,7 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
                   "same rows as BaRA's S = 10), which separates the cost of a bigger batch from that of the gates.", "",
                   f"![eval cost]({stem.name}_eval.png)", "",
                   "**ECE reached at each S (SST-2)** is not measured here: it comes from the calibration suite "
-                  "(`benchmarks/suite.py`, `benchmarks/results/suite.md`), which reads ECE-vs-S off one S = 10 "
+                  "(`benchmarks/suite/suite.py`, `benchmarks/suite/suite.md`), which reads ECE-vs-S off one S = 10 "
                   "evaluation: each task's table of ECE against S for BaRA and BLoB, and the two ECE-per-cost targets "
                   "(BaRA at S = 4 below BLoB at S = 10; `mean` mode within 25% of BaRA's S = 10) under its *Targets*.", ""]
 
@@ -649,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-batch", type=int, default=None, help="batch of the r × length grid (default 1)")
     parser.add_argument("--memory-repeats", type=int, default=None, help="subprocesses per configuration (default 2; quick 1)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached parts")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the page from the cached parts, measure nothing (every part asked for must be cached)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -671,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part(s) {sorted(set(parts) - set(PARTS))}; choose among {PARTS}")
     backbones = [b for b in args.backbones.split(",") if b]
     configs = available_methods()
-    json_path, md_path, stem = result_paths("cost", q)
+    json_path, md_path, stem = page_paths(HERE, "cost", q)
     cache = Cache(json_path, settings | {"configs": configs}, fresh=args.fresh)
     start = time.perf_counter()
     s = settings
@@ -680,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         if key in cache:
             print(f"[cached] {key}")
             return
+        if args.report_only:
+            raise SystemExit(f"error: --report-only: part {key!r} is not in {json_path}")
         t0 = time.perf_counter()
         value = fn()
         value["seconds"] = time.perf_counter() - t0
@@ -711,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
             if str(r) in grid and all(str(t) in grid[str(r)] for t in s["grid_lengths"]):
                 print(f"[cached] grid r={r}")
                 continue
+            if args.report_only:
+                raise SystemExit(f"error: --report-only: grid r={r} is not in {json_path}")
             t0 = time.perf_counter()
             grid[str(r)] = part_grid_cell(r, s["grid_batch"], s["grid_lengths"], s["warmup"], s["steps"])
             grid[str(r)]["commit"] = git_commit()
@@ -723,13 +741,20 @@ def main(argv: list[str] | None = None) -> int:
     compute = sum(v.get("seconds", 0) for k, v in cells.items() if k != "grid")
     commits = ({v["commit"] for k, v in cells.items() if k != "grid" and "commit" in v}
                | {v["commit"] for v in cells.get("grid", {}).values() if "commit" in v})
-    cache.data["meta"] = run_meta(cache, wall, commits) | {"compute_seconds": compute, "wall_seconds": wall}
-    cache.save()
+    if args.report_only:  # the stored metadata describes the runs; the cache stays as it is
+        if older := sorted(c for c in commits if not _times_cpu(c)):
+            raise SystemExit(f"error: --report-only: {json_path} holds parts measured at {', '.join(older)}, before the times "
+                             f"were process CPU time ({CPU_CLOCK_SINCE}); this report would mislabel them. Its page stays as "
+                             "generated; measure again with --fresh")
+        cache.data["meta"] = report_meta(cache)
+    else:
+        cache.data["meta"] = run_meta(cache, wall, commits) | {"compute_seconds": compute, "wall_seconds": wall}
+        cache.save()
     if "grid" in cells:
         plot_grid(cells["grid"], s["grid_ranks"], s["grid_lengths"], stem.with_name(stem.name + "_grid.png"))
     if "eval|minilm" in cells:
         plot_eval(cells["eval|minilm"], stem.with_name(stem.name + "_eval.png"))
-    passed, decided = report(cache, settings, wall, q, stem, md_path, configs)
+    passed, decided = report(cache, settings, wall, q, stem, md_path, configs, args.report_only)
     print(f"wrote {md_path} ({passed}/{decided} targets met, wall {fmt_seconds(wall)})")
     return 0
 

@@ -2,15 +2,15 @@
 
 The collator pads every batch to its longest example. In file order a batch of 32 mixes short and long
 examples; sorted longest first, each batch holds examples of similar length. For each suite task (its
-evaluation set and `max_length` as in `benchmarks/suite.py`, MiniLM's tokenizer) this script counts the
+evaluation set and `max_length` as in `benchmarks/suite/suite.py`, MiniLM's tokenizer) this script counts the
 tokens the model is fed at batch 32 (padding included) in both orders, and on ``--time-tasks`` it times
 one `mean`-mode `predict` over the first ``--examples`` evaluation examples with MiniLM-L6 + LoRA r = 8
 in both orders, alternating, ``--reps`` times (the medians and the median of the paired ratios are
 reported; the weights do not matter for timing). The predictions agree in both orders: the script
 checks that too.
 
-    python benchmarks/eval_order.py
-    python benchmarks/eval_order.py --quick
+    python benchmarks/cost/eval_order.py
+    python benchmarks/cost/eval_order.py --quick
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit, hardware, header, result_paths, table, write_md  # noqa: E402
-from suite import TASKS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite"))
+from common import git_commit, hardware, header, page_paths, script_command, table, write_md  # noqa: E402
+from suite import TASKS  # noqa: E402  (the suite's tasks, evaluation sets and max lengths)
+
+HERE = Path(__file__).resolve().parent  # the pages
 
 from bara.harness.data import EncodedDataset  # noqa: E402
 from bara.harness.pipeline import RunSpec, build, encode_split  # noqa: E402
@@ -97,12 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     for task in tasks:
         print(f"[eval-order] {task}", flush=True)
         results[task] = measure_task(task, task in args.time_tasks.split(","), args.examples, args.reps)
-    command = "python benchmarks/eval_order.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+    command = script_command(__file__, sys.argv[1:] if argv is None else argv)
     meta = {"commit": git_commit(), "hardware": hardware()}
     lines = header("Evaluation order: longest first vs file order", meta, time.perf_counter() - start, command)
     lines += [f"Tokens fed to the model at batch {BATCH} (padding included; a multiple-choice example counts every "
               "choice, padded to the batch's widest), MiniLM's tokenizer, each task's evaluation set and max length "
-              "as in `benchmarks/suite.py`. `real` counts the tokens without padding.", ""]
+              "as in `benchmarks/suite/suite.py`. `real` counts the tokens without padding.", ""]
     lines += table(["task", "examples", "max length", "file order", "longest first", "real", "file order / longest first"],
                    [[t, r["examples"], r["max_length"], f"{r['file_order_tokens']:,}", f"{r['longest_first_tokens']:,}",
                      f"{r['real_tokens']:,}", f"{r['file_order_tokens'] / r['longest_first_tokens']:.2f}×"]
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += table(["task", "examples", "file order s", "longest first s", "speedup"],
                        [[t, r["timed_examples"], f"{r['file_order_s']:.2f}", f"{r['longest_first_s']:.2f}",
                          f"{r['speedup']:.2f}×"] for t, r in timed.items()])
-    _, page, _ = result_paths("eval-order", args.quick)
+    _, page, _ = page_paths(HERE, "eval-order", args.quick)
     write_md(page, lines)
     print(f"wrote {page}")
 

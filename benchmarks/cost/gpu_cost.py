@@ -1,4 +1,4 @@
-"""What BaRA costs next to LoRA and BLoB on a GPU (issue 5, GPU part): training step time and peak memory
+"""What BaRA costs next to LoRA and BLoB on a GPU: training step time and peak memory
 on a randomly initialised Llama-7B-shaped stack (hidden 4096, intermediate 11008, 32 heads, 4 layers),
 bf16 base weights with fp32 adapters (peft's default), batch 8 × length 512, r = 8 on q_proj and v_proj.
 
@@ -9,8 +9,8 @@ is the median over rounds of ``t_method / t_LoRA``. Peak memory: ``torch.cuda.ma
 during 3 steps of one configuration, minus what was allocated before them (activations kept for
 backward, gradients, optimizer state, transient buffers).
 
-    python benchmarks/gpu_cost.py                 # on a CUDA machine; writes benchmarks/results/gpu.md
-    python benchmarks/gpu_cost.py --tiny --device cpu   # a small stack, to check the script itself
+    python benchmarks/cost/gpu_cost.py                 # on a CUDA machine; writes benchmarks/cost/gpu.md
+    python benchmarks/cost/gpu_cost.py --tiny --device cpu   # a small stack, to check the script itself
 
 The same weights and batch serve every configuration. Reuses the step and timing helpers of cost.py.
 """
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit, write_md  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cost.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import OUT, git_commit, script_command, write_md  # noqa: E402
 from cost import MEMORY_TARGET, TIME_TARGET, Stepper, alternate, method_for, summarise_times  # noqa: E402
 
 LLAMA_7B_SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=4, num_attention_heads=32,
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     size = "tiny 2-layer 256-wide stack, batch 2 × 32" if args.tiny else "Llama-7B-shaped stack (4 layers), batch 8 × 512"
-    lines = ["## Cost on a GPU (`benchmarks/gpu_cost.py`)", "",
-             f"`python benchmarks/gpu_cost.py {' '.join(argv if argv is not None else sys.argv[1:])}` · commit "
+    lines = ["## Cost on a GPU (`benchmarks/cost/gpu_cost.py`)", "",
+             f"`{script_command(__file__, argv if argv is not None else sys.argv[1:])}` · commit "
              f"`{git_commit()}` · {name} · {size}, bf16 base weights, fp32 adapters, r = {args.r} · "
              f"wall {(time.perf_counter() - start) / 60:.1f} min.", "",
              "| method | median step | step / LoRA (median of rounds) | peak step memory | memory / LoRA |",
@@ -111,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         mem_ratio = "n/a" if m is None or not memory["lora"] else f"{m / memory['lora']:.3f}"
         lines.append(f"| {config} | {t['median_s'] * 1e3:.1f} ms | {ratio} | {mem} | {mem_ratio} |")
     bara_time = times["bara"]["ratio"]
-    lines += ["", f"Targets (issue 5): BaRA / LoRA step time ≤ {TIME_TARGET}: {bara_time:.3f} — "
+    lines += ["", f"Targets: BaRA / LoRA step time ≤ {TIME_TARGET}: {bara_time:.3f} — "
                   f"{'PASS' if bara_time <= TIME_TARGET else 'MISS'}"]
     if memory["lora"]:
         mem_ratio = memory["bara"] / memory["lora"]
         lines[-1] += f"; memory ≤ {MEMORY_TARGET}: {mem_ratio:.3f} — {'PASS' if mem_ratio <= MEMORY_TARGET else 'MISS'}."
     here = Path(__file__).resolve().parent  # a --tiny check is not a result: it stays out of docs/RESULTS.md
-    out = here / "out" / "gpu-tiny.md" if args.tiny else here / "results" / "gpu.md"
+    out = OUT / "gpu-tiny.md" if args.tiny else here / "gpu.md"
     write_md(out, lines)
     print("\n".join(lines))
     return 0

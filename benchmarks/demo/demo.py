@@ -1,19 +1,22 @@
-"""Run ``bara demo`` and record its table as ``benchmarks/results/demo.md`` (for docs/RESULTS.md).
+"""Run ``bara demo`` and record its table as ``benchmarks/demo/demo.md`` (for docs/RESULTS.md).
 
-    python benchmarks/demo.py
+    python benchmarks/demo/demo.py
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bara.harness.demo import run_demo
 
-ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import OUT, git_commit, script_command  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent  # the page
 
 
 def _seconds(value: float | None) -> str:
@@ -21,14 +24,14 @@ def _seconds(value: float | None) -> str:
 
 
 def main() -> None:
-    out = ROOT / "out" / "demo"
+    out = OUT / "demo"
     start = time.perf_counter()
     summary = run_demo(out)
     wall = time.perf_counter() - start
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = git_commit()
     report = (out / "report.md").read_text().split("\n", 2)[2]
     text = [
-        "## Demo (`bara demo`, via `python benchmarks/demo.py`)",
+        f"## Demo (`bara demo`, via `{script_command(__file__)}`)",
         "",
         f"Commit `{commit}`, {platform.machine()} with {os.cpu_count()} CPU cores, two processes with one torch thread each; "
         f"wall time {wall / 60:.1f} min (training: LoRA {_seconds(summary['train_seconds']['lora'])}, "
@@ -37,8 +40,7 @@ def main() -> None:
         report.strip(),
         "",
     ]
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / "demo.md").write_text("\n".join(text))
+    (ROOT / "demo.md").write_text("\n".join(text))
     print("\n".join(text))
 
 

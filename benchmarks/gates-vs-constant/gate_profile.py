@@ -4,11 +4,12 @@ For every finished run given, one pass in ``mean`` mode over the run's own evalu
 the expected joint gates E_q[z(x)] of every layer (the same gates that the Monte-Carlo passes
 sample), and `bara.harness.metrics.gate_profile` summarises them per domain: the rank s̄, the mean
 keep-probability, the gate entropy (how much the Monte-Carlo passes vary which factors are on)
-and the share of nearly deterministic gates. This is the diagnosis behind check C7: a domain whose
-gates sit at 0 or 1 gets no averaging from them, one whose gates sit near ρ0 gets dropout-like
-averaging. Writes ``benchmarks/results/<name>.md`` (+ ``.json`` cache, + a per-layer figure).
+and the share of nearly deterministic gates. This is the diagnosis behind the learned-vs-constant-gates
+comparison: a domain whose gates sit at 0 or 1 gets no averaging from them, one whose gates sit near ρ0 gets
+dropout-like averaging. Writes ``<name>.md`` next to this script (+ ``.json`` cache, + a per-layer figure).
+It reads the runs' adapters, which the run archive does not keep: give it run folders trained locally (under ``benchmarks/out/``).
 
-    python benchmarks/gates.py --runs "benchmarks/out/c7/sst2+boolq/runs/bara*/seed1" --name c7-mixture-gates
+    python benchmarks/gates-vs-constant/gate_profile.py --runs "benchmarks/out/c7/sst2+boolq/runs/bara*/seed1" --name mixture-gates
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, Cache, git_commit, header, run_meta, table, write_md  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import Cache, git_commit, header, run_meta, script_command, table, write_md  # noqa: E402
 
 from bara.harness.metrics import gate_profile  # noqa: E402
 from bara.harness.pipeline import encode_split, load_trained  # noqa: E402
 from bara.harness.plots import gate_profile_plot  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent  # the pages
 
 
 def run_label(run: Path) -> str:
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True, help="comma-separated run folders or glob patterns (…/runs/<label>/seed<k>)")
     parser.add_argument("--name", default="gates", help="results file <results>/<name>.md")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results page (default benchmarks/results)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results page (default: next to this script)")
     parser.add_argument("--eval-size", type=int, default=None,
                         help="evaluation examples per domain (default: the run's own evaluation set)")
     args = parser.parse_args(argv)
@@ -99,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     meta = run_meta(cache, wall, {cell["commit"] for cell in cells.values()})
     cache.save()
-    command = f"python benchmarks/gates.py --runs {json.dumps(args.runs)} --name {args.name}" + (
-        f" --eval-size {args.eval_size}" if args.eval_size else "")
+    command = script_command(__file__, f"--runs {json.dumps(args.runs)} --name {args.name}" + (
+        f" --eval-size {args.eval_size}" if args.eval_size else ""))
     write_md(md_path, header(f"Gate profile by domain ({args.name})", meta, wall, command) + report(cells, figure))
     print(f"wrote {md_path}")
 

@@ -1,9 +1,9 @@
-"""Check C7 where the answer is known: do learned gates beat plain factor dropout on calibration?
+"""Learned vs constant gates where the answer is known: do learned gates beat plain factor dropout on calibration?
 
-On the real tasks (``c7.py``) BaRA never beat its constant-gate control: the data could not tell
+On the real tasks (``real_tasks.py``) BaRA never beat its constant-gate control: the data could not tell
 whether context-dependent rank is useless there or whether the objective cannot learn it. This
-script asks the second question on `bara.experimental.synthetic.make_token_classification_task`: C6's
-clusters, but every token carries a label drawn from ``softmax(κ H (W0 + ΔW_c) x_t)``, so the
+script asks the second question on `bara.experimental.synthetic.make_token_classification_task`: the
+synthetic study's clusters (``benchmarks/synthetic/``), but every token carries a label drawn from ``softmax(κ H (W0 + ΔW_c) x_t)``, so the
 Bayes-optimal predictive is known and the score is the held-out NLL in excess of it (and ECE).
 
 Tasks (d = 32, K = 4 clusters, 16 tokens per instance, 4 classes, BaRA/LoRA r = 8, ΔW gain 2):
@@ -23,17 +23,18 @@ Methods, each trained with Adam (lr 1e-2, batch 64) on N_train instances:
 * ``lora``     — the adapter with all gates at 1;
 * ``dropout``  — the same factors trained and evaluated with input-independent factor dropout
   (keep 0.5, S = 10): "plain dropout" trained as such;
-* ``bara``     — the ELBO with DESIGN §2's defaults, evaluated with S = 10 sampled gates, in
+* ``bara``     — the ELBO with BaRA's defaults, evaluated with S = 10 sampled gates, in
   ``mean`` mode, and with its gates replaced by constant keep-probabilities equal to their data
-  average (DESIGN C7's control: the same adapter, no input dependence).
+  average (the constant-gate control: the same adapter, no input dependence).
 
-    python benchmarks/c7_synthetic.py            # 4 tasks × N ∈ {32, 128, 512} × 3 seeds, ~10 min on one core
-    python benchmarks/c7_synthetic.py --quick    # clusters and shared, N = 128, seeds 0-1, < 1 min
-    python benchmarks/c7_synthetic.py --jobs 2   # two worker processes (1 thread each)
-    python benchmarks/c7_synthetic.py --variants "bara[beta_local=1]"   # BaRA variants (BaRAConfig fields) beside the default
+    python benchmarks/gates-vs-constant/synthetic_tasks.py            # 6 tasks × N ∈ {32, 128, 512} × 3 seeds
+    python benchmarks/gates-vs-constant/synthetic_tasks.py --quick    # clusters and shared, N = 128, seeds 0-1
+    python benchmarks/gates-vs-constant/synthetic_tasks.py --jobs 2   # two worker processes (1 thread each)
+    python benchmarks/gates-vs-constant/synthetic_tasks.py --variants "bara[beta_local=1]"   # BaRA variants beside the default
+    python benchmarks/gates-vs-constant/synthetic_tasks.py --variants "bara[beta_local=1]" --report-only   # page from the cache
 
-Results: ``benchmarks/results/c7-synthetic.{json,md,png}``; finished runs are cached in the JSON
-and skipped when the script is started again with the same settings.
+Results: ``benchmarks/gates-vs-constant/synthetic.{json,md,png}``; finished runs are cached in the JSON
+and skipped when the script is started again with the same settings (``--report-only`` trains nothing).
 """
 
 from __future__ import annotations
@@ -45,9 +46,26 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Cache, add_grid_options, close_cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_cells,  # noqa: E402
-                    table, verdict, write_md)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import (Cache, add_grid_options, close_cache, fmt, fmt_seconds, git_commit, header, median, page_paths,  # noqa: E402
+                    report_meta, run_cells, script_command, table, verdict, write_md)
+
+HERE = Path(__file__).resolve().parent
+
+
+def result_paths(name: str, quick: bool) -> tuple[Path, Path, Path]:
+    """The cache, page and figure stem of page ``name``, next to this script."""
+    return page_paths(HERE, name, quick)
+
+
+# the cache names the constant-gate row of a BaRA run "<label>, constant gates (C7 control)"; pages show it without
+# the check code
+CONSTANT_ROW = "constant gates (C7 control)"
+
+
+def shown(label: str) -> str:
+    """A row label as the page shows it."""
+    return label.replace(CONSTANT_ROW, "constant gates")
 
 TASKS = {
     "clusters": {"ranks": [2, 2, 2, 2], "title": "four clusters, each its own rank-2 ΔW_c"},
@@ -121,7 +139,7 @@ def rows_of(method: str) -> list[tuple[str, str]]:
     if method == "dropout":
         return [("factor dropout (trained)", "constant")]
     label = bara_label(method)
-    return [(f"{label}, S = 10", "sample"), (f"{label}, mean mode", "mean"), (f"{label}, constant gates (C7 control)", "constant")]
+    return [(f"{label}, S = 10", "sample"), (f"{label}, mean mode", "mean"), (f"{label}, {CONSTANT_ROW}", "constant")]
 
 
 def run_cell(task_name: str, n_train: int, method: str, seed: int, steps: int) -> dict:
@@ -140,7 +158,7 @@ def run_cell(task_name: str, n_train: int, method: str, seed: int, steps: int) -
     cell = {"task": task_name, "n_train": n_train, "method": method, "seed": seed,
             "seconds": time.perf_counter() - start, "rows": {}}
     for label, mode in rows_of(method):
-        if gated and mode == "constant":  # the C7 control: the data-average of the mean-mode gates
+        if gated and mode == "constant":  # the constant-gate control: the data-average of the mean-mode gates
             fix_gates(model, {"proj": cell.pop("gate_mean")})
         out = predict_token_classifier(task, model, mode=mode, seed=seed)
         cell["rows"][label] = score(out, k)
@@ -183,7 +201,7 @@ def verdicts(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str], 
         for task in tasks:
             for n in task_sizes(task, sizes):
                 bara = _values(cells, task, n, method, f"{label}, S = 10", seeds, "excess_nll")
-                controls = {f"{label}, constant gates (C7 control)": (method, f"{label}, constant gates (C7 control)")}
+                controls = {f"{label}, {CONSTANT_ROW}": (method, f"{label}, {CONSTANT_ROW}")}
                 controls |= {lab: (m, lab) for m in ("lora", "dropout") for lab, _ in rows_of(m) if m in methods}
                 values = {lab: v for lab, (m, row) in controls.items() if (v := _values(cells, task, n, m, row, seeds, "excess_nll"))}
                 if not bara or not values:
@@ -191,7 +209,7 @@ def verdicts(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str], 
                 best = min(values, key=lambda lab: median(values[lab]))
                 margin = median(bara) - median(values[best])
                 wins = sum(b < c for b, c in zip(bara, values[best]))
-                rows.append([label, task, str(n), fmt(median(bara)), f"{best.replace(label + ', ', '')}: {fmt(median(values[best]))}",
+                rows.append([label, task, str(n), fmt(median(bara)), f"{shown(best).replace(label + ', ', '')}: {fmt(median(values[best]))}",
                              f"{margin:+.3f}", f"{wins} of {len(bara)}", verdict(margin < 0)])
     return rows
 
@@ -213,7 +231,7 @@ def summarise(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str],
                         gates = (f"s̄ {[round(r, 1) for r in ranks]}, spread {fmt(median([c['gate_spread'] for c in runs]), 2)}, "
                                  f"certainty {fmt(median([c['gate_certainty'] for c in runs]), 2)}")
                     value = lambda key, scale=1.0: [scale * c["rows"][label][key] for c in runs]  # noqa: E731
-                    rows.append([str(n), label, _spread(value("excess_nll")), _spread(value("ece", 100), 1),
+                    rows.append([str(n), shown(label), _spread(value("excess_nll")), _spread(value("ece", 100), 1),
                                  _spread(value("acc", 100), 1), gates])
         lines += table(["N_train", "method", "excess NLL median [min–max]", "ECE×100", "accuracy×100",
                         "BaRA gates: per-cluster s̄, spread, certainty"], rows) + [""]
@@ -237,7 +255,7 @@ def plot(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str], meth
                     continue
                 points = [(n, median(v)) for n in task_sizes(task, sizes) if (v := _values(cells, task, n, method, label, seeds, "excess_nll"))]
                 if points:
-                    ax.plot(*zip(*points), marker="o", label=label, linestyle="--" if mode == "constant" and method != "dropout" else "-")
+                    ax.plot(*zip(*points), marker="o", label=shown(label), linestyle="--" if mode == "constant" and method != "dropout" else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(task)
@@ -261,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                      tasks=f"subset of: {', '.join(TASKS)} (default all)", tasks_default=None,
                      steps_help="Adam steps per run (batch 64, lr 1e-2)")
     parser.add_argument("--variants", default="", help="extra BaRA variants to train next to lora, dropout and bara, e.g. "
-                        "'bara[beta_local=1],bara[local_mi_weight=1]' (keys are BaRAConfig fields)")
+                        "'bara[beta_local=1],bara[rho0=0.8]' (keys are BaRAConfig fields)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the page from the cached runs, train nothing (every cell of the grid must be cached)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -278,11 +298,13 @@ def main(argv: list[str] | None = None) -> int:
             parse_variant(method)
         except ValueError as error:
             parser.error(str(error))
-    json_path, md_path, stem = result_paths("c7-synthetic", args.quick)
+    json_path, md_path, stem = result_paths("synthetic", args.quick)
     cache = Cache(json_path, {"steps": args.steps, "n_eval": 1024, "batch_size": 64, "lr": 1e-2, "r": RANK, "keep": KEEP},
                   fresh=args.fresh)
     todo = [c for c in grid(sizes, seeds, tasks, methods) if cell_key(*c) not in cache]
     print(f"{len(todo)} runs to do ({len(grid(sizes, seeds, tasks, methods)) - len(todo)} cached)", flush=True)
+    if args.report_only and todo:
+        raise SystemExit(f"error: --report-only: {len(todo)} runs of this grid are not in {json_path}, e.g. {cell_key(*todo[0])}")
     start, commit = time.perf_counter(), git_commit()
 
     def record(cell_args: tuple, result: dict) -> None:
@@ -294,17 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     run_cells(todo, run_cell, (args.steps,), args.jobs, record)
     wall = time.perf_counter() - start
     cells = cache.data["cells"]
-    meta = close_cache(cache, wall, commit, sizes=sizes, seeds=seeds, tasks=tasks)
+    meta = report_meta(cache, commit) if args.report_only else close_cache(cache, wall, commit, sizes=sizes, seeds=seeds, tasks=tasks)
 
     decided = verdicts(cells, sizes, seeds, tasks, methods)
-    command = "python benchmarks/c7_synthetic.py" + (" --quick" if args.quick else "") + (f" --variants '{args.variants}'" if args.variants else "")
-    lines = header("C7 on a synthetic task with a known answer: learned gates vs factor dropout"
+    command = script_command(__file__, [a for a in ("--quick" if args.quick else "", f"--variants '{args.variants}'" if args.variants else "",
+                                                    "--report-only" if args.report_only else "") if a])
+    lines = header("Learned gates vs constant gates on a synthetic task with a known answer"
                    + (" (quick run)" if args.quick else ""), meta, wall, command)
     lines += [
         "Each token's label is drawn from a known distribution, so the score is the held-out NLL in excess of the "
         "Bayes-optimal predictive's on the same labels (1024 fresh instances × 16 tokens); ECE and accuracy beside it. "
         f"d = 32, K = 4 clusters, 4 classes, ΔW gain 2, r = {RANK}; Adam lr 1e-2, batch 64, {args.steps} steps; "
-        f"factor dropout keeps each factor with probability {KEEP}; BaRA uses DESIGN §2's defaults (τ = 1, β_l = 0.1, "
+        f"factor dropout keeps each factor with probability {KEEP}; BaRA uses its defaults (τ = 1, β_l = 0.1, "
         "ρ0 = 0.5, α0 = 1/3), the ELBO summing the 16 token NLLs of an instance. Seeds draw the task, the data and the "
         f"init: {seeds}. Sum of per-run training times (evaluation not counted): {fmt_seconds(meta['compute_seconds'])}.",
         "",

