@@ -68,14 +68,17 @@ def run_task(task: str, ranks: list[int], methods: list[str], seeds: list[int] |
     from bara.harness.pipeline import RunSpec
 
     settings = dict(learning_rate=1e-3, batch_size=16) | TASKS[task]
+    groups: dict[tuple[int, ...], list[int]] = {}  # ranks that share a seed list run in one comparison
     for r in ranks:
+        groups.setdefault(tuple(seeds or default_seeds(task, r)), []).append(r)
+    for group_seeds, group_ranks in groups.items():
         spec = CompareSpec(base=RunSpec(model="minilm", task=task, method="lora", **settings),
-                           methods=[label(m, r) for m in methods], seeds=seeds or default_seeds(task, r),
+                           methods=[label(m, r) for r in group_ranks for m in methods], seeds=list(group_seeds),
                            workers=workers, archive=str(ARCHIVE / task))
         compare(spec, out / task)
-        for method in methods:
+        for method_label in spec.methods:
             for seed in spec.seeds:
-                record_train_fit(task, out / task, label(method, r), seed)
+                record_train_fit(task, out / task, method_label, seed)
 
 
 def record_train_fit(task: str, out: Path, method_label: str, seed: int) -> None:
@@ -190,12 +193,12 @@ def targets(task: str, stats: dict[tuple[str, int], dict[str, Any]]) -> list[str
     lines.append(f"- BaRA's s̄ at r = 64 ≤ 2 × its s̄ at r = 8: " + ("MISSING runs" if None in (s8, s64) else
                  f"{s64:.2f} vs 2 × {s8:.2f}: {'PASS' if s64 <= 2 * s8 else 'MISS'}"))
     lora_rs = sorted(r for (m, r) in stats if m == "lora")
-    for metric, name in (("nll", "NLL"), ("ece", "ECE")):
+    for metric, name, scale in (("nll", "NLL", 1), ("ece", "ECE ×100", 100)):
         mine, others = get("bara", 64, metric), [get("lora", r, metric) for r in lora_rs] + [get("adalora", 64, metric)]
         known = [v for v in others if v is not None]
         lines.append(f"- BaRA r = 64 {name} below LoRA's at every r tried and AdaLoRA's at r = 64: " +
                      ("MISSING runs" if mine is None or not known else
-                      f"{mine:.3f} vs best other {min(known):.3f} over {len(known)} run group(s): "
+                      f"{scale * mine:.3f} vs best other {scale * min(known):.3f} over {len(known)} run group(s): "
                       f"{'PASS' if mine < min(known) else 'MISS'}" + (" (some runs missing)" if len(known) < len(others) else "")))
     best_lora = max((get("lora", r, "accuracy") or 0.0 for r in lora_rs), default=None)
     acc = get("bara", 64, "accuracy")
@@ -256,28 +259,46 @@ def plots(task_rows: dict[str, list[dict[str, Any]]]) -> list[str]:
     plt.close(fig)
     written.append("r-sweep-gap-vs-rank.png")
 
-    for task in tasks:
-        runs = sorted((row["r"], row["seed"], row["layer_ranks"]) for row in task_rows[task]
-                      if row["method"] == "bara" and row.get("layer_ranks"))
+    for task in tasks:  # BaRA's live factors and AdaLoRA's final ranks, layer by layer
+        runs = sorted((row["method"], row["r"], row["seed"], row["layer_ranks"]) for row in task_rows[task]
+                      if row["method"] in ("bara", "adalora") and row.get("layer_ranks"))
         if not runs:
             continue
-        layers = list(runs[0][2])
-        grid = np.array([[ranks.get(layer, np.nan) for layer in layers] for _, _, ranks in runs], dtype=float)
-        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers)), 1 + 0.4 * len(runs)))
+        layers = sorted({_short(name) for *_, ranks in runs for name in ranks}, key=_layer_order)
+        grid = np.array([[{_short(k): v for k, v in ranks.items()}.get(layer, np.nan) for layer in layers]
+                         for *_, ranks in runs], dtype=float)
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers)), 1.2 + 0.35 * len(runs)))
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ax.set_yticks(range(len(runs)), [f"r={r} s{seed}" for r, seed, _ in runs])
-        short = [".".join(name.split(".")[-4:]) for name in layers]
-        ax.set_xticks(range(len(layers)), short, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(runs)), [f"{method} r={r} s{seed}" for method, r, seed, _ in runs], fontsize=7)
+        ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=7)
         for (i, j), value in np.ndenumerate(grid):
             if not math.isnan(value):
                 ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="w")
-        fig.colorbar(image, ax=ax, label="live factors (E π ≥ threshold)")
-        ax.set_title(f"{task}: BaRA's live factors per layer")
+        fig.colorbar(image, ax=ax, label="rank kept")
+        ax.set_title(f"{task}: rank kept per layer")
         fig.tight_layout()
         fig.savefig(HERE / f"r-sweep-layers-{task}.png", dpi=110)
         plt.close(fig)
         written.append(f"r-sweep-layers-{task}.png")
     return written
+
+
+def _short(name: str) -> str:
+    """``…encoder.layer.3.attention.self.query`` → ``L3.query``: the same column for every method.
+
+    Example:
+        >>> _short("cls.bert.encoder.layer.3.attention.self.query")
+        'L3.query'
+    """
+    parts = name.split(".")
+    if "layer" in parts and parts.index("layer") + 1 < len(parts):
+        return f"L{parts[parts.index('layer') + 1]}.{parts[-1]}"
+    return name
+
+
+def _layer_order(short: str) -> tuple:
+    head, _, tail = short.partition(".")
+    return (int(head[1:]) if head[1:].isdigit() else 1_000, tail)
 
 
 def report(tasks: list[str]) -> str:
@@ -291,7 +312,9 @@ def report(tasks: list[str]) -> str:
         f"method; AdaLoRA starts at r and ends at r/2; BaRA runs with `{BARA_SETTINGS}` (stick-breaking prior, "
         "gates with their own learning rate), and its r is the maximum: the factors whose usage falls below the "
         "pruning threshold are dropped from the saved adapter. The gap is the test NLL minus the NLL on the run's "
-        "own training examples, both predicted the same way (BaRA and BLoB: 10 samples).",
+        "own training examples, both predicted the same way (BaRA and BLoB: 10 samples). The per-layer figures show "
+        "the rank each layer keeps: for BaRA the factors whose usage E π stays at or above the pruning threshold "
+        "(0.05), for AdaLoRA the final budget.",
         "",
         "## Questions",
         "",
