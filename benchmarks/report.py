@@ -24,6 +24,7 @@ STUDIES = {
     "suite": ["suite.md", "suite-quick.md"],
     "gates-vs-constant": ["sst2.md", "sst2-rho0.md", "sst2-n2048.md", "multitask.md", "multitask-e10.md",
                           "multitask-mc-noise.md", "synthetic.md"],
+    "r-sweep": ["r-sweep.md"],
     "cost": ["cost.md", "eval-order.md", "gpu.md"],
     "synthetic": ["synthetic.md", "synthetic_quick.md"],
 }

