@@ -520,7 +520,8 @@ def report(cache: Cache, settings: dict, wall: float, quick: bool, stem: Path, m
             ratio = res[f"bara-S{s_max}"]["median_s"] / res[f"lora-x{s_max}"]["median_s"]
             targets.append(["minilm", f"eval, BaRA S = {s_max} / LoRA on the same {s_max} × batch rows (gate cost alone)",
                             f"≤ {TIME_TARGET} (derived)", f"{ratio:.3f}", verdict(ratio <= TIME_TARGET)])
-    lines += ["## Targets", "", "Training targets: BaRA / LoRA at r = 8; evaluation targets derived from the method's "
+    lines += ["## Targets", "", f"Training targets: BaRA / LoRA at r = {settings['r']}; "
+              "evaluation targets derived from the method's "
               "cost model (\"MC evaluation costs S forward passes; `mean` mode costs one\") with the same 10 % slack. "
               "BLoB and `bara-ones` rows are reported for comparison (the target applies to `bara`; `bara-ones` is held "
               "to it too since it is LoRA's maths).", ""]
@@ -650,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="reduced run: 6 timed steps, Llama batch 1 × 128, grid r ∈ {8, 64} × T ∈ {64, 256}, 1 memory repeat")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--backbones", default="minilm,llama", help="training/memory backbones: minilm, llama")
-    parser.add_argument("--r", type=int, default=8, help="rank for the training, memory and evaluation parts (default 8)")
+    parser.add_argument("--r", type=int, default=8, help="rank for the training, memory and evaluation parts (default 8; another r writes cost-r<r>.md)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 20; quick 6)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up rounds (default 3; quick 2)")
     parser.add_argument("--minilm-batch", type=int, default=16)
@@ -685,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part(s) {sorted(set(parts) - set(PARTS))}; choose among {PARTS}")
     backbones = [b for b in args.backbones.split(",") if b]
     configs = available_methods()
-    json_path, md_path, stem = page_paths(HERE, "cost", q)
+    json_path, md_path, stem = page_paths(HERE, "cost" if args.r == 8 else f"cost-r{args.r}", q)
     cache = Cache(json_path, settings | {"configs": configs}, fresh=args.fresh)
     start = time.perf_counter()
     s = settings
