@@ -1,4 +1,4 @@
-"""The synthetic context-dependent-rank task of check C6 (DESIGN §5), and a small trainer for it.
+"""The synthetic context-dependent-rank task (clusters that each need their own low-rank update), and a small trainer for it.
 
 K clusters; cluster c owns ``ΔW_c = U_c V_cᵀ`` (orthonormal, mutually orthogonal columns across
 clusters). An instance is a sequence of tokens ``x_t = m_c + σx ε`` around its cluster mean
@@ -143,10 +143,10 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
 
 
-# -- the calibration version (check C7 on a task with a known answer) ----------------------
+# -- the calibration version (learned vs constant gates on a task with a known answer) ------------
 @dataclass
 class TokenClassificationTask:
-    """C6's clusters with categorical labels, so that C7 can be scored on calibration.
+    """The cluster task with categorical labels, so that learned and constant gates can be scored on calibration.
 
     Token t of an instance from cluster c has the label ``y_t ~ softmax(κ · H (W0 + ΔW_c) x_t)``
     with a fixed readout ``H`` [C, d]. The instance's tokens share the cluster, so the pooled
@@ -230,7 +230,7 @@ def train_token_classifier(task: TokenClassificationTask, config: BaRAConfig, *,
     ``method``: ``lora`` (gates all 1), ``bara`` (the ELBO: the instance's summed token NLL plus
     the KL / N with ``config``'s warm-up) or ``dropout`` — factor dropout trained as such: the
     same factors, each kept with probability ``keep`` independently of the input (gate mode
-    ``constant``), no KL. The last is the strongest form of C7's "plain dropout" control.
+    ``constant``), no KL. The last is the strongest form of the "plain dropout" control.
     ``labelled_tokens=k`` trains on the labels of the first k tokens of each instance only (all
     tokens still form the context): ``1`` gives one label per instance, as in sequence
     classification, where an instance's likelihood is much weaker against its gate KL.
