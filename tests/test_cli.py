@@ -732,3 +732,25 @@ def test_report_flags_pages_generated_before_a_baseline_changed():
     assert not report.git_precedes("0000000", "5b25c15")  # a commit the clone lacks: no note, no guess
     if report.git_precedes("96a83ce", "5b25c15"):  # this project's history is there (not a shallow clone)
         assert not report.git_precedes("5b25c15", "5b25c15") and not report.git_precedes("7178cf4", "5b25c15")
+
+
+def test_r_sweep_page_reads_the_gap_and_the_targets_off_the_archive(tmp_path, monkeypatch):
+    """benchmarks/r-sweep: each archived run's test metrics and train fit become the table's gap, and the
+    questions are answered from them (a BaRA whose gap grows with r fails its line)."""
+    sweep = _benchmark("r-sweep/r_sweep")
+    monkeypatch.setattr(sweep, "ARCHIVE", tmp_path)
+    runs = {("lora", 8): (1.10, 0.0, None, 73_728), ("lora", 64): (1.13, 0.01, None, 589_824),
+            ("bara", 8): (0.47, 0.10, 1.4, 72_000), ("bara", 64): (0.60, 0.10, 1.5, 80_000)}
+    for (method, r), (nll, train_nll, s_bar, params) in runs.items():
+        folder = tmp_path / "sst2" / "runs" / sweep.label(method, r).replace("[", "_").replace("]", "_").replace(",", "_") / "seed1"
+        folder.mkdir(parents=True)
+        test = {"accuracy": 0.8, "ece": 0.05, "nll": nll, "joint_effective_rank": s_bar}
+        (folder / "done.json").write_text(json.dumps({"method": sweep.label(method, r), "seed": 1, "eval": test}))
+        (folder / "train-fit.json").write_text(json.dumps({"train_nll": train_nll, "factor_parameters": params}))
+    stats = sweep.summary(sweep.collect("sst2"))
+    assert stats[("bara", 64)]["gap"] == pytest.approx(0.50)
+    lines = "\n".join(sweep.targets("sst2", stats))
+    assert "LoRA's gap grows from r = 8 to 64: 1.100 → 1.120: yes" in lines
+    assert "gap at r = 64 ≤ 1.1 × its gap at r = 8: 0.500 vs 1.1 × 0.370 = 0.407: MISS" in lines
+    assert "80,000 vs 589,824 (0.14×): PASS" in lines
+    assert "AdaLoRA" in lines and "some runs missing" in lines  # no AdaLoRA run: said, not hidden
