@@ -297,7 +297,7 @@ class BaRALinear(nn.Module):
         stats = GateStats(local_probs=local_p, expected_pi=expected_pi,
                           gate_probs=self._expected_gate(mode, global_in, local_p))
         if recording and mode.local_draw.in_use:
-            stats.local_kl = self._local_kl(local_p, log_1m_pi)
+            stats.local_kl = self._local_kl(local_p, _per_row(log_1m_pi, choices) if log_1m_pi is not None else None)
         if recording and mode.global_draw.in_use:
             # computed here, inside the forward, where sharded (FSDP) parameters are gathered
             stats.global_kl = self.global_gate.kl()

@@ -371,3 +371,14 @@ def test_a_layer_called_on_rows_of_another_count_warns_instead_of_dropping_a_kl_
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per layer, not once per step
         model(torch.randn(5, 8))
+
+
+def test_hierarchical_local_kl_follows_the_choice_rows_when_pi_is_drawn_per_example():
+    """Out of training mode π is drawn once per example; a multiple-choice example's choice rows
+    must each pay their local KL against their own example's draw."""
+    from bara.layer import BaRALinear, GateContext
+
+    context = GateContext(choice_rows=torch.ones(3, 4))
+    layer = BaRALinear(nn.Linear(8, 8), bara.BaRAConfig(r=4, local_prior="global"), context=context).eval()
+    layer.gate(torch.randn(12, 8))
+    assert layer.stats.local_kl.shape == (12,) and torch.isfinite(layer.stats.local_kl).all()
