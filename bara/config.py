@@ -81,7 +81,8 @@ class BaRAConfig:
             slab under the gate's spike) with σ starting at this value; the layer then samples A per
             input (Flipout) wherever it samples the gates, and the objective pays
             ``KL(N(M, σ²) ‖ N(0, slab_prior_std²))`` per entry, like the global KL once per dataset.
-        slab_prior_std: the standard deviation of the slab's zero-mean Gaussian prior.
+        slab_prior_std: the standard deviation of the slab's zero-mean Gaussian prior; ``None``
+            chooses it per layer by empirical Bayes (the value that minimises the layer's KL).
         prune_threshold: factors with E π below this are dropped when saving.
         modules_to_save: extra modules (e.g. a new classifier head) trained fully and saved.
         rank_pattern: per-layer rank after pruning (written by `save_pretrained`).
@@ -113,7 +114,7 @@ class BaRAConfig:
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
     slab_std_init: float | None = None
-    slab_prior_std: float = 0.2
+    slab_prior_std: float | None = 0.2
     prune_threshold: float = 0.05
     modules_to_save: list[str] | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
@@ -166,7 +167,8 @@ class BaRAConfig:
             _fail("local_bias_init", self.local_bias_init, "must be a finite number")
         if self.slab_std_init is not None:
             _positive_finite("slab_std_init", self.slab_std_init)
-        _positive_finite("slab_prior_std", self.slab_prior_std)
+        if self.slab_prior_std is not None:
+            _positive_finite("slab_prior_std", self.slab_prior_std)
         if not (isinstance(self.prune_threshold, (int, float)) and 0.0 <= self.prune_threshold < 1.0):
             _fail("prune_threshold", self.prune_threshold, "must lie in [0, 1)")
         if self.modules_to_save is not None and not (

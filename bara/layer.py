@@ -218,7 +218,8 @@ class FactorSlab(nn.Module):
         torch.Size([4, 5, 2])
     """
 
-    def __init__(self, r: int, in_features: int, std_init: float, prior_std: float = 0.2, device: torch.device | None = None):
+    def __init__(self, r: int, in_features: int, std_init: float, prior_std: float | None = 0.2,
+                 device: torch.device | None = None):
         super().__init__()
         self.prior_std = prior_std
         self.log_std = nn.Parameter(torch.full((r, in_features), math.log(std_init), device=device))
@@ -227,8 +228,23 @@ class FactorSlab(nn.Module):
         return self.log_std.exp()
 
     def kl(self, mean: Tensor) -> Tensor:
-        """``Σ KL(N(M, σ²) ‖ N(0, prior_std²))`` over the layer's r × in entries (scalar)."""
-        return gaussian_kl(mean, self.std(), self.prior_std).sum()
+        """``Σ KL(N(M, σ²) ‖ N(0, s₀²))`` over the layer's r × in entries (scalar).
+
+        ``prior_std=None`` chooses s₀ by empirical Bayes, per layer: the s₀ that minimises the KL,
+        ``s₀² = mean(σ² + M²)``, at which the KL is ``Σ ½ log(s₀² / σ²)``.
+
+        Example:
+            >>> slab = FactorSlab(r=2, in_features=3, std_init=0.1, prior_std=None)
+            >>> mean = torch.randn(2, 3)
+            >>> fixed = [FactorSlab(2, 3, 0.1, prior_std=s).kl(mean) for s in (0.05, 0.2, 1.0)]
+            >>> bool(all(slab.kl(mean) <= kl for kl in fixed))
+            True
+        """
+        std = self.std()
+        if self.prior_std is None:
+            prior_var = (std.square() + mean.square()).mean()
+            return 0.5 * (torch.log(prior_var) - 2.0 * torch.log(std)).sum()
+        return gaussian_kl(mean, std, self.prior_std).sum()
 
     def noise(self, x: Tensor, choices: int) -> Tensor:
         """``(A_n − M) x`` for instances ``x`` [instances, tokens, in] → [instances, tokens, r]; the

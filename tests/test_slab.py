@@ -125,3 +125,15 @@ def test_the_slab_rides_with_the_gates_in_the_optimizer():
 def test_a_bad_slab_std_is_refused(value):
     with pytest.raises(ValueError, match="slab_std_init"):
         bara.BaRAConfig(slab_std_init=value)
+
+
+def test_the_empirical_bayes_prior_is_the_kl_at_the_best_prior_scale():
+    torch.manual_seed(0)
+    slab = FactorSlab(r=3, in_features=4, std_init=0.1, prior_std=None)
+    with torch.no_grad():
+        slab.log_std.add_(0.5 * torch.randn_like(slab.log_std))
+    mean = 0.2 * torch.randn(3, 4)
+    best = float((slab.std().square() + mean.square()).mean().sqrt())
+    assert torch.isclose(slab.kl(mean), gaussian_kl(mean, slab.std(), best).sum(), atol=1e-5)
+    for scale in (0.5 * best, 0.9 * best, 1.1 * best, 2 * best):
+        assert slab.kl(mean) < gaussian_kl(mean, slab.std(), scale).sum()

@@ -40,6 +40,8 @@ ALLOCATING = "prior=ibp,alpha0=2,gate_lr_multiplier=10"
 VARIANTS: dict[str, str] = {
     # the slab under default BaRA: Gaussian A (σ starts at 0.05, prior N(0, 0.2²)), one option changed
     "slab": "bara[slab_std_init=0.05]",
+    # the slab with its prior scale chosen per layer by empirical Bayes (the fixed 0.2 prior makes the KL dominate)
+    "slab-eb": "bara[slab_std_init=0.05,slab_prior_std=null]",
     # the slab under the allocating gates of the r-sweep (σ shares the gates' 10× learning rate)
     "allocating+slab": f"bara[r=8,{ALLOCATING},slab_std_init=0.05]",
 }

@@ -345,7 +345,9 @@ def report(tasks: list[str]) -> str:
         "pruning threshold are dropped from the saved adapter. The gap is the test NLL minus the NLL on the run's "
         "own training examples, both predicted the same way (BaRA and BLoB: 10 samples). The per-layer figures show "
         "the rank each layer keeps: for BaRA the factors whose usage E π stays at or above the pruning threshold "
-        "(0.05), for AdaLoRA the final budget.",
+        "(0.05), for AdaLoRA the final budget. BoolQ's LoRA and BLoB rows at r = 8 are the suite's runs (the same "
+        "settings and protocol, 3 seeds; no weights archived, so no train fit). The questions are asked of `bara`; "
+        "`bara-a6` is a probe of a denser prior, not a second contender.",
         "",
         "## Questions",
         "",
