@@ -76,6 +76,9 @@ class BaRAConfig:
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters of the global gate. ``kuma_a_init=None``
             starts the posterior at the prior (``a = alpha0``, ``b = 1``); 9, 1 gives E π = 0.9.
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
+        mean_preserving: ``True`` divides each gate draw by its keep-probability ``E_q[z]`` (as
+            inverted dropout does), so a factor's expected contribution does not depend on how
+            often it is on: the gates set only the noise, and ``mean`` mode is the full adapter.
         slab_std_init: ``None`` keeps the factors' input weights A deterministic (the gates are the
             only randomness). A number gives every entry of A a Gaussian posterior ``N(M, σ²)`` (the
             slab under the gate's spike) with σ starting at this value; the layer then samples A per
@@ -113,6 +116,7 @@ class BaRAConfig:
     kuma_a_init: float | None = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
+    mean_preserving: bool = False
     slab_std_init: float | None = None
     slab_prior_std: float | None = 0.2
     prune_threshold: float = 0.05
@@ -165,6 +169,8 @@ class BaRAConfig:
         _positive_finite("kuma_b_init", self.kuma_b_init)
         if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):
             _fail("local_bias_init", self.local_bias_init, "must be a finite number")
+        if not isinstance(self.mean_preserving, bool):
+            _fail("mean_preserving", self.mean_preserving, "must be true or false")
         if self.slab_std_init is not None:
             _positive_finite("slab_std_init", self.slab_std_init)
         if self.slab_prior_std is not None:

@@ -183,7 +183,8 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
 def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
     """Write the ``global_mean`` part of ``model`` as a plain peft LoRA adapter.
 
-    Each layer's update becomes ``c · B diag(E_q[π]) A`` (the mean global gate folded into B).
+    Each layer's update becomes ``c · B diag(E_q[π]) A`` (the mean global gate folded into B; with
+    mean-preserving gates, whose expected draw is 1, ``c · B A``).
     The local gate depends on the input and cannot be folded: the export equals the model in
     ``global_mean`` mode. Load it with ``peft.PeftModel.from_pretrained(base, path)``.
 
@@ -206,7 +207,8 @@ def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
         if layer.r == 0:  # every factor pruned: the layer is the base layer
             continue
         with torch.no_grad():
-            b_folded = layer.lora_B.weight * layer.global_gate.expected_pi().to(layer.lora_B.weight.dtype)
+            usage = torch.ones(layer.r) if layer.mean_preserving else layer.global_gate.expected_pi()
+            b_folded = layer.lora_B.weight * usage.to(layer.lora_B.weight)
         prefix = f"base_model.model.{name}"
         tensors[f"{prefix}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
         tensors[f"{prefix}.lora_B.weight"] = b_folded.detach().cpu().contiguous()

@@ -183,6 +183,11 @@ class GateContext:
         return weights
 
 
+# mean-preserving gates divide by the keep-probability, floored here: a factor this rarely on is pruned
+# on saving anyway (the default prune threshold), and a smaller floor would let one draw blow up
+MIN_KEEP = 0.05
+
+
 def gaussian_kl(mean: Tensor, std: Tensor, prior_std: float) -> Tensor:
     """Element-wise ``KL(N(mean, std²) ‖ N(0, prior_std²)) = log(s₀/s) + (s² + m²)/(2 s₀²) − 1/2``.
 
@@ -290,6 +295,7 @@ class BaRALinear(nn.Module):
         self.temperature = config.temperature
         self.rho0 = config.rho0
         self.hierarchical = config.local_prior == "global"
+        self.mean_preserving = config.mean_preserving
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -384,6 +390,8 @@ class BaRALinear(nn.Module):
         if recording and self.slab is not None and mode.random:
             stats.slab_kl = self.slab.kl(self.lora_A.weight)
         self._record(stats)
+        if self.mean_preserving:  # E[z / E z] = 1: the gates set the noise, not the size, of a factor's part
+            z = z / stats.gate_probs.clamp(min=MIN_KEEP)
         return z
 
     def _local_kl(self, q: Tensor, log_1m_pi: Tensor | None) -> Tensor:

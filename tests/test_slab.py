@@ -137,3 +137,39 @@ def test_the_empirical_bayes_prior_is_the_kl_at_the_best_prior_scale():
     assert torch.isclose(slab.kl(mean), gaussian_kl(mean, slab.std(), best).sum(), atol=1e-5)
     for scale in (0.5 * best, 0.9 * best, 1.1 * best, 2 * best):
         assert slab.kl(mean) < gaussian_kl(mean, slab.std(), scale).sum()
+
+
+# -- mean-preserving gates ----------------------------------------------------------------------
+def test_mean_preserving_gates_average_to_the_full_adapter():
+    torch.manual_seed(0)
+    layer = BaRALinear(nn.Linear(6, 5), bara.BaRAConfig(r=3, mean_preserving=True, local_bias_init=0.0))
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+        layer.local_gate.weight.normal_()
+    layer.eval()
+    x = torch.randn(1, 4, 6)
+    full = layer.base_layer(x) + layer.scaling * layer.lora_B(layer.lora_A(x))
+    layer.mode = "mean"  # E z / E z = 1: one pass is the whole adapter
+    assert torch.allclose(layer(x), full, atol=1e-6)
+    layer.mode = "sample"
+    draws = torch.stack([layer(x.expand(500, 4, 6)) for _ in range(8)]).flatten(0, 1)
+    assert torch.allclose(draws.mean(0), full[0], atol=0.15)
+    plain = BaRALinear(nn.Linear(6, 5), bara.BaRAConfig(r=3, local_bias_init=0.0))
+    plain.load_state_dict(layer.state_dict())
+    plain.eval().mode = "mean"  # without it the mean pass shrinks each factor by its keep-probability
+    assert not torch.allclose(plain(x), full, atol=1e-3)
+
+
+def test_mean_preserving_export_is_the_unfolded_adapter(tmp_path):
+    import peft
+
+    model = bara.get_bara_model(tiny_bert(), bara.BaRAConfig(r=4, target_modules=["query", "value"], mean_preserving=True))
+    for _, layer in model.bara_layers():
+        with torch.no_grad():
+            layer.lora_B.weight.normal_()
+    ids, mask = padded_batch([5, 3], total=5, left=False)
+    with bara.gate_mode(model.eval(), "global_mean"):
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    bara.export_lora(model, tmp_path / "lora")
+    lora = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "lora").eval()
+    assert torch.allclose(lora(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5)

@@ -42,6 +42,8 @@ VARIANTS: dict[str, str] = {
     "slab": "bara[slab_std_init=0.05]",
     # the slab with its prior scale chosen per layer by empirical Bayes (the fixed 0.2 prior makes the KL dominate)
     "slab-eb": "bara[slab_std_init=0.05,slab_prior_std=null]",
+    # mean-preserving gates: each draw divided by its keep-probability (inverted dropout)
+    "mean-preserving": "bara[mean_preserving=true]",
     # the slab under the allocating gates of the r-sweep (σ shares the gates' 10× learning rate)
     "allocating+slab": f"bara[r=8,{ALLOCATING},slab_std_init=0.05]",
 }
