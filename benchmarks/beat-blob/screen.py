@@ -47,6 +47,13 @@ VARIANTS: dict[str, str] = {
     # the slab under the allocating gates of the r-sweep (σ shares the gates' 10× learning rate)
     "allocating+slab": f"bara[r=8,{ALLOCATING},slab_std_init=0.05]",
 }
+# variants stopped before the screen finished, and why (the page says so instead of a verdict)
+STOPPED = {"allocating+slab": "stopped after SST-2: 12 accuracy points below default BaRA, with a higher NLL",
+           "slab-eb": "stopped after SST-2: 17 accuracy points below default BaRA. A zero-mean prior whose scale is "
+                      "fitted lets the KL vanish for M = 0 and any uniform σ; the slab KL fell from 4,624 to 0.4 nats "
+                      "within 200 steps and the training NLL stayed above 0.6",
+           "slab": "stopped after the tweets: NLL above default BaRA's there and 3.5 accuracy points below it on both "
+                   "tasks (the fixed-prior KL of every entry of A outweighs 512 examples, as for BLoB)"}
 # archived rows read for comparison: (row name, archive folder, run label folder)
 REFERENCES = [("LoRA", SUITE, "lora"), ("BLoB", SUITE, "blob"), ("Laplace", SUITE, "laplace"),
               ("BaRA (default)", SUITE, "bara"),
@@ -105,6 +112,7 @@ def report(tasks: list[str], seed: int) -> str:
              "Variants:", ""]
     lines += [f"- `{name}`: `{label}`" for name, label in VARIANTS.items()] + [""]
     wins: dict[str, int] = {name: 0 for name in VARIANTS}
+    measured: dict[str, int] = {name: 0 for name in VARIANTS}
     for task in tasks:
         table = rows(task, seed)
         lines += [f"## {task}", "", "| run | ACC | ECE ×100 | NLL | s̄ | const. NLL | 1-pass ECE ×100 |", "|---|---|---|---|---|---|---|"]
@@ -114,13 +122,16 @@ def report(tasks: list[str], seed: int) -> str:
         default = dict(table)["BaRA (default)"]
         for name in VARIANTS:
             mine = dict(table)[f"variant `{name}`"]
-            if mine and default and mine["nll"] < default["nll"]:
-                wins[name] += 1
+            if mine and default:
+                measured[name] += 1
+                wins[name] += mine["nll"] < default["nll"]
         lines.append("")
     lines += ["## Screen", ""]
     for name, count in wins.items():
-        lines.append(f"- `{name}`: NLL below default BaRA's on {count} of {len(tasks)} task(s): "
-                     f"{'goes on' if count >= 2 else 'dropped' if count + 0 < 2 else ''}")
+        undecided = count < 2 and count + len(tasks) - measured[name] >= 2
+        verdict = "goes on" if count >= 2 else STOPPED.get(name) or ("undecided (tasks missing)" if undecided else "dropped")
+        lines.append(f"- `{name}`: NLL below default BaRA's on {count} of {measured[name]} task(s) measured "
+                     f"({len(tasks)} in the screen): {verdict}")
     return "\n".join(lines) + "\n"
 
 
