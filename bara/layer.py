@@ -197,6 +197,7 @@ def gaussian_kl(mean: Tensor, std: Tensor, prior_std: float) -> Tensor:
         >>> torch.isclose(gaussian_kl(q.loc, q.scale, 0.2), torch.distributions.kl_divergence(q, p)).item()
         True
     """
+    mean, std = mean.float(), std.float()  # in float32 also for half-precision weights
     return math.log(prior_std) - torch.log(std) + (std.square() + mean.square()) / (2.0 * prior_std ** 2) - 0.5
 
 
