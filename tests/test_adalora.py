@@ -4,8 +4,10 @@ trip, the rank plot, and a short run through the pipeline (train â†’ evaluate â†
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -160,6 +162,21 @@ def test_save_load_round_trip_gives_identical_predictions_and_final_ranks(traine
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         plots.layer_ranks({}, tmp_path / "empty.png")
+
+
+def test_a_layer_pruned_to_rank_zero_saves_without_warnings_and_loads_with_rank_zero(trained, tmp_path):
+    method, model, _, data, collator = trained
+    model = copy.deepcopy(model)
+    pattern = adalora_model(model).peft_config["default"].rank_pattern
+    key = sorted(pattern)[0]
+    pattern[key] = [False] * len(pattern[key])  # the budget gave this layer nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.save(model, tmp_path / "adapter")
+    layer = key.removesuffix(".default").removesuffix(".lora_E")
+    loaded = method.load(SequenceClassifier(tiny_bert(num_labels=2, seed=0)), tmp_path / "adapter", TARGETS, ["classifier"])
+    assert final_ranks(loaded)[layer] == 0 and final_ranks(loaded) == final_ranks(model)
+    assert torch.isfinite(method.predict(loaded, data, collator).probs).all()
 
 
 def test_load_refuses_a_folder_without_a_safetensors_adalora_adapter(tmp_path):

@@ -41,11 +41,15 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 TRAIN_FIT_SIZE = 512  # the train NLL is measured on at most this many of the run's training examples
 RANKS = [2, 8, 32, 64]
-METHODS = ["lora", "adalora", "blob", "bara", "bara-a6"]
+CONTENDERS = ["lora", "adalora", "blob", "bara"]  # what a plain run sweeps
+PROBES = ["bara-a6", "bara-h"]  # variants of the sweep's BaRA, run only when named with --methods
+METHODS = CONTENDERS + PROBES
 # BaRA's allocating settings: the stick-breaking prior with gates on their own learning rate. ``bara`` is
-# the sweep's BaRA; ``bara-a6`` raises the prior's concentration α0 (more live factors expected).
+# the sweep's BaRA; ``bara-a6`` raises the prior's concentration α0 (more live factors expected);
+# ``bara-h`` makes the layer's learned usage the local gates' prior (the hierarchical local prior).
 BARA_SETTINGS = {"bara": "prior=ibp,alpha0=2,gate_lr_multiplier=10",
-                 "bara-a6": "prior=ibp,alpha0=6,gate_lr_multiplier=10"}
+                 "bara-a6": "prior=ibp,alpha0=6,gate_lr_multiplier=10",
+                 "bara-h": "prior=ibp,alpha0=2,gate_lr_multiplier=10,local_prior=global"}
 
 
 def label(method: str, r: int) -> str:
@@ -367,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--ranks", default=",".join(map(str, RANKS)))
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(CONTENDERS),
+                        help=f"comma-separated, from {', '.join(METHODS)} (default: {', '.join(CONTENDERS)})")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds for every r (default: 1, and 1-3 at r = 8 and 64)")
     parser.add_argument("--out", type=Path, default=OUT / "r-sweep", help="run folders with weights (not committed)")
     parser.add_argument("--workers", type=int, default=2)
@@ -377,10 +382,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         parser.error(f"unknown task(s) {unknown}; the sweep knows {sorted(TASKS)}")
+    methods = [m for m in args.methods.split(",") if m]
+    if sorted(set(methods) - set(METHODS)):
+        parser.error(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; the sweep knows {METHODS}")
     if not args.report_only:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         for task in tasks:
-            run_task(task, [int(r) for r in args.ranks.split(",")], args.methods.split(","), seeds, args.out, args.workers)
+            run_task(task, [int(r) for r in args.ranks.split(",")], methods, seeds, args.out, args.workers)
     PAGE.write_text(report(list(TASKS)) + "\n")
     print(f"wrote {PAGE}")
 
