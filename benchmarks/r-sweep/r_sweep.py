@@ -100,7 +100,16 @@ def record_train_fit(task: str, out: Path, method_label: str, seed: int) -> None
 
     folder = run_dir(out, method_label, seed)
     target = run_dir(ARCHIVE / task, method_label, seed) / "train-fit.json"
-    if target.exists() or not (folder / "adapter").exists():
+    if not (folder / "adapter").exists():
+        return
+    if target.exists():  # records written before the gate movement was measured get it added
+        record = json.loads(target.read_text())
+        config = folder / "adapter" / "bara_config.json"
+        if "gate_movement" not in record and config.exists():
+            from bara.harness.pipeline import load_trained
+
+            record["gate_movement"] = gate_movement(load_trained(folder / "adapter")[1], json.loads(config.read_text()))
+            target.write_text(json.dumps(record, indent=2) + "\n")
         return
     record = train_fit(folder)
     (folder / "train-fit.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -137,10 +146,38 @@ def train_fit(folder: Path) -> dict[str, Any]:
         saved = json.loads(config.read_text())
         names = [name for name, _ in model.bara_layers()]
         record["layer_ranks"] = {name: saved["rank_pattern"].get(name, saved["r"]) for name in names}
+        record["gate_movement"] = gate_movement(model, saved)
     ranks = folder / "adapter" / "adalora_ranks.json"
     if ranks.exists():
         record["layer_ranks"] = json.loads(ranks.read_text()).get("ranks", {})
     return record
+
+
+def gate_movement(model: Any, saved: dict[str, Any]) -> dict[str, float] | None:
+    """How far the global gates moved from their start: the mean over all r factors of every layer of
+    |E π − E π at the start|, as bounds, because the saved adapter has dropped the dead factors.
+
+    Under the stick-breaking prior E π falls with the factor's index, so the kept factors are the first ones
+    and their E π is read exactly. A dropped factor k ended with E π in [0, threshold): its movement lies
+    between max(0, start − threshold) and start. Other priors do not keep a known order: ``None``.
+    """
+    import torch
+
+    from bara.gates import GlobalGate
+
+    if saved.get("prior") != "ibp":
+        return None
+    r, threshold = saved["r"], saved["prune_threshold"]
+    start = GlobalGate(r, saved["alpha0"], saved["kuma_a_init"], saved["kuma_b_init"], "ibp").eval().expected_pi().detach()
+    low, high = [], []
+    with torch.no_grad():
+        for _, layer in model.bara_layers():
+            kept = layer.global_gate.eval().expected_pi().detach() if layer.r else torch.zeros(0)
+            moved = (kept - start[: len(kept)]).abs()
+            dropped = start[len(kept):]
+            low.append(torch.cat([moved, (dropped - threshold).clamp(min=0)]))
+            high.append(torch.cat([moved, dropped]))
+    return {"mean_abs_change_low": float(torch.cat(low).mean()), "mean_abs_change_high": float(torch.cat(high).mean())}
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -212,12 +249,29 @@ def task_table(task: str, stats: dict[tuple[str, int], dict[str, Any]]) -> list[
     return lines + [""]
 
 
-def targets(task: str, stats: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+def targets(task: str, rows: list[dict[str, Any]]) -> list[str]:
     """The sweep's questions, answered where the runs exist (MISSING where they do not)."""
+    stats = summary(rows)
+
     def get(method: str, r: int, key: str) -> float | None:
         return (stats.get((method, r)) or {}).get(key)
 
     lines = []
+    moved = sorted((row["seed"], row["gate_movement"]) for row in rows
+                   if row["method"] == "bara" and row["r"] == 32 and row.get("gate_movement"))
+    if any(row["method"] == "bara" and row["r"] == 32 for row in rows):
+        verdict = ("no record (the run's weights are needed to measure it)" if not moved else
+                   "; ".join(f"seed {seed}: {m['mean_abs_change_low']:.3f}–{m['mean_abs_change_high']:.3f}" for seed, m in moved)
+                   + f": {'PASS' if all(m['mean_abs_change_low'] >= 0.05 for _, m in moved) else 'MISS'}")
+        lines.append("- BaRA's global gates leave their start at r = 32 (mean over factors of |E π − E π at the start| "
+                     f"≥ 0.05; bounds, as the saved adapter drops dead factors): {verdict}")
+    for r in (32, 64):
+        spread = sorted((row["seed"], min(row["layer_ranks"].values()), max(row["layer_ranks"].values())) for row in rows
+                        if row["method"] == "bara" and row["r"] == r and row.get("layer_ranks"))
+        if spread:
+            lines.append(f"- BaRA's live factors per layer at r = {r} (fewest–most over layers; they should differ by ≥ 2): " +
+                         "; ".join(f"seed {seed}: {lo}–{hi}" for seed, lo, hi in spread) +
+                         f": {'PASS' if all(hi - lo >= 2 for _, lo, hi in spread) else 'MISS'}")
     lo, hi = get("lora", 8, "gap"), get("lora", 64, "gap")
     lines.append(f"- LoRA's gap grows from r = 8 to 64: " + ("MISSING runs" if None in (lo, hi) else
                  f"{lo:.3f} → {hi:.3f}: {'yes' if hi > lo else 'no'}"))
@@ -357,7 +411,7 @@ def report(tasks: list[str]) -> str:
         "",
     ]
     for task in tasks:
-        lines += targets(task, summary(task_rows[task])) if task_rows[task] else [f"**{task}**: no runs yet.", ""]
+        lines += targets(task, task_rows[task]) if task_rows[task] else [f"**{task}**: no runs yet.", ""]
     lines += ["## Results (seed means)", ""]
     for task in tasks:
         if task_rows[task]:
