@@ -252,15 +252,25 @@ class FactorSlab(nn.Module):
             return 0.5 * (torch.log(prior_var) - 2.0 * torch.log(std)).sum()
         return gaussian_kl(mean, std, self.prior_std).sum()
 
-    def noise(self, x: Tensor, choices: int) -> Tensor:
-        """``(A_n − M) x`` for instances ``x`` [instances, tokens, in] → [instances, tokens, r]; the
-        ``choices`` consecutive instances of one example share their draw."""
+    def sample(self, x: Tensor, choices: int) -> tuple[Tensor, Tensor, Tensor]:
+        """One draw of A per instance of ``x`` [instances, tokens, in], as Flipout's ``(ΔA, s, t)``;
+        the ``choices`` consecutive instances of one example share their draw."""
         std = self.std()
         delta = (std * torch.randn_like(std)).to(x.dtype)
         examples = x.shape[0] // choices
         sign_in = _per_row(_signs(examples, x.shape[-1], x), choices).unsqueeze(1)
         sign_out = _per_row(_signs(examples, std.shape[0], x), choices).unsqueeze(1)
+        return delta, sign_in, sign_out
+
+    @staticmethod
+    def apply(x: Tensor, draw: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``(A_n − M) x`` → [instances, tokens, r] for a draw of `sample`."""
+        delta, sign_in, sign_out = draw
         return nn.functional.linear(x * sign_in, delta) * sign_out
+
+    def noise(self, x: Tensor, choices: int) -> Tensor:
+        """``(A_n − M) x`` for instances ``x`` [instances, tokens, in] under a fresh draw."""
+        return self.apply(x, self.sample(x, choices))
 
 
 def _per_row(draws: Tensor | float, choices: int) -> Tensor | float:
@@ -316,6 +326,7 @@ class BaRALinear(nn.Module):
         self._warned_reshaped_call = False
         self.register_buffer("constant_keep", torch.ones(r), persistent=False)  # for mode "constant"
         self._cached_gate: Tensor | None = None
+        self._cached_slab: tuple[Tensor, Tensor, Tensor] | None = None  # the slab's draw, reused with the gates
 
     # -- pooling -------------------------------------------------------------------------
     def _instance_view(self, x: Tensor) -> Tensor:
@@ -441,14 +452,21 @@ class BaRALinear(nn.Module):
         dropped = self.lora_dropout(x_lora)
         h = self.lora_A(dropped)
         tokens = self._instance_view(x_lora)
-        if self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]:
+        reuse = self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]
+        if reuse:  # decoding: the prompt pass's gates (and A) hold for every new token
             z = self._cached_gate
         else:
             z = self.gate(self._pool(tokens))
             self._cached_gate = z.detach()
         h = self._instance_view(h)
         if self.slab is not None and GATE_MODES[self.mode].random:
-            h = h + self.slab.noise(self._instance_view(dropped), self._choice_layout(h.shape[0])[1])
+            rows = self._instance_view(dropped)
+            if not (reuse and self._cached_slab is not None):
+                draw = self.slab.sample(rows, self._choice_layout(h.shape[0])[1])
+                self._cached_slab = tuple(t.detach() for t in draw)
+            else:
+                draw = self._cached_slab
+            h = h + self.slab.apply(rows, draw)
         gated = (h * z.to(h.dtype).unsqueeze(1)).reshape(*x.shape[:-1], self.r)
         return result + (self.scaling * self.lora_B(gated)).to(result.dtype)
 

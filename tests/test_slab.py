@@ -173,3 +173,15 @@ def test_mean_preserving_export_is_the_unfolded_adapter(tmp_path):
     bara.export_lora(model, tmp_path / "lora")
     lora = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "lora").eval()
     assert torch.allclose(lora(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5)
+
+
+def test_while_decoding_the_slab_keeps_the_prompt_passs_draw_as_the_gates_do():
+    layer = _layer(0.5).eval()
+    layer.mode = "sample"
+    prompt, step = torch.randn(3, 7, 6), torch.randn(3, 1, 6)
+    layer(prompt)
+    layer.context.reuse_gates = True  # what the model sets for an incremental decoding step
+    first, second = layer(step), layer(step)
+    assert torch.equal(first, second)  # the same gates and the same A for every new token
+    layer.context.reuse_gates = False
+    assert not torch.allclose(layer(step), first)  # a new input draws anew
