@@ -21,6 +21,7 @@ LOCAL_PRIORS = ("fixed", "global")
 RETIRED_OPTIONS: dict[str, Any] = {
     "gate_input": "x", "variant": "product", "relaxation": "concrete", "local_kl": "instance",
     "local_mi_weight": 0.0, "center_gate_input": False, "global_draw": "example", "local_noise": "example",
+    "mean_preserving": False, "slab_std_init": None, "slab_prior_std": 0.2,
 }
 
 
@@ -76,16 +77,6 @@ class BaRAConfig:
         kuma_a_init, kuma_b_init: initial Kumaraswamy parameters of the global gate. ``kuma_a_init=None``
             starts the posterior at the prior (``a = alpha0``, ``b = 1``); 9, 1 gives E π = 0.9.
         local_bias_init: initial local-gate bias b_g (+3 gives σ ≈ 0.95).
-        mean_preserving: ``True`` divides each gate draw by its keep-probability ``E_q[z]`` (as
-            inverted dropout does), so a factor's expected contribution does not depend on how
-            often it is on: the gates set only the noise, and ``mean`` mode is the full adapter.
-        slab_std_init: ``None`` keeps the factors' input weights A deterministic (the gates are the
-            only randomness). A number gives every entry of A a Gaussian posterior ``N(M, σ²)`` (the
-            slab under the gate's spike) with σ starting at this value; the layer then samples A per
-            input (Flipout) wherever it samples the gates, and the objective pays
-            ``KL(N(M, σ²) ‖ N(0, slab_prior_std²))`` per entry, like the global KL once per dataset.
-        slab_prior_std: the standard deviation of the slab's zero-mean Gaussian prior; ``None``
-            chooses it per layer by empirical Bayes (the value that minimises the layer's KL).
         prune_threshold: factors with E π below this are dropped when saving.
         modules_to_save: extra modules (e.g. a new classifier head) trained fully and saved.
         rank_pattern: per-layer rank after pruning (written by `save_pretrained`).
@@ -116,9 +107,6 @@ class BaRAConfig:
     kuma_a_init: float | None = 9.0
     kuma_b_init: float = 1.0
     local_bias_init: float = 3.0
-    mean_preserving: bool = False
-    slab_std_init: float | None = None
-    slab_prior_std: float | None = 0.2
     prune_threshold: float = 0.05
     modules_to_save: list[str] | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
@@ -169,12 +157,6 @@ class BaRAConfig:
         _positive_finite("kuma_b_init", self.kuma_b_init)
         if not (isinstance(self.local_bias_init, (int, float)) and math.isfinite(self.local_bias_init)):
             _fail("local_bias_init", self.local_bias_init, "must be a finite number")
-        if not isinstance(self.mean_preserving, bool):
-            _fail("mean_preserving", self.mean_preserving, "must be true or false")
-        if self.slab_std_init is not None:
-            _positive_finite("slab_std_init", self.slab_std_init)
-        if self.slab_prior_std is not None:
-            _positive_finite("slab_prior_std", self.slab_prior_std)
         if not (isinstance(self.prune_threshold, (int, float)) and 0.0 <= self.prune_threshold < 1.0):
             _fail("prune_threshold", self.prune_threshold, "must lie in [0, 1)")
         if self.modules_to_save is not None and not (

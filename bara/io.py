@@ -51,15 +51,14 @@ def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tenso
     Dropping a factor leaves the others exactly as trained: each factor's gates read only the
     layer's input and its own parameters (with the stick-breaking prior, a dead factor's later
     factors are dead too, since their usage is a product that includes it)."""
-    state = {key: layer.get_parameter(key) for key in adapter_keys(layer)}
-    return {key: value[:, keep] if key == "lora_B.weight" else value[keep] for key, value in state.items()}
-
-
-def adapter_keys(layer: BaRALinear) -> list[str]:
-    """The names of the layer's tensors that an adapter file holds (every one has a factor axis)."""
-    keys = ["lora_A.weight", "lora_B.weight", "global_gate.log_a", "global_gate.log_b",
-            "local_gate.weight", "local_gate.bias"]
-    return keys + (["slab.log_std"] if layer.slab is not None else [])
+    return {
+        "lora_A.weight": layer.lora_A.weight[keep],
+        "lora_B.weight": layer.lora_B.weight[:, keep],
+        "global_gate.log_a": layer.global_gate.log_a[keep],
+        "global_gate.log_b": layer.global_gate.log_b[keep],
+        "local_gate.weight": layer.local_gate.weight[keep],
+        "local_gate.bias": layer.local_gate.bias[keep],
+    }
 
 
 def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) -> dict[str, int]:
@@ -172,7 +171,8 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
     """Live tensors of everything an adapter file holds, keyed as in the file."""
     state: dict[str, torch.Tensor] = {}
     for name, layer in model.bara_layers():
-        for key in adapter_keys(layer):
+        for key in ("lora_A.weight", "lora_B.weight", "global_gate.log_a", "global_gate.log_b",
+                    "local_gate.weight", "local_gate.bias"):
             state[f"{name}.{key}"] = layer.get_parameter(key)
     for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict(keep_vars=True).items():
@@ -183,8 +183,7 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
 def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
     """Write the ``global_mean`` part of ``model`` as a plain peft LoRA adapter.
 
-    Each layer's update becomes ``c · B diag(E_q[π]) A`` (the mean global gate folded into B; with
-    mean-preserving gates, whose expected draw is 1, ``c · B A``).
+    Each layer's update becomes ``c · B diag(E_q[π]) A`` (the mean global gate folded into B).
     The local gate depends on the input and cannot be folded: the export equals the model in
     ``global_mean`` mode. Load it with ``peft.PeftModel.from_pretrained(base, path)``.
 
@@ -207,8 +206,7 @@ def export_lora(model: BaRAModel, path: str | os.PathLike) -> Path:
         if layer.r == 0:  # every factor pruned: the layer is the base layer
             continue
         with torch.no_grad():
-            usage = torch.ones(layer.r) if layer.mean_preserving else layer.global_gate.expected_pi()
-            b_folded = layer.lora_B.weight * usage.to(layer.lora_B.weight)
+            b_folded = layer.lora_B.weight * layer.global_gate.expected_pi().to(layer.lora_B.weight.dtype)
         prefix = f"base_model.model.{name}"
         tensors[f"{prefix}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
         tensors[f"{prefix}.lora_B.weight"] = b_folded.detach().cpu().contiguous()

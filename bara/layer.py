@@ -4,9 +4,6 @@
 instance n the token t belongs to: ``z_nk = g_nk · l_nk`` (global × local). In ``ones`` mode the
 layer is literally ``base_layer(x) + scaling * lora_B(lora_A(x))``: plain LoRA.
 
-With a slab (``slab_std_init``), A itself is uncertain: ``A_n = M + σ ⊙ ε`` is drawn per instance
-(`FactorSlab`) wherever the gates are drawn, and replaced by its mean M where they are not.
-
 How each gate is set in a forward is a small strategy object (`GateDraw`): sampled, replaced by
 its expectation, or held open. A gate mode (`GATE_MODES`) pairs one strategy for the global gate
 with one for the local gate. Each forward leaves its statistics, the KL terms included, in the
@@ -125,8 +122,8 @@ class GateStats:
     """The statistics of one layer's last forward.
 
     ``local_probs`` [rows, r]: σ(ℓ(x)); ``expected_pi`` [r]: E_q[π]; ``gate_probs`` [rows, r]:
-    E_q[z] given the mode; ``global_kl`` (scalar), ``local_kl`` ([rows]) and ``slab_kl`` (scalar)
-    only when autograd records and the gate (or the slab) is in use (prediction skips them).
+    E_q[z] given the mode; ``global_kl`` (scalar) and ``local_kl`` ([rows]) only when autograd
+    records and the gate is in use (prediction skips them).
 
     Example:
         >>> layer = BaRALinear(nn.Linear(6, 6), BaRAConfig(r=3))
@@ -140,7 +137,6 @@ class GateStats:
     gate_probs: Tensor
     global_kl: Tensor | None = None
     local_kl: Tensor | None = None
-    slab_kl: Tensor | None = None
 
 
 @dataclass
@@ -183,96 +179,6 @@ class GateContext:
         return weights
 
 
-# mean-preserving gates divide by the keep-probability, floored here: a factor this rarely on is pruned
-# on saving anyway (the default prune threshold), and a smaller floor would let one draw blow up
-MIN_KEEP = 0.05
-
-
-def gaussian_kl(mean: Tensor, std: Tensor, prior_std: float) -> Tensor:
-    """Element-wise ``KL(N(mean, std²) ‖ N(0, prior_std²)) = log(s₀/s) + (s² + m²)/(2 s₀²) − 1/2``.
-
-    Example:
-        >>> q = torch.distributions.Normal(torch.tensor(0.3), torch.tensor(0.1))
-        >>> p = torch.distributions.Normal(torch.tensor(0.0), torch.tensor(0.2))
-        >>> torch.isclose(gaussian_kl(q.loc, q.scale, 0.2), torch.distributions.kl_divergence(q, p)).item()
-        True
-    """
-    mean, std = mean.float(), std.float()  # in float32 also for half-precision weights
-    return math.log(prior_std) - torch.log(std) + (std.square() + mean.square()) / (2.0 * prior_std ** 2) - 0.5
-
-
-def _signs(rows: int, size: int, like: Tensor) -> Tensor:
-    return torch.empty(rows, size, device=like.device, dtype=like.dtype).bernoulli_(0.5).mul_(2).sub_(1)
-
-
-class FactorSlab(nn.Module):
-    """The slab: a Gaussian posterior ``q(A) = N(M, σ²)`` over every entry of the factors' input
-    weights, whose mean M is the layer's ``lora_A.weight`` and whose ``log σ`` is ``log_std`` [r, in].
-
-    A draw per instance costs one extra product through Flipout (Wen et al., 2018): one ΔA = σ ⊙ ε
-    per forward, decorrelated between instances by random signs, ``(A_n − M) x = ((x ⊙ s_n) ΔAᵀ) ⊙ t_n``
-    with ``s_n ∈ {±1}^in``, ``t_n ∈ {±1}^r``. Each instance's draw has the exact marginal N(M, σ²);
-    the rows of one multiple-choice example share their signs, so every choice is scored with the
-    same A.
-
-    Example:
-        >>> slab = FactorSlab(r=2, in_features=3, std_init=0.1)
-        >>> slab.std()
-        tensor([[0.1000, 0.1000, 0.1000],
-                [0.1000, 0.1000, 0.1000]], grad_fn=<ExpBackward0>)
-        >>> slab.noise(torch.randn(4, 5, 3), choices=1).shape
-        torch.Size([4, 5, 2])
-    """
-
-    def __init__(self, r: int, in_features: int, std_init: float, prior_std: float | None = 0.2,
-                 device: torch.device | None = None):
-        super().__init__()
-        self.prior_std = prior_std
-        self.log_std = nn.Parameter(torch.full((r, in_features), math.log(std_init), device=device))
-
-    def std(self) -> Tensor:
-        return self.log_std.exp()
-
-    def kl(self, mean: Tensor) -> Tensor:
-        """``Σ KL(N(M, σ²) ‖ N(0, s₀²))`` over the layer's r × in entries (scalar).
-
-        ``prior_std=None`` chooses s₀ by empirical Bayes, per layer: the s₀ that minimises the KL,
-        ``s₀² = mean(σ² + M²)``, at which the KL is ``Σ ½ log(s₀² / σ²)``.
-
-        Example:
-            >>> slab = FactorSlab(r=2, in_features=3, std_init=0.1, prior_std=None)
-            >>> mean = torch.randn(2, 3)
-            >>> fixed = [FactorSlab(2, 3, 0.1, prior_std=s).kl(mean) for s in (0.05, 0.2, 1.0)]
-            >>> bool(all(slab.kl(mean) <= kl for kl in fixed))
-            True
-        """
-        std = self.std()
-        if self.prior_std is None:
-            prior_var = (std.square() + mean.square()).mean()
-            return 0.5 * (torch.log(prior_var) - 2.0 * torch.log(std)).sum()
-        return gaussian_kl(mean, std, self.prior_std).sum()
-
-    def sample(self, x: Tensor, choices: int) -> tuple[Tensor, Tensor, Tensor]:
-        """One draw of A per instance of ``x`` [instances, tokens, in], as Flipout's ``(ΔA, s, t)``;
-        the ``choices`` consecutive instances of one example share their draw."""
-        std = self.std()
-        delta = (std * torch.randn_like(std)).to(x.dtype)
-        examples = x.shape[0] // choices
-        sign_in = _per_row(_signs(examples, x.shape[-1], x), choices).unsqueeze(1)
-        sign_out = _per_row(_signs(examples, std.shape[0], x), choices).unsqueeze(1)
-        return delta, sign_in, sign_out
-
-    @staticmethod
-    def apply(x: Tensor, draw: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """``(A_n − M) x`` → [instances, tokens, r] for a draw of `sample`."""
-        delta, sign_in, sign_out = draw
-        return nn.functional.linear(x * sign_in, delta) * sign_out
-
-    def noise(self, x: Tensor, choices: int) -> Tensor:
-        """``(A_n − M) x`` for instances ``x`` [instances, tokens, in] under a fresh draw."""
-        return self.apply(x, self.sample(x, choices))
-
-
 def _per_row(draws: Tensor | float, choices: int) -> Tensor | float:
     """Per-example draws [examples, r] repeated over each example's ``choices`` consecutive rows."""
     return draws.repeat_interleave(choices, 0) if isinstance(draws, Tensor) and draws.dim() == 2 and choices > 1 else draws
@@ -306,7 +212,6 @@ class BaRALinear(nn.Module):
         self.temperature = config.temperature
         self.rho0 = config.rho0
         self.hierarchical = config.local_prior == "global"
-        self.mean_preserving = config.mean_preserving
         factory = {"device": base_layer.weight.device}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -317,8 +222,6 @@ class BaRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # ΔW = 0 at start
         self.global_gate = GlobalGate(r, config.alpha0, config.kuma_a_init, config.kuma_b_init, config.prior).to(**factory)
         self.local_gate = LocalGate(self.in_features, r, config.local_bias_init, config.context_dependent).to(**factory)
-        self.slab = (FactorSlab(r, self.in_features, config.slab_std_init, config.slab_prior_std, **factory)
-                     if config.slab_std_init is not None else None)
         self.mode = "sample"
         self.context = context if context is not None else GateContext()
         self.stats: GateStats | None = None
@@ -326,7 +229,6 @@ class BaRALinear(nn.Module):
         self._warned_reshaped_call = False
         self.register_buffer("constant_keep", torch.ones(r), persistent=False)  # for mode "constant"
         self._cached_gate: Tensor | None = None
-        self._cached_slab: tuple[Tensor, Tensor, Tensor] | None = None  # the slab's draw, reused with the gates
 
     # -- pooling -------------------------------------------------------------------------
     def _instance_view(self, x: Tensor) -> Tensor:
@@ -399,11 +301,7 @@ class BaRALinear(nn.Module):
         if recording and mode.global_draw.in_use:
             # computed here, inside the forward, where sharded (FSDP) parameters are gathered
             stats.global_kl = self.global_gate.kl()
-        if recording and self.slab is not None and mode.random:
-            stats.slab_kl = self.slab.kl(self.lora_A.weight)
         self._record(stats)
-        if self.mean_preserving:  # E[z / E z] = 1: the gates set the noise, not the size, of a factor's part
-            z = z / stats.gate_probs.clamp(min=MIN_KEEP)
         return z
 
     def _local_kl(self, q: Tensor, log_1m_pi: Tensor | None) -> Tensor:
@@ -449,25 +347,14 @@ class BaRALinear(nn.Module):
         if self.r == 0:
             self.stats = None
             return result
-        dropped = self.lora_dropout(x_lora)
-        h = self.lora_A(dropped)
+        h = self.lora_A(self.lora_dropout(x_lora))
         tokens = self._instance_view(x_lora)
-        reuse = self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]
-        if reuse:  # decoding: the prompt pass's gates (and A) hold for every new token
+        if self.context.reuse_gates and self._cached_gate is not None and self._cached_gate.shape[0] == tokens.shape[0]:
             z = self._cached_gate
         else:
             z = self.gate(self._pool(tokens))
             self._cached_gate = z.detach()
-        h = self._instance_view(h)
-        if self.slab is not None and GATE_MODES[self.mode].random:
-            rows = self._instance_view(dropped)
-            if not (reuse and self._cached_slab is not None):
-                draw = self.slab.sample(rows, self._choice_layout(h.shape[0])[1])
-                self._cached_slab = tuple(t.detach() for t in draw)
-            else:
-                draw = self._cached_slab
-            h = h + self.slab.apply(rows, draw)
-        gated = (h * z.to(h.dtype).unsqueeze(1)).reshape(*x.shape[:-1], self.r)
+        gated = (self._instance_view(h) * z.to(h.dtype).unsqueeze(1)).reshape(h.shape)
         return result + (self.scaling * self.lora_B(gated)).to(result.dtype)
 
     def extra_repr(self) -> str:

@@ -25,7 +25,7 @@ from bara.model import BaRAModel
 
 @dataclass
 class KLTerms:
-    """The KL parts of the last forward: ``total = β_g · (global_kl + slab_kl) / N + β_l · local_kl``.
+    """The KL parts of the last forward: ``total = β_g · global_kl / N + β_l · local_kl``.
 
     Example:
         >>> import bara, torch
@@ -40,7 +40,6 @@ class KLTerms:
     global_kl: Tensor  # Σ over layers and factors of KL(q(π) ‖ p(π)), not divided by N
     local_kl: Tensor  # mean over examples of Σ over layers, factors (and real choices) of KL_Bern
     total: Tensor
-    slab_kl: Tensor | float = 0.0  # Σ over layers of the slab's Gaussian KL (0 without a slab), not divided by N
 
 
 def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
@@ -66,16 +65,14 @@ def kl_terms(model: BaRAModel, num_examples: int) -> KLTerms:
     # a plain tensor: outside the forward pass FSDP parameters are DTensors
     stats = [layer.stats for _, layer in model.bara_layers() if layer.r > 0 and layer.stats is not None]
     zero = stats[0].local_probs.new_zeros(()).float() if stats else torch.zeros(())
-    global_kl, local_kl, slab_kl = zero, zero, zero
+    global_kl, local_kl = zero, zero
     for layer_stats in stats:
         if layer_stats.global_kl is not None:
             global_kl = global_kl + layer_stats.global_kl
-        if layer_stats.slab_kl is not None:
-            slab_kl = slab_kl + layer_stats.slab_kl
         if layer_stats.local_kl is not None:
             local_kl = local_kl + _per_example(layer_stats.local_kl, model.context.choice_rows)
-    total = cfg.beta_global * (global_kl + slab_kl) / num_examples + cfg.beta_local * local_kl
-    return KLTerms(global_kl=global_kl, local_kl=local_kl, total=total, slab_kl=slab_kl)
+    total = cfg.beta_global * global_kl / num_examples + cfg.beta_local * local_kl
+    return KLTerms(global_kl=global_kl, local_kl=local_kl, total=total)
 
 
 def _per_example(kl_rows: Tensor, choice_rows: Tensor | None) -> Tensor:

@@ -200,7 +200,7 @@ class BaRATrainer(Trainer):
 
     Args:
         num_train_examples: N in the global KL's ``1/N``; defaults to ``len(train_dataset)``.
-        gate_lr_multiplier: learning rate of the gate parameters (and of the slab's log σ) relative to the factors'
+        gate_lr_multiplier: learning rate of the gate parameters relative to the factors'
             (the gates are few and start saturated; a larger rate lets them move).
         Other arguments are ``transformers.Trainer``'s.
 
@@ -254,7 +254,7 @@ class BaRATrainer(Trainer):
                              "such as adamw_torch, or set gate_lr_multiplier=1 and weight_decay=0")
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         if regroup:
-            gates = [p for n, p in bara_model.named_parameters() if p.requires_grad and ("_gate." in n or ".slab." in n)]
+            gates = [p for n, p in bara_model.named_parameters() if p.requires_grad and "_gate." in n]
             _split_off_group(optimizer, gates, lr=self.args.learning_rate * self.gate_lr_multiplier,
                              weight_decay=0.0, optim=optim)
         return optimizer
@@ -279,8 +279,6 @@ class BaRATrainer(Trainer):
             logs["nll"].append(nll)
             logs["kl_global"].append(float(terms.global_kl.detach()))
             logs["kl_local"].append(float(terms.local_kl.detach()))
-            if bara_model.bara_config.slab_std_init is not None:
-                logs["kl_slab"].append(float(terms.slab_kl.detach()))
             logs["kl_nll_ratio"].append(kl_value / max(nll, 1e-8))
             logs["beta_t"].append(beta_t)
             logging_step = self.args.logging_steps > 0 and (self.state.global_step + 1) % self.args.logging_steps == 0

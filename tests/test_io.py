@@ -60,13 +60,17 @@ def test_an_adapter_of_an_earlier_version_loads_exactly_or_is_refused_by_name(tm
         tensors[key] = value
     save_file(tensors, weights)
     config = json.loads((tmp_path / "old" / "bara_config.json").read_text())
-    config |= {"global_draw": "example", "local_noise": "example", "gate_input": "x"}
+    config |= {"global_draw": "example", "local_noise": "example", "gate_input": "x",
+               "mean_preserving": False, "slab_std_init": None, "slab_prior_std": 0.2}
     (tmp_path / "old" / "bara_config.json").write_text(json.dumps(config))
     loaded = bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "old").eval()
     with bara.gate_mode(loaded, "mean"):
         assert torch.allclose(loaded(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-6)
     (tmp_path / "old" / "bara_config.json").write_text(json.dumps(config | {"local_noise": "row"}))
     with pytest.raises(ValueError, match="trained with local_noise='row', which this version of bara no longer supports"):
+        bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "old")
+    (tmp_path / "old" / "bara_config.json").write_text(json.dumps(config | {"slab_std_init": 0.05}))
+    with pytest.raises(ValueError, match="trained with slab_std_init=0.05, which this version"):
         bara.BaRAModel.from_pretrained(tiny_bert(), tmp_path / "old")
 
 

@@ -64,7 +64,6 @@ from torch import Tensor, nn
 
 from bara.config import dataclass_from_dict
 from bara.io import WEIGHTS_NAME, atomic_write, copy_adapter_state, read_adapter_files
-from bara.layer import gaussian_kl
 from bara.model import AdapterModel, find_targets
 from bara.objective import kl_warmup_factor
 from bara.predict import Predictions, predict
@@ -77,7 +76,13 @@ KL_WEIGHTS = ("elbo", "blob")
 LAYER_TENSORS = ("lora_A_mean", "lora_A_g", "lora_B")
 
 
-# -- the KL weights (the closed-form Gaussian KL is BaRA's slab's, `bara.layer.gaussian_kl`) ----
+# -- the closed-form KL and the KL weights ---------------------------------------------------
+def gaussian_kl(mean: Tensor, std: Tensor, prior_std: float) -> Tensor:
+    """Element-wise ``KL(N(mean, std²) ‖ N(0, prior_std²))`` (same shape as ``mean``)."""
+    mean, std = mean.float(), std.float()
+    return (math.log(prior_std) - torch.log(std) + (std.square() + mean.square()) / (2.0 * prior_std ** 2) - 0.5)
+
+
 def blob_cycle_length(num_examples: int, batch_size: int, gamma: float = 8.0) -> int:
     """M of BLoB's KL re-weighting: ``⌊100 · N^(π/γ) / batch⌋`` minibatches (reference code)."""
     return max(1, int(100 * num_examples ** (math.pi / gamma) / max(1, batch_size)))
