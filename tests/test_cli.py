@@ -740,17 +740,44 @@ def test_r_sweep_page_reads_the_gap_and_the_targets_off_the_archive(tmp_path, mo
     sweep = _benchmark("r-sweep/r_sweep")
     monkeypatch.setattr(sweep, "ARCHIVE", tmp_path)
     runs = {("lora", 8): (1.10, 0.0, None, 73_728), ("lora", 64): (1.13, 0.01, None, 589_824),
-            ("bara", 8): (0.47, 0.10, 1.4, 72_000), ("bara", 64): (0.60, 0.10, 1.5, 80_000)}
+            ("bara", 8): (0.47, 0.10, 1.4, 72_000), ("bara", 32): (0.48, 0.10, 1.4, 76_000),
+            ("bara", 64): (0.60, 0.10, 1.5, 80_000)}
     for (method, r), (nll, train_nll, s_bar, params) in runs.items():
         folder = tmp_path / "sst2" / "runs" / sweep.label(method, r).replace("[", "_").replace("]", "_").replace(",", "_") / "seed1"
         folder.mkdir(parents=True)
         test = {"accuracy": 0.8, "ece": 0.05, "nll": nll, "joint_effective_rank": s_bar}
         (folder / "done.json").write_text(json.dumps({"method": sweep.label(method, r), "seed": 1, "eval": test}))
-        (folder / "train-fit.json").write_text(json.dumps({"train_nll": train_nll, "factor_parameters": params}))
-    stats = sweep.summary(sweep.collect("sst2"))
+        fit = {"train_nll": train_nll, "factor_parameters": params}
+        if method == "bara":  # the gates barely moved at r = 32; at r = 64 two layers keep 7 and 8 factors
+            fit |= {"gate_movement": {"mean_abs_change_low": 0.02, "mean_abs_change_high": 0.03}} if r == 32 else {}
+            fit |= {"layer_ranks": {"q": 7, "v": 8}} if r == 64 else {}
+        (folder / "train-fit.json").write_text(json.dumps(fit))
+    rows = sweep.collect("sst2")
+    stats = sweep.summary(rows)
     assert stats[("bara", 64)]["gap"] == pytest.approx(0.50)
-    lines = "\n".join(sweep.targets("sst2", stats))
+    lines = "\n".join(sweep.targets("sst2", rows))
+    assert "leave their start at r = 32" in lines and "seed 1: 0.020–0.030: MISS" in lines
+    assert "live factors per layer at r = 64" in lines and "seed 1: 7–8: MISS" in lines
     assert "LoRA's gap grows from r = 8 to 64: 1.100 → 1.120: yes" in lines
     assert "gap at r = 64 ≤ 1.1 × its gap at r = 8: 0.500 vs 1.1 × 0.370 = 0.407: MISS" in lines
     assert "80,000 vs 589,824 (0.14×): PASS" in lines
     assert "AdaLoRA" in lines and "some runs missing" in lines  # no AdaLoRA run: said, not hidden
+
+
+def test_one_pass_page_sets_each_predictive_against_the_runs_ten_samples(tmp_path, monkeypatch):
+    """benchmarks/beat-blob/one_pass: the page reads each run's 10-sample and mean-mode results and its
+    linearised record off the archive, and counts the runs within 1.25 × the 10-sample ECE."""
+    one_pass = _benchmark("beat-blob/one_pass")
+    monkeypatch.setattr(one_pass, "RUNS", tmp_path)
+    label = "bara[r=8,prior=ibp]"
+    for seed, (sampled, mean, linearized) in enumerate([(0.04, 0.12, 0.045), (0.05, 0.06, 0.10)], start=1):
+        folder = tmp_path / "r-sweep" / "sst2" / "runs" / "bara_r=8_prior=ibp_" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        metrics = lambda ece: {"accuracy": 0.8, "ece": ece, "nll": 0.5, "eval_seconds": 10.0}  # noqa: E731
+        (folder / "done.json").write_text(json.dumps({"method": label, "seed": seed, "eval": metrics(sampled),
+                                                      "extra": {f"{label} [mean mode]": metrics(mean)}}))
+        (folder / one_pass.RECORD).write_text(json.dumps(metrics(linearized)))
+    page = one_pass.report()
+    assert "| 80.0 / 4.0 / 0.500 | 80.0 / 12.0 / 0.500 | 80.0 / 4.5 / 0.500 | 3.00 | 1.12 |" in page
+    assert "| 80.0 / 5.0 / 0.500 | 80.0 / 6.0 / 0.500 | 80.0 / 10.0 / 0.500 | 1.20 | 2.00 |" in page
+    assert "`mean` mode 1 of 2, linearised 1 of 2" in page
