@@ -249,6 +249,16 @@ def task_table(task: str, stats: dict[tuple[str, int], dict[str, Any]]) -> list[
     return lines + [""]
 
 
+def majority_accuracy(task: str) -> float | None:
+    """The accuracy of always answering the test set's most common label (from any archived run's labels)."""
+    from safetensors.torch import load_file
+
+    for path in sorted((ARCHIVE / task).glob("runs/*/seed*/eval/predictions.safetensors")):
+        labels = load_file(str(path))["labels"]
+        return float(labels.bincount().max()) / len(labels)
+    return None
+
+
 def targets(task: str, rows: list[dict[str, Any]]) -> list[str]:
     """The sweep's questions, answered where the runs exist (MISSING where they do not)."""
     stats = summary(rows)
@@ -256,7 +266,8 @@ def targets(task: str, rows: list[dict[str, Any]]) -> list[str]:
     def get(method: str, r: int, key: str) -> float | None:
         return (stats.get((method, r)) or {}).get(key)
 
-    lines = []
+    majority = majority_accuracy(task)
+    lines = [] if majority is None else [f"- (Always answering the most common label scores {100 * majority:.1f} on this test set.)"]
     moved = sorted((row["seed"], row["gate_movement"]) for row in rows
                    if row["method"] == "bara" and row["r"] == 32 and row.get("gate_movement"))
     if any(row["method"] == "bara" and row["r"] == 32 for row in rows):
