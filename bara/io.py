@@ -39,6 +39,11 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+# the tensors of one layer that an adapter file holds; every one has a factor axis (B's second, the others' first)
+LAYER_KEYS = ("lora_A.weight", "lora_B.weight", "global_gate.log_a", "global_gate.log_b", "local_gate.weight",
+              "local_gate.bias")
+
+
 def kept_factors(layer: BaRALinear, threshold: float) -> torch.Tensor:
     """Indices of the factors whose ``E_q[π_k] ≥ threshold`` (the others are dead)."""
     with torch.no_grad():
@@ -51,14 +56,8 @@ def _layer_state(layer: BaRALinear, keep: torch.Tensor) -> dict[str, torch.Tenso
     Dropping a factor leaves the others exactly as trained: each factor's gates read only the
     layer's input and its own parameters (with the stick-breaking prior, a dead factor's later
     factors are dead too, since their usage is a product that includes it)."""
-    return {
-        "lora_A.weight": layer.lora_A.weight[keep],
-        "lora_B.weight": layer.lora_B.weight[:, keep],
-        "global_gate.log_a": layer.global_gate.log_a[keep],
-        "global_gate.log_b": layer.global_gate.log_b[keep],
-        "local_gate.weight": layer.local_gate.weight[keep],
-        "local_gate.bias": layer.local_gate.bias[keep],
-    }
+    return {key: layer.get_parameter(key)[:, keep] if key == "lora_B.weight" else layer.get_parameter(key)[keep]
+            for key in LAYER_KEYS}
 
 
 def save_adapter(model: BaRAModel, path: str | os.PathLike, prune: bool = True) -> dict[str, int]:
@@ -171,8 +170,7 @@ def _adapter_state(model: BaRAModel) -> dict[str, torch.Tensor]:
     """Live tensors of everything an adapter file holds, keyed as in the file."""
     state: dict[str, torch.Tensor] = {}
     for name, layer in model.bara_layers():
-        for key in ("lora_A.weight", "lora_B.weight", "global_gate.log_a", "global_gate.log_b",
-                    "local_gate.weight", "local_gate.bias"):
+        for key in LAYER_KEYS:
             state[f"{name}.{key}"] = layer.get_parameter(key)
     for module_name in model.saved_modules:
         for key, value in model.base_model.get_submodule(module_name).state_dict(keep_vars=True).items():
