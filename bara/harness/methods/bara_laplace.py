@@ -99,14 +99,13 @@ class BaRALaplace(BaRA):
             warnings.filterwarnings("ignore", message="Laplace: .* trainable tensor")
             posterior = fit_posterior(model, loader, prior_precision=self.prior_precision,
                                       prior_range=(self.prior_min, self.prior_max))
-        posterior.layers = self._kept_blocks(model, posterior)
         model.__dict__[_POSTERIOR] = posterior
         return posterior
 
     @staticmethod
     def _kept_blocks(model: BaRAModel, posterior: KronPosterior) -> list[KronLayer]:
-        """The posterior over the factors the saved adapter keeps: each layer's block restricted to the
-        factors that survive pruning (the pruned ones are removed, i.e. held at zero)."""
+        """The posterior over the factors the saved (pruned) adapter keeps: each layer's block restricted
+        to the factors that survive pruning, the pruned ones held at zero (they are removed)."""
         blocks = {layer.name: layer for layer in posterior.layers}
         for name, layer in model.bara_layers():
             keep = kept_factors(layer, model.bara_config.prune_threshold)
@@ -171,8 +170,9 @@ class BaRALaplace(BaRA):
 
     # -- save / load --------------------------------------------------------------------------
     def save(self, model: nn.Module, path: Path) -> None:
+        posterior = self.posterior(model)
         super().save(model, path)
-        self.posterior(model).save(Path(path) / POSTERIOR_FILE)
+        dataclasses.replace(posterior, layers=self._kept_blocks(model, posterior)).save(Path(path) / POSTERIOR_FILE)
 
     def load(self, head: nn.Module, path: Path, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:
         file = Path(path) / POSTERIOR_FILE
