@@ -121,6 +121,39 @@ def nll_ranks(candidates: list[str], summaries: dict[str, dict]) -> dict[str, fl
     return ranks if tasks else {}
 
 
+def sample_curve_lines(candidates: list[str], summaries: dict[str, dict]) -> list[str]:
+    """Each candidate's NLL against the number of samples S (the first S of its 10 draws, seed means), and
+    where that curve points: ``a + b / S`` through S = 4 and 10, read at S → ∞ (an extrapolation)."""
+    import json
+    import statistics
+
+    from bara.harness.compare import run_dir
+
+    lines = ["## NLL against the number of samples", "",
+             "The first S of each run's 10 samples, seed means; `S → ∞` extends `a + b / S` through S = 4 and 10 "
+             "(the first-order behaviour of a Monte-Carlo average's NLL; an extrapolation, not a measurement).", "",
+             "| candidate | task | S = 1 | 2 | 4 | 10 | S → ∞ (extrapolated) | BLoB | Laplace |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in candidates:
+        for task in TASKS:
+            entry = summaries.get(task)
+            curves = []
+            for seed in SEEDS:
+                done = run_dir(entry["folder"], name, seed) / "done.json" if entry else None
+                if done and done.exists():
+                    by = json.loads(done.read_text())["eval"].get("by_samples", {})
+                    if all(str(k) in by for k in (1, 2, 4, 10)):
+                        curves.append([by[str(k)]["nll"] for k in (1, 2, 4, 10)])
+            if not curves:
+                continue
+            mean = [statistics.fmean(c[i] for c in curves) for i in range(4)]
+            slope = (mean[2] - mean[3]) / (1 / 4 - 1 / 10)
+            limit = mean[3] - slope / 10
+            rows = entry["summary"]
+            lines.append(f"| `{name}` | {task} | " + " | ".join(f"{v:.3f}" for v in mean) + f" | {limit:.3f} | "
+                         f"{value(rows.get('blob'), 'nll'):.3f} | {value(rows.get('laplace'), 'nll'):.3f} |")
+    return lines
+
+
 def report(candidates: list[str]) -> str:
     summaries = load(candidates)
     header = ["method"] + [t for t in TASKS]
@@ -139,6 +172,7 @@ def report(candidates: list[str]) -> str:
     lines += ["", "## Targets", ""]
     for name in candidates:
         lines += candidate_lines(name, summaries) + [""]
+    lines += sample_curve_lines(candidates, summaries) + [""]
     ranks = nll_ranks(candidates, summaries)
     if ranks:
         best = min(ranks, key=ranks.get)
