@@ -103,7 +103,7 @@ def candidate_lines(name: str, summaries: dict[str, dict]) -> list[str]:
         interval = twin["nll"]
         passed = interval["high"] < 0 and comparison["twin_seeds"] >= 3
         beaten += [task] if passed else []
-        lines.append(f"- learned vs trained constant gates on {task} ({comparison['twin']}, {comparison['twin_seeds']} seeds): "
+        lines.append(f"- learned vs trained constant gates on {task} ({comparison['twin']}, {seeds_text(comparison['twin_seeds'])}): "
                      f"ΔNLL {interval_text(interval)}"
                      f"{' — below 0' if passed else ''}")
     lines.append(f"- learned gates beat their trained control: {verdict(len(beaten), 2, 5)}")
