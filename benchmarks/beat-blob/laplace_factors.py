@@ -13,10 +13,11 @@ Both are set beside the run's archived 10-sample BaRA numbers (gate sampling alo
 rule is the one every beat-BLoB variant faces: better NLL than the run's own BaRA predictive on at
 least 2 of the 3 screen tasks (SST-2, the tweets, BoolQ).
 
-    python benchmarks/beat-blob/laplace_factors.py                 # evaluate what the archive lacks, then the page
-    python benchmarks/beat-blob/laplace_factors.py --report-only   # the page from the archive alone
+    python benchmarks/beat-blob/laplace_factors.py --report-only   # the page from the archive
 
-Each evaluation writes ``laplace-factors.json`` into the run's archive folder.
+Each evaluation writes ``laplace-factors.json`` into the run's archive folder. The variant lost the
+screen (better on 1 of the 3 tasks) and ``bara-laplace`` was removed from the library: the page is
+rebuilt from the archive, and commit ``RETIRED_AT`` can evaluate again.
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _lib.common import OUT, RUNS, git_commit  # noqa: E402
+from _lib.common import RUNS, git_commit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAGE = HERE / "laplace-factors.md"
@@ -41,37 +40,7 @@ RUNS_SCREENED = (  # task, run folder, seed: one per task, the r = 8 run where i
     ("boolq", "bara_r=8_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 1),
 )
 MODES = ("weights", "sample")
-
-
-def evaluate(out: Path) -> None:
-    """Write ``laplace-factors.json`` for every screened run that has weights and lacks one."""
-    import torch
-
-    from bara.harness.methods.bara_laplace import BaRALaplace
-    from bara.harness.metrics import expected_calibration_error, negative_log_likelihood
-    from bara.harness.pipeline import encode_split, load_trained
-
-    torch.set_num_threads(1)
-    for task, run, seed in RUNS_SCREENED:
-        folder = out / "r-sweep" / task / "runs" / run / f"seed{seed}"
-        target = RUNS / "r-sweep" / task / "runs" / run / f"seed{seed}" / RECORD
-        if target.exists() or not (folder / "adapter").exists():
-            continue
-        built, model = load_trained(folder / "adapter")
-        method = BaRALaplace(config=built.method.config, gate_lr_multiplier=built.method.gate_lr_multiplier)
-        start = time.perf_counter()
-        posterior = method.fit_laplace(model, encode_split(built, "train"), built.collator)
-        record: dict[str, Any] = {"fit_seconds": time.perf_counter() - start, "prior_precision": posterior.prior_precision,
-                                  "covered_parameters": posterior.num_params}
-        eval_set = encode_split(built, "eval")
-        for mode in MODES:
-            torch.manual_seed(seed)
-            preds = method.predict(model, eval_set, built.collator, mode=mode)
-            record[mode] = {"accuracy": float((preds.probs.argmax(-1) == preds.labels).float().mean()),
-                            "ece": expected_calibration_error(preds.probs, preds.labels),
-                            "nll": negative_log_likelihood(preds.probs, preds.labels), "eval_seconds": preds.seconds}
-        target.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"{task}/{run}/seed{seed}: " + ", ".join(f"{m} NLL {record[m]['nll']:.3f}" for m in MODES))
+RETIRED_AT = "8b2f49d"  # the last commit with the bara-laplace method this screen evaluates
 
 
 def cell(r: dict[str, float]) -> str:
@@ -85,7 +54,8 @@ def report() -> str:
              "suite's data and epochs). `gates`: BaRA's own predictive, 10 gate samples (the run's archived numbers); "
              "`weights`: the K-FAC Laplace predictive over the factors at the mean gates; `both`: 10 gate samples × 32 "
              "draws of the linearised weight noise (the `bara-laplace` method). ACC / ECE ×100 / NLL; δ is the prior "
-             "precision the marginal likelihood chose.", "",
+             f"precision the marginal likelihood chose. The variant lost the screen and was removed; commit {RETIRED_AT} "
+             "has it.", "",
              "| task | r | seed | gates | weights | both | δ | both better than gates (NLL) |", "|---|---|---|---|---|---|---|---|"]
     verdicts: dict[str, list[bool]] = {}
     for task, run, seed in RUNS_SCREENED:
@@ -107,11 +77,11 @@ def report() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT, help="where the runs' folders with weights are")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the page from the archive; evaluate nothing")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the page from the archive (the only mode left)")
     args = parser.parse_args(argv)
     if not args.report_only:
-        evaluate(args.out)
+        parser.error(f"bara-laplace lost this screen and was removed from bara; --report-only rebuilds the page from "
+                     f"the archive, and commit {RETIRED_AT} can evaluate again")
     PAGE.write_text(report())
     print(f"wrote {PAGE}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bara.harness.methods.adalora import AdaLoRA
 from bara.harness.methods.bara import BaRA, BaRAGlobal, BaRALocal
-from bara.harness.methods.bara_laplace import BaRALaplace
 from bara.harness.methods.base import Method
 from bara.harness.methods.blob import BLoB
 from bara.harness.methods.ensemble import Ensemble
@@ -14,7 +13,7 @@ from bara.harness.methods.map import MAP
 from bara.harness.methods.mcdropout import MCDropout
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BLoB, Laplace, AdaLoRA, BaRAGlobal, BaRALocal, BaRA, BaRALaplace)
+    cls.name: cls for cls in (LoRA, MAP, MCDropout, Ensemble, BLoB, Laplace, AdaLoRA, BaRAGlobal, BaRALocal, BaRA)
 }
 
 

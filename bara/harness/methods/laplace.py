@@ -83,22 +83,6 @@ class KronLayer:
     def num_params(self) -> int:
         return self.eig_a.numel() * self.eig_g.numel()
 
-    def restricted(self, outputs: Tensor | None = None, inputs: Tensor | None = None) -> "KronLayer":
-        """The block of the posterior over the weights of the ``outputs`` rows and ``inputs`` columns
-        (``None``: all), the rest held at their values: ``(G ⊗ A)`` restricted is ``G[o, o] ⊗ A[i, i]``."""
-        def sub(eig: Tensor, vec: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
-            if index is None:
-                return eig, vec
-            matrix = (vec.double() * eig.double()) @ vec.double().T
-            values, vectors = torch.linalg.eigh(matrix[index][:, index])
-            return values.clamp(min=0).to(_STORAGE), vectors.to(_STORAGE)
-
-        if inputs is not None and self.bias:
-            inputs = torch.cat([inputs, inputs.new_tensor([self.eig_a.numel() - 1])])
-        eig_a, vec_a = sub(self.eig_a, self.vec_a, inputs)
-        eig_g, vec_g = sub(self.eig_g, self.vec_g, outputs)
-        return KronLayer(self.name, self.bias, eig_a, vec_a, eig_g, vec_g)
-
     def curvature(self) -> Tensor:
         """The eigenvalues ``γ_i α_j`` of ``G ⊗ A`` as an ``[out, in]`` matrix (float64)."""
         return self.eig_g.double()[:, None] * self.eig_a.double()[None, :]
