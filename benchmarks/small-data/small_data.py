@@ -62,11 +62,10 @@ def report() -> str:
              "command line's defaults (5 epochs, lr 1e-3, batch 16, MiniLM-L6, r = 8 on the query and value "
              "projections), the full test set (1,172 questions). BaRA predicts with 10 samples. Seed means.", "",
              "| method (run folder) | seeds | ACC | ECE ×100 | NLL |", "|---|---|---|---|---|"]
-    means = {}
     for folder, records in rows.items():
         mean = {m: statistics.fmean(r[m] for r in records) for m in ("accuracy", "ece", "nll")}
-        means[folder] = (mean, sorted(r["seed"] for r in records))
-        lines.append(f"| `{folder}` | {','.join(map(str, means[folder][1]))} | {100 * mean['accuracy']:.1f} | "
+        lines.append(f"| `{folder}` | {','.join(str(r['seed']) for r in sorted(records, key=lambda r: r['seed']))} | "
+                     f"{100 * mean['accuracy']:.1f} | "
                      f"{100 * mean['ece']:.1f} | {mean['nll']:.3f} |")
     lines += ["", "## Target: BaRA within 2 accuracy points of LoRA, with a lower ECE (same seeds)", ""]
     lora = rows.get("lora", [])

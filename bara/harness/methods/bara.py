@@ -46,15 +46,11 @@ class BaRA(Method):
             mode = self.gate_mode if mode == "sample" else f"{self.gate_mode}_mean"
         samples = samples if samples is not None else self.eval_samples
         if mode == "constant":  # the control: factor dropout at the data-average keep-probabilities
-            self.fix_constant_gates(model, dataset, collator)
+            average = predict(model, dataset, collator, mode=f"{self.gate_mode}_mean" if self.gate_mode != "sample" else "mean",
+                              samples=1)
+            fix_gates(model, {name: probs.mean(0) for name, probs in average.gate_probs.items()})
         stochastic = GATE_MODES[mode].random
         return predict(model, dataset, collator, mode=mode, samples=samples if stochastic else 1, progress=progress)
-
-    def fix_constant_gates(self, model: nn.Module, dataset, collator) -> None:
-        """Set the ``constant`` gate mode's keep-probabilities to the trained gates' average over ``dataset``."""
-        average = predict(model, dataset, collator, mode=f"{self.gate_mode}_mean" if self.gate_mode != "sample" else "mean",
-                          samples=1)
-        fix_gates(model, {name: probs.mean(0) for name, probs in average.gate_probs.items()})
 
     def save(self, model: nn.Module, path: Path) -> None:
         model.save_pretrained(str(path))
