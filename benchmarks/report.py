@@ -25,7 +25,7 @@ STUDIES = {
     "gates-vs-constant": ["sst2.md", "sst2-rho0.md", "sst2-n2048.md", "multitask.md", "multitask-e10.md",
                           "multitask-mc-noise.md", "synthetic.md"],
     "r-sweep": ["r-sweep.md"],
-    "beat-blob": ["screen.md", "one-pass.md", "laplace-factors.md", "confirm.md"],
+    "beat-blob": ["screen.md", "one-pass.md", "laplace-factors.md", "confirm.md", "frontier.md"],
     "small-data": ["small-data.md"],
     "cost": ["cost.md", "cost-r64.md", "eval-order.md", "gpu.md"],
     "synthetic": ["synthetic.md", "synthetic_quick.md"],

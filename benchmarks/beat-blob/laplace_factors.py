@@ -40,6 +40,11 @@ RUNS_SCREENED = (  # task, run folder, seed: the allocating runs whose weights w
     ("boolq", "bara_r=8_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 1),
 )
 RETIRED_AT = "8b2f49d"  # the last commit with the bara-laplace method this screen evaluates
+# after the screen: the Laplace predictive alone (`weights`) on the suite's allocating runs of the two tasks
+# where LoRA underfits, set against Laplace-LoRA (evaluated at RETIRED_AT with these runs added to its list
+# and its `weights` mode only)
+RUNS_UNDERFIT = (("arc_easy", "bara_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 1),
+                 ("obqa", "bara_prior=ibp_alpha0=2_gate_lr_multiplier=10_", 1))
 
 
 def cell(r: dict[str, float]) -> str:
@@ -71,6 +76,24 @@ def report() -> str:
     wins = sum(all(v) for v in verdicts.values())
     lines += ["", f"Screen tasks where `both` has the lower NLL on every screened run: {wins} of {len(verdicts)} "
               f"(the rule asks for 2 of 3): {'PASS' if wins >= 2 else 'MISS'}."]
+    lines += ["", "## Where LoRA underfits", "",
+              "The Laplace predictive alone (`weights`) is Laplace-LoRA's recipe applied to a BaRA adapter. On the two "
+              "tasks where LoRA underfits, and where every gate setting is behind Laplace-LoRA "
+              "(`frontier.md`), it was evaluated on the suite's allocating runs (seed 1) with commit "
+              f"{RETIRED_AT}'s script, these runs added to its list and its `weights` mode only. Laplace-LoRA: the "
+              "suite's runs of the same seed.", "",
+              "| task | seed | gates | weights | Laplace-LoRA | δ | weights below Laplace-LoRA (NLL) |", "|---|---|---|---|---|---|---|"]
+    for task, run, seed in RUNS_UNDERFIT:
+        folder = RUNS / "suite" / task / "runs" / run / f"seed{seed}"
+        rival = RUNS / "suite" / task / "runs" / "laplace" / f"seed{seed}" / "done.json"
+        if not (folder / RECORD).exists() or not rival.exists():
+            lines.append(f"| {task} | {seed} | — | — | — | — | not run |")
+            continue
+        record = json.loads((folder / RECORD).read_text())
+        gates = json.loads((folder / "done.json").read_text())["eval"]
+        laplace = json.loads(rival.read_text())["eval"]
+        lines.append(f"| {task} | {seed} | {cell(gates)} | {cell(record['weights'])} | {cell(laplace)} | "
+                     f"{record['prior_precision']:.3g} | {'yes' if record['weights']['nll'] < laplace['nll'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

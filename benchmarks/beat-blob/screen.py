@@ -46,6 +46,9 @@ VARIANTS: dict[str, str] = {
     "mean-preserving": "bara[mean_preserving=true]",
     # the slab under the allocating gates of the r-sweep (σ shares the gates' 10× learning rate)
     "allocating+slab": f"bara[r=8,{ALLOCATING},slab_std_init=0.05]",
+    # the dependent Beta-Bernoulli form: no KL on the local gates, so each input's keep-probability
+    # π_k · σ(ℓ_k(x)) is learned freely and only the global usage π pays a KL (the global gates movable)
+    "dependent": "bara[beta_local=0,gate_lr_multiplier=10]",
 }
 # variants stopped before the screen finished, and why (the page says so instead of a verdict)
 STOPPED = {"allocating+slab": "stopped after SST-2: 12 accuracy points below default BaRA, with a higher NLL",
