@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_lib"))
 from _lib.common import git_commit  # noqa: E402
+from _lib.targets import CALIBRATION_TARGETS, Target  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAGE = HERE / "confirm.md"
@@ -68,16 +69,13 @@ def candidate_lines(name: str, summaries: dict[str, dict]) -> list[str]:
     rows = {task: entry["summary"] for task, entry in summaries.items()}
     have = [t for t in TASKS if name in rows.get(t, {})]
     seeds = {t: rows[t][name]["seeds"] for t in have}
-    def count(metric: str, rival: str) -> int:
-        return sum(value(rows[t][name], metric) < value(rows[t].get(rival), metric) for t in have)
-    half_lora_ece = sum(value(rows[t][name], "ece") <= 0.5 * value(rows[t].get("lora"), "ece") for t in have)
+    def count(target: Target) -> int:
+        return sum(target.met(value(rows[t][name], target.metric), value(rows[t].get(target.rival), target.metric))
+                   for t in have)
     gaps = [100 * (value(rows[t][name], "accuracy") - value(rows[t].get("lora"), "accuracy")) for t in have]
     lines = [f"### `{name}`", "",
              f"Tasks with runs: {', '.join(f'{t} ({seeds_text(seeds[t])})' for t in have) or 'none'}.", "",
-             f"- NLL below BLoB's: {verdict(count('nll', 'blob'), 3, 5)}",
-             f"- NLL below Laplace-LoRA's: {verdict(count('nll', 'laplace'), 3, 5)}",
-             f"- ECE below BLoB's: {verdict(count('ece', 'blob'), 3, 5)}",
-             f"- ECE ≤ 0.5 × LoRA's: {verdict(half_lora_ece, 4, 5)}"]
+             *(f"- {target.text}: {verdict(count(target), target.need, len(TASKS))}" for target in CALIBRATION_TARGETS)]
     if gaps:
         worst = min(gaps)
         lines.append(f"- accuracy − LoRA's: mean {sum(gaps) / len(gaps):+.1f} points (target ≥ −0.5), worst "

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite"))
 from _lib.common import RUNS, git_commit  # noqa: E402
 from _lib.paired import seeds_text  # noqa: E402
+from _lib.targets import TARGETS, Target  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAGE = HERE / "frontier.md"
@@ -114,42 +115,14 @@ def _best(family: dict[str, Setting], metric: str, higher: bool = False) -> Sett
     return (max if higher else min)(candidates, key=lambda s: s.mean(metric))
 
 
-@dataclass
-class Target:
-    """One of the suite's targets, asked per task: a setting's mean against ``factor × rival's mean + offset``
-    (below it, or ≤ when ``inclusive``; at or above it when ``higher``)."""
-
-    text: str
-    need: int
-    metric: str
-    rival: str
-    factor: float = 1.0
-    offset: float = 0.0
-    higher: bool = False
-    inclusive: bool = False
-
-    def bar(self, rivals: dict[str, Setting]) -> float:
-        return self.factor * rivals[self.rival].mean(self.metric) + self.offset
-
-    def spread(self, rivals: dict[str, Setting]) -> float:
-        """The bar's own seed-to-seed standard deviation (the rival's, scaled as the bar is)."""
-        values = [m[self.metric] for m in rivals[self.rival].seeds.values()]
-        return self.factor * statistics.stdev(values) if len(values) > 1 else math.nan
-
-    def met(self, value: float, rivals: dict[str, Setting]) -> bool:
-        bound = self.bar(rivals)
-        if self.higher:
-            return value >= bound
-        return value <= bound if self.inclusive else value < bound
+def rival_mean(target: Target, rivals: dict[str, Setting]) -> float:
+    return rivals[target.rival].mean(target.metric)
 
 
-TARGETS = (
-    Target("NLL below BLoB's", 3, "nll", "blob"),
-    Target("NLL below Laplace-LoRA's", 3, "nll", "laplace"),
-    Target("ECE below BLoB's", 3, "ece", "blob"),
-    Target("ECE ≤ 0.5 × LoRA's", 4, "ece", "lora", factor=0.5, inclusive=True),
-    Target("accuracy ≥ LoRA's − 1 point", 5, "accuracy", "lora", offset=-0.01, higher=True),
-)
+def spread(target: Target, rivals: dict[str, Setting]) -> float:
+    """The bar's own seed-to-seed standard deviation (the rival's, scaled as the bar is)."""
+    values = [m[target.metric] for m in rivals[target.rival].seeds.values()]
+    return target.factor * statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def oracle_lines(data: dict[str, tuple[dict[str, Setting], dict[str, Setting]]]) -> tuple[list[str], list[str]]:
@@ -169,18 +142,18 @@ def oracle_lines(data: dict[str, tuple[dict[str, Setting], dict[str, Setting]]])
         for task in TASKS:
             family, rivals = data[task]
             best = _best(family, target.metric, target.higher)
-            if best is None:  # (report() refuses a task without its rivals)
+            if best is None:  # no BaRA run of this task
                 cells.append("—")
                 continue
-            value, bound, spread = best.mean(target.metric), target.bar(rivals), target.spread(rivals)
-            ok = target.met(value, rivals)
+            value, of_rival, sd = best.mean(target.metric), rival_mean(target, rivals), spread(target, rivals)
+            bound, ok = target.bar(of_rival), target.met(value, of_rival)
             met += ok
             scale, digits = (1, 3) if target.metric == "nll" else (100, 1)
             if not ok:
                 gap = abs(value - bound)
-                misses.append((gap / spread, f"{task} by {scale * gap:.{digits}f} ({gap / spread:.1f} sd)"))
+                misses.append((gap / sd, f"{task} by {scale * gap:.{digits}f} ({gap / sd:.1f} sd)"))
             cells.append(f"{'**yes**' if ok else 'no'}: {scale * value:.{digits}f} vs {scale * bound:.{digits}f} "
-                         f"± {scale * spread:.{digits}f} (`{best.label}`, {seeds_text(len(best.seeds))})")
+                         f"± {scale * sd:.{digits}f} (`{best.label}`, {seeds_text(len(best.seeds))})")
         lines.append(f"| {target.text} | " + " | ".join(cells) + f" | {met} ({target.need}) "
                      f"{'reachable' if met >= target.need else '**out of reach**'} |")
         if met < target.need:
@@ -198,7 +171,8 @@ def single_setting_lines(data: dict[str, tuple[dict[str, Setting], dict[str, Set
              "|---|---|" + "---|" * len(TARGETS)]
     for label in sorted(labels):
         settings = [data[task][0][label] for task in TASKS]
-        counts = [sum(t.met(s.mean(t.metric), data[task][1]) for s, task in zip(settings, TASKS)) for t in TARGETS]
+        counts = [sum(t.met(s.mean(t.metric), rival_mean(t, data[task][1])) for s, task in zip(settings, TASKS))
+                  for t in TARGETS]
         lines.append(f"| `{label}` | {'/'.join(str(len(s.seeds)) for s in settings)} | " +
                      " | ".join(str(c) for c in counts) + " |")
     return lines
@@ -210,7 +184,8 @@ def baseline_lines(data: dict[str, tuple[dict[str, Setting], dict[str, Setting]]
              "Tasks met per target by each of the suite's other methods (3 seeds each; need in brackets).", "",
              "| method | " + " | ".join(f"{t.text} ({t.need})" for t in TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
     for name in BASELINES:
-        counts = [sum(name in data[task][1] and t.met(data[task][1][name].mean(t.metric), data[task][1]) for task in TASKS)
+        counts = [sum(name in data[task][1] and t.met(data[task][1][name].mean(t.metric), rival_mean(t, data[task][1]))
+                      for task in TASKS)
                   for t in TARGETS]
         lines.append(f"| `{name}` | " + " | ".join(str(c) for c in counts) + " |")
     return lines
